@@ -1,0 +1,35 @@
+"""Hyper-parameters of the MIND model and of its training loop, declared once.
+
+Reference defaults follow PaddleRec's ``models/recall/mind/config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MindConfig(BaseModel):
+    """Shape and behaviour of the MIND network."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dim: int = Field(64, ge=2, description="Embedding and interest vector size")
+    k_max: int = Field(4, ge=1, le=32, description="Number of interest capsules per user")
+    maxlen: int = Field(20, ge=1, le=512, description="History length fed to the user tower")
+    iters: int = Field(3, ge=1, le=10, description="Dynamic routing rounds")
+    pow_p: float = Field(1.0, gt=0, description="Label-aware attention sharpness")
+
+
+class TrainConfig(BaseModel):
+    """Training-loop settings: sampling, loss and optimiser."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_size: int = Field(128, ge=1)
+    negatives: int = Field(1280, ge=1, description="Shared sampled negatives per batch (capped below the item count)")
+    lr: float = Field(0.005, gt=0)
+    batches: int = Field(3000, ge=1, description="Total sampled batches (PaddleRec: an epoch is 1000 batches)")
+    eval_every: int = Field(500, ge=1, description="Validate (Recall@N) and checkpoint every this many batches")
+    min_clicks: int = Field(5, ge=2, description="Users with fewer clicks are never sampled (reference: > 4)")
+    seed: int = 2026
+    threads: int = Field(0, ge=0, description="CPU threads for Paddle kernels; 0 = all cores")

@@ -1,0 +1,98 @@
+"""In-memory shapes that every reader produces and every consumer takes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Users' click sequences in CSR form (chronological, oldest first).
+
+    ``items[offsets[i]:offsets[i + 1]]`` are the clicks of ``user_ids[i]``.
+    Item ids are >= 1; 0 is the padding id. ``item_count`` is the size of the id space
+    (max id + 1), i.e. the number of rows an embedding table needs.
+    """
+
+    user_ids: IntArray
+    offsets: IntArray
+    items: IntArray
+    item_count: int
+
+    def __post_init__(self) -> None:
+        if self.offsets.shape[0] != self.user_ids.shape[0] + 1:
+            raise ValueError("offsets must have one more entry than user_ids")
+        if self.items.size and int(self.items.min()) < 1:
+            raise ValueError("item ids must be >= 1 (0 is padding)")
+        if self.items.size and int(self.items.max()) >= self.item_count:
+            raise ValueError("item_count must exceed the largest item id")
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def num_events(self) -> int:
+        return int(self.items.shape[0])
+
+    def lengths(self) -> IntArray:
+        return np.diff(self.offsets)
+
+    def sequence(self, i: int) -> IntArray:
+        return self.items[self.offsets[i] : self.offsets[i + 1]]
+
+    def popularity(self) -> IntArray:
+        """Click count per item id, length ``item_count``."""
+        return np.bincount(self.items, minlength=self.item_count).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """Stable content hash (for checkpoint manifests)."""
+        h = hashlib.sha256()
+        for arr in (self.user_ids, self.offsets, self.items):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+        h.update(str(self.item_count).encode())
+        return h.hexdigest()[:16]
+
+    @staticmethod
+    def from_lists(user_ids: list[int], seqs: list[list[int]], item_count: int | None = None) -> Sequences:
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(offsets[-1]))
+        count = item_count if item_count is not None else (int(items.max()) + 1 if items.size else 1)
+        return Sequences(np.asarray(user_ids, dtype=np.int64), offsets, items, count)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out users for evaluation: a history to feed the model and a truth set to find."""
+
+    user_ids: IntArray
+    histories: list[IntArray]
+    truths: list[IntArray]
+    truth_protocol: str = field(default="all remaining items")
+
+    def __post_init__(self) -> None:
+        if not (len(self.user_ids) == len(self.histories) == len(self.truths)):
+            raise ValueError("user_ids, histories and truths must have the same length")
+
+    @property
+    def num_users(self) -> int:
+        return len(self.histories)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A training set plus validation and test users over one item id space."""
+
+    name: str
+    train: Sequences
+    valid: HeldOut
+    test: HeldOut
+    item_count: int

@@ -1,0 +1,1 @@
+"""Fixtures for the embedded Tansu broker (filled in by the streaming work)."""

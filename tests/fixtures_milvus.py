@@ -1,0 +1,1 @@
+"""Fixtures for the embedded Milvus server (filled in by the Milvus work)."""

@@ -1,0 +1,114 @@
+"""The one settings object. Every default lives here (or in ``model.config``) and nowhere else.
+
+Environment variables: prefix ``MINDSTREAM_``, nested sections joined with ``__``, e.g.
+``MINDSTREAM_MILVUS__URI=http://milvus:19530`` or ``MINDSTREAM_TRAIN__BATCHES=500``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.config import MindConfig, TrainConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MilvusSettings(_Section):
+    uri: str | None = Field(None, description="External Milvus URI; unset = start the embedded server")
+    token: SecretStr | None = Field(None, description="Milvus token (user:password or API key)")
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(19530, ge=1, le=65535)
+    alias: str = Field("mindstream_items", description="Alias the recall side searches (the live collection)")
+    index_type: Literal["HNSW", "IVF_FLAT", "FLAT"] = "HNSW"
+    metric_type: Literal["IP", "COSINE", "L2"] = "IP"
+    hnsw_m: int = Field(16, ge=2)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    search_ef: int = Field(128, ge=1, description="HNSW ef at search time (>= top_k)")
+    insert_batch: int = Field(10_000, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded Tansu")
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(19092, ge=1, le=65535)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    session_timeout_ms: int = Field(6000, ge=1000, description="Small in dev: group joins take ~half of it")
+    clicks_topic: str = "clicks"
+    clicks_dlq_topic: str = "clicks.dlq"
+    requests_topic: str = "recall.requests"
+    replies_topic: str = "recall.replies"
+    ingest_group: str = "mindstream-ingest"
+    recall_group: str = "mindstream-recall"
+
+    def client_config(self, bootstrap: str | None = None) -> dict[str, str | int]:
+        """librdkafka's dotted keys for producers, consumers and admin clients."""
+        servers = bootstrap or self.bootstrap_servers
+        if not servers:
+            raise ValueError("no bootstrap servers: set MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS or start the embedded broker")
+        conf: dict[str, str | int] = {"bootstrap.servers": servers, "security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        optional = {
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        conf.update({k: str(v) for k, v in optional.items() if v is not None})
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+
+class EvalSettings(_Section):
+    top_n: int = Field(50, ge=1, le=1000, description="N of Recall@N / NDCG@N / HitRate@N")
+    backend: Literal["exact", "milvus"] = "exact"
+    chunk_users: int = Field(1024, ge=1, description="Users scored per chunk by the exact backend")
+
+
+class DataSettings(_Section):
+    dataset: Literal["ml-100k", "amazonbook-demo", "synthetic"] = "ml-100k"
+    amazonbook_dir: Path = Path("../shared/data/amazonbook-demo")
+    split_seed: int = 2026
+    core: int = Field(5, ge=1, description="k-core filter for MovieLens (items >= k, then users >= k)")
+    history_share: float = Field(0.8, gt=0, lt=1, description="Held-out users: share of clicks used as history")
+
+
+class Settings(BaseSettings):
+    """Root settings: ``MINDSTREAM_<FIELD>`` and ``MINDSTREAM_<SECTION>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MINDSTREAM_", env_nested_delimiter="__", extra="ignore")
+
+    state_dir: Path = Field(Path(".mindstream"), description="Checkpoints, embedded Milvus data, worker state")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mind: MindConfig = MindConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalSettings = EvalSettings()
+    data: DataSettings = DataSettings()
+    milvus: MilvusSettings = MilvusSettings()
+    kafka: KafkaSettings = KafkaSettings()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+    @property
+    def milvus_dir(self) -> Path:
+        return self.state_dir / "milvus"
