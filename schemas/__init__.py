@@ -1,0 +1,1 @@
+"""Wire contracts of mindstream: message bodies (pydantic), header conventions, the JSON codec."""

@@ -1,0 +1,164 @@
+"""Checkpoints with a manifest: ``<dir>/<version>/{net.pdparams, opt.pdopt, manifest.json}``.
+
+Versions are ``v1, v2, ...`` (monotonic within a checkpoint directory). ``LATEST`` and ``BEST``
+files name the newest and the best-by-validation version. Every write goes to a temporary
+directory first and is renamed into place, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paddle
+
+from model.config import MindConfig
+from model.net import MindNet
+
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    parent: str | None
+    step: int
+    created_at: float
+    item_count: int
+    data_fingerprint: str
+    mind: dict[str, Any]
+    train: dict[str, Any]
+    metrics: dict[str, Any]
+    rng_state: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Manifest:
+        return Manifest(**json.loads(text))
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    manifest: Manifest
+
+    def load_net(self) -> MindNet:
+        net = MindNet(MindConfig(**self.manifest.mind), self.manifest.item_count)
+        net.set_state_dict(paddle.load(str(self.path / "net.pdparams")))
+        net.eval()
+        return net
+
+    def optimizer_state(self, net: MindNet) -> dict[str, Any] | None:
+        """The saved optimiser state, keyed for ``net``'s parameters (see :func:`_rekey`)."""
+        opt = self.path / "opt.pdopt"
+        if not opt.exists():
+            return None
+        by_structure = {p.name: name for name, p in net.named_parameters()}
+        return _rekey(paddle.load(str(opt)), {v: k for k, v in by_structure.items()})
+
+
+def _rekey(state: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Rename optimiser accumulators from one parameter naming to another.
+
+    Paddle keys accumulators by the parameter's global unique name (``embedding_3.w_0_moment1_0``),
+    which differs between two model instances; checkpoints store them under the structured name
+    (``item_emb.weight_moment1_0``) so a fresh instance can load them.
+    """
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        new = key
+        for old_name, new_name in names.items():
+            if key.startswith(old_name + "_"):
+                new = new_name + key[len(old_name) :]
+                break
+        out[new] = value
+    return out
+
+
+def version_number(version: str) -> int:
+    match = _VERSION.match(version)
+    if not match:
+        raise ValueError(f"not a model version: {version!r} (expected v<N>)")
+    return int(match.group(1))
+
+
+def list_versions(root: Path) -> list[str]:
+    if not root.exists():
+        return []
+    found = [p.name for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+    return sorted(found, key=version_number)
+
+
+def next_version(root: Path) -> str:
+    versions = list_versions(root)
+    return f"v{version_number(versions[-1]) + 1 if versions else 1}"
+
+
+def _write_pointer(root: Path, name: str, version: str) -> None:
+    tmp = root / f".{name}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / name)
+
+
+def save_checkpoint(
+    root: Path,
+    net: MindNet,
+    optimizer: paddle.optimizer.Optimizer | None,
+    *,
+    parent: str | None,
+    step: int,
+    data_fingerprint: str,
+    train: dict[str, Any],
+    metrics: dict[str, Any],
+    rng_state: dict[str, Any] | None = None,
+    best: bool = False,
+) -> Checkpoint:
+    root.mkdir(parents=True, exist_ok=True)
+    version = next_version(root)
+    manifest = Manifest(
+        version=version,
+        parent=parent,
+        step=step,
+        created_at=time.time(),
+        item_count=net.item_count,
+        data_fingerprint=data_fingerprint,
+        mind=net.cfg.model_dump(),
+        train=train,
+        metrics=metrics,
+        rng_state=rng_state,
+    )
+    tmp = root / f".{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    paddle.save(net.state_dict(), str(tmp / "net.pdparams"))
+    if optimizer is not None:
+        structured = {p.name: name for name, p in net.named_parameters()}
+        paddle.save(_rekey(optimizer.state_dict(), structured), str(tmp / "opt.pdopt"))
+    (tmp / "manifest.json").write_text(manifest.to_json())
+    os.replace(tmp, root / version)
+    _write_pointer(root, "LATEST", version)
+    if best:
+        _write_pointer(root, "BEST", version)
+    return Checkpoint(root / version, manifest)
+
+
+def open_checkpoint(root: Path, which: str = "best") -> Checkpoint:
+    """``which``: ``"best"``, ``"latest"`` or a version ``v<N>``."""
+    if which in ("best", "latest"):
+        pointer = root / which.upper()
+        if not pointer.exists():
+            raise FileNotFoundError(f"no {which} checkpoint under {root}: train first (mindstream train)")
+        which = pointer.read_text().strip()
+    path = root / which
+    manifest_file = path / "manifest.json"
+    if not manifest_file.exists():
+        raise FileNotFoundError(f"no checkpoint {which} under {root}")
+    return Checkpoint(path, Manifest.from_json(manifest_file.read_text()))

@@ -1,0 +1,176 @@
+"""The ``mindstream`` command line. Settings come from ``MINDSTREAM_*`` environment variables;
+a few common ones also have flags. Every sub-command prints a JSON summary on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.settings import Settings
+
+log = logging.getLogger("mindstream")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Environment first, then explicit flags on top."""
+    base = Settings()
+    updates: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        updates["state_dir"] = Path(args.state_dir)
+    if getattr(args, "batches", None):
+        updates["train"] = base.train.model_copy(update={"batches": args.batches})
+    if getattr(args, "dataset", None):
+        updates["data"] = base.data.model_copy(update={"dataset": args.dataset})
+    return base.model_copy(update=updates)
+
+
+def _print(payload: dict[str, Any]) -> None:
+    json.dump(payload, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from workers.offline import load, run_train
+
+    settings = _settings(args)
+    _print(run_train(settings, dataset=load(settings), resume=args.resume, quiet=args.quiet))
+    return 0
+
+
+def _backends(choice: str) -> list[str]:
+    return ["exact", "milvus"] if choice == "both" else [choice]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from workers.infra.milvus_server import open_milvus
+    from workers.offline import load, run_evaluate
+
+    settings = _settings(args)
+    backends = _backends(args.backend or settings.eval.backend)
+    dataset = load(settings)
+    if "milvus" in backends:
+        with open_milvus(settings.milvus, settings.milvus_dir) as uri:
+            out = run_evaluate(
+                settings,
+                dataset=dataset,
+                which=args.checkpoint,
+                split=args.split,
+                backends=backends,
+                milvus_uri=uri,
+            )
+    else:
+        out = run_evaluate(
+            settings,
+            dataset=dataset,
+            which=args.checkpoint,
+            split=args.split,
+            backends=backends,
+            milvus_uri=None,
+        )
+    _print(out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from workers.offline import run_export
+
+    settings = _settings(args)
+    _print(
+        run_export(settings, dataset_name=settings.data.dataset, which=args.checkpoint, out=Path(args.out))
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on embedded defaults: data -> train (or reuse) -> Milvus -> metrics."""
+    from model.checkpoint import open_checkpoint
+    from workers.infra.milvus_server import open_milvus
+    from workers.offline import checkpoint_root, load, run_evaluate, run_train
+
+    settings = _settings(args)
+    dataset = load(settings)
+    root = checkpoint_root(settings, dataset.name)
+    summary: dict[str, Any] = {"dataset": dataset.name, "items": dataset.item_count - 1}
+    if args.retrain or not (root / "BEST").exists():
+        log.info("training MIND on %s (%d batches)", dataset.name, settings.train.batches)
+        summary["train"] = run_train(settings, dataset=dataset, resume=False)
+    else:
+        summary["train"] = {"reused": open_checkpoint(root, "best").manifest.version}
+    with open_milvus(settings.milvus, settings.milvus_dir) as uri:
+        summary["milvus"] = uri
+        summary["evaluation"] = run_evaluate(
+            settings,
+            dataset=dataset,
+            which="best",
+            split="test",
+            backends=["exact", "milvus"],
+            milvus_uri=uri,
+        )
+    _print(summary)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    _print(json.loads(_settings(args).model_dump_json()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mindstream",
+        description="Near-real-time MIND embeddings for recall: Kafka in, Milvus out.",
+        epilog="Settings: MINDSTREAM_* environment variables, nested with '__' (see README).",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--state-dir", default=None, help="checkpoints, embedded Milvus data, worker state")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    datasets = ["ml-100k", "amazonbook-demo", "synthetic"]
+    p = add("train", cmd_train, "Train MIND and write checkpoints (best kept by validation Recall@N)")
+    p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--batches", type=int, help="sampled batches to train (default from settings)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("evaluate", cmd_evaluate, "Recall@N / NDCG@N / HitRate@N of a checkpoint, with MostPopular")
+    p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--checkpoint", default="best", help="best, latest or a version v<N>")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--backend", choices=["exact", "milvus", "both"])
+
+    p = add("export", cmd_export, "Write a checkpoint's item vectors (ids, vectors, version) to .npz")
+    p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--out", required=True, help="output .npz path")
+
+    p = add("demo", cmd_demo, "Get the data, train (or reuse), evaluate with exact search and Milvus")
+    p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--batches", type=int)
+    p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
+
+    add("settings", cmd_settings, "Print the effective settings (secrets masked)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or Settings().log_level
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The embedded Milvus standalone server shipped in the PyPI ``milvus`` package (2.3.5-lite).
+
+Each :class:`EmbeddedMilvus` owns its own ``milvus.MilvusServer`` (never the package's
+module-level ``default_server`` singleton), so tests, the CLI and benchmarks can each run one
+side by side, every one with its own base directory and proxy port. Quirks of the package that
+this wrapper handles:
+
+* ``MilvusServer.listen_port = P`` only changes the *default* of the port search: when P is
+  busy the server silently comes up on P+1. We pass the port as an explicit config value,
+  which makes a busy port an error instead.
+* The internal ports (etcd, coordinators, nodes, metrics) are found by binding and releasing
+  a socket just before the process starts, so two servers that start at the same instant can
+  pick the same port; the loser exits at start-up and we retry once with fresh ports.
+* ``MilvusServer.start`` changes the process working directory for a moment: starts are
+  serialised with a lock.
+* ``MilvusServer.stop`` sends SIGTERM and SIGKILLs after only one second; we wait for a
+  graceful shutdown first (``stop_timeout_s``) and kill only after that.
+* Each base directory gets its own unpacked copy of the binaries (~7 s on the first start).
+* Milvus 2.3 listens on all interfaces (the ``*.ip`` settings only pick the address it
+  advertises), so the embedded server is for development machines, not shared hosts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from milvus import MilvusServer, MilvusServerConfig
+from pymilvus import MilvusClient, MilvusException
+
+from workers.settings import MilvusSettings
+
+__all__ = ["EmbeddedMilvus", "open_milvus"]
+
+log = logging.getLogger(__name__)
+
+_START_LOCK = threading.Lock()
+_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+_START_ATTEMPTS = 2
+# Milvus' graceful shutdown often hangs once data was written; the process is then killed and its
+# coordinator sessions stay in etcd until their lease expires: a restart on the same base dir
+# waits for that (default TTL 30 s, ~55 s restarts). A shorter lease shortens that wait.
+_SESSION_TTL_S = 10
+_GRACEFUL_STOP_S = 3  # Milvus' own deadline after SIGTERM (default 1800 s; its shutdown can hang)
+
+
+class _ExitedDuringStartup(RuntimeError):
+    pass
+
+
+class _ServerConfig(MilvusServerConfig):
+    """The package's config plus our own ports for the embedded etcd.
+
+    Milvus' embedded etcd ignores ``etcd.endpoints`` and listens on etcd's defaults (2379 client,
+    2380 peer) unless ``etcd.config.path`` names an etcd config file, so a second server would
+    die at start-up with "bind: address already in use". We resolve a free client and peer port
+    and write that file next to ``milvus.yaml``.
+    """
+
+    def __init__(self, base_dir: Path, port: int, host: str) -> None:
+        super().__init__(data_dir=str(base_dir), proxy_port=port)
+        for component in _COMPONENTS:
+            self.set(f"{component}.ip", host)
+        self.set("common.gracefulStopTimeout", _GRACEFUL_STOP_S)
+        self.set("common.session.ttl", _SESSION_TTL_S)
+        self.etcd_peer_port = 0
+
+    def resolve_port(self, port_start: int) -> tuple[int | None, socket.socket | None]:
+        """Internal ports: let the OS pick free ones.
+
+        The package probes upwards from Milvus' defaults (19529, 9091, 2379, ...), so a second
+        server squats on well-known ports such as 19530 that a later server may be configured for.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        return port, sock
+
+    def try_bind_port(self, port: int) -> socket.socket | None:
+        """The package's free-port probe, with SO_REUSEADDR.
+
+        Without it, a port whose old connections sit in TIME_WAIT (every restart on the same
+        port, for a minute) reads as busy, although Milvus itself (Go, SO_REUSEADDR) can listen.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def resolve_all_listen_ports(self) -> None:
+        super().resolve_all_listen_ports()
+        peer_port, sock = self.resolve_port(0)
+        self.listen_ports["etcd_peer_port"] = (peer_port, sock)  # released with the others
+        self.etcd_peer_port = int(peer_port or 0)
+
+    def write_config(self) -> None:
+        super().write_config()
+        configs = Path(self.base_data_dir) / "configs"
+        client_url = f"http://127.0.0.1:{self.get('etcd_port')}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        etcd_yaml = configs / "embed-etcd.yaml"
+        etcd_yaml.write_text(
+            f"name: default\n"
+            f"listen-client-urls: {client_url}\nadvertise-client-urls: {client_url}\n"
+            f"listen-peer-urls: {peer_url}\ninitial-advertise-peer-urls: {peer_url}\n"
+            f"initial-cluster: default={peer_url}\n",
+            encoding="utf-8",
+        )
+        milvus_yaml = configs / "milvus.yaml"
+        text = milvus_yaml.read_text(encoding="utf-8")
+        patched = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
+        if patched == text:
+            raise RuntimeError(f"no top-level etcd section in {milvus_yaml}")
+        milvus_yaml.write_text(patched, encoding="utf-8")
+
+
+class EmbeddedMilvus:
+    """One Milvus standalone process with its data under ``base_dir``, serving on ``host:port``.
+
+    Use as a context manager (``with EmbeddedMilvus(dir, port) as server: server.uri``) or call
+    :meth:`start` / :meth:`stop`. ``start`` returns once a ``MilvusClient`` can list collections.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int = 19530,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.base_dir = Path(base_dir).resolve()
+        self.port = port
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._server: MilvusServer | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._process()
+        return proc.pid if proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        proc = self._process()
+        return proc is not None and proc.poll() is None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.base_dir / "logs"
+
+    def start(self) -> str:
+        """Start the server (no-op if running) and wait until it answers; return the URI."""
+        if self.running:
+            return self.uri
+        began = time.monotonic()
+        restarting = (self.base_dir / "data" / "etcd.data").exists()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                break
+            except _ExitedDuringStartup as exc:  # e.g. another server took a port we had picked
+                self._reap()
+                if attempt == _START_ATTEMPTS:
+                    raise RuntimeError(f"embedded Milvus failed to start: {exc}; {self._log_tail()}") from exc
+                log.warning("embedded Milvus exited during start-up (%s); retrying", exc)
+            except BaseException:  # busy proxy port, timeout, Ctrl-C: leave nothing behind
+                self._reap()
+                raise
+        atexit.register(self.stop)  # an uncaught exception in the caller must not orphan the server
+        self._wait_for_client(began + self.start_timeout_s)
+        if restarting:
+            # Sessions of the previous process (dead addresses: internal ports change per start)
+            # linger until their lease expires; until then flushes can fail. Wait them out.
+            time.sleep(max(0.0, began + _SESSION_TTL_S + 2 - time.monotonic()))
+        log.info(
+            "embedded Milvus up at %s (pid %s, data %s) in %.1f s",
+            self.uri,
+            self.pid,
+            self.base_dir,
+            time.monotonic() - began,
+        )
+        return self.uri
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to ``stop_timeout_s`` for a clean shutdown, then SIGKILL. Idempotent."""
+        proc = self._process()
+        if proc is None:
+            return
+        began = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "embedded Milvus (pid %d) ignored SIGTERM for %.0f s; killing",
+                    proc.pid,
+                    self.stop_timeout_s,
+                )
+                proc.kill()
+                proc.wait(timeout=10)
+        self._reap()
+        log.info(
+            "embedded Milvus at %s stopped in %.1f s (exit %s)",
+            self.uri,
+            time.monotonic() - began,
+            proc.returncode,
+        )
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        if self._server is None:
+            return None
+        proc: subprocess.Popen[bytes] | None = self._server.server_proc
+        return proc
+
+    def _start_once(self) -> None:
+        server = MilvusServer(_ServerConfig(self.base_dir, self.port, self.host), wait_for_started=False)
+        self._server = server
+        log.info("starting embedded Milvus at %s with data under %s", self.uri, self.base_dir)
+        with _START_LOCK:
+            server.start()
+        self._wait_healthy(server, time.monotonic() + self.start_timeout_s)
+
+    def _wait_healthy(self, server: MilvusServer, deadline: float) -> None:
+        """Poll ``/healthz`` on the metrics port; fail fast if the process exits."""
+        url = f"http://127.0.0.1:{server.webservice_port}/healthz"
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise _ExitedDuringStartup(f"process exited with code {self._exit_code()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if b"OK" in resp.read():
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"embedded Milvus not healthy after {self.start_timeout_s:.0f} s")
+
+    def _exit_code(self) -> int | None:
+        proc = self._process()
+        return proc.returncode if proc is not None else None
+
+    def _wait_for_client(self, deadline: float) -> None:
+        last_error: Exception | None = None
+        while time.monotonic() < deadline and self.running:
+            client = None
+            try:
+                client = MilvusClient(uri=self.uri, timeout=5.0)
+                client.list_collections()
+                return
+            except (MilvusException, OSError) as exc:  # not ready yet
+                last_error = exc
+                time.sleep(0.2)
+            finally:
+                if client is not None:
+                    client.close()
+        self.stop()
+        raise TimeoutError(f"embedded Milvus at {self.uri} never answered: {last_error}; {self._log_tail()}")
+
+    def _reap(self) -> None:
+        """Kill a left-over process, close the package's log files and forget the server."""
+        if self._server is None:
+            return
+        proc = self._process()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self._server.stop()  # closes the stdout/stderr log files; the process is already gone
+        self._server = None
+        atexit.unregister(self.stop)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        path = self.log_dir / "milvus-stderr.log"
+        if not path.exists():
+            return "no stderr log"
+        tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return f"stderr tail ({path}):\n" + "\n".join(tail)
+
+
+@contextlib.contextmanager
+def _embedded_uri(settings: MilvusSettings, base_dir: Path) -> Iterator[str]:
+    with EmbeddedMilvus(base_dir, port=settings.embedded_port, host=settings.embedded_host) as server:
+        yield server.uri
+
+
+def open_milvus(settings: MilvusSettings, base_dir: Path) -> contextlib.AbstractContextManager[str]:
+    """Yield a Milvus URI: ``settings.uri`` when set (external Milvus), else an embedded server."""
+    if settings.uri:
+        log.info("using external Milvus at %s", settings.uri)
+        return contextlib.nullcontext(settings.uri)
+    return _embedded_uri(settings, base_dir)

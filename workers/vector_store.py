@@ -1,0 +1,446 @@
+"""Item vectors in Milvus: collections, per-segment partitions, aliases, search and swap probes.
+
+Schema of an item collection: ``id`` INT64 primary key (the item id), ``vector``
+FLOAT_VECTOR(dim), ``model_version`` VARCHAR (the model that produced the vector) and
+``segment`` VARCHAR.
+
+Segments are **explicit partitions**, one Milvus partition per segment, named after it (the
+default segment is ``"all"``). Chosen over a partition key because a partition key hashes
+values into a fixed number of shared physical partitions: a segment could not be dropped or
+reloaded on its own, only filtered. With explicit partitions a segment refresh is
+``drop_segment`` + ``insert(segment=...)``, and ``search(segments=[...])`` prunes to the
+partitions asked for. The ``segment`` field repeats the partition name so that a row says
+where it lives. Milvus 2.3 allows at most 1,024 partitions per collection.
+
+Consistency: searches use the collection's default (Bounded, ~5 s staleness); ``count`` and
+``probe`` use Strong (~200 ms more per call) because they verify what was just written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import ConnectError, ErrorCode, MilvusUnavailableException, ParamError
+
+from workers.settings import MilvusSettings
+
+__all__ = [
+    "DEFAULT_SEGMENT",
+    "PAD_ID",
+    "AliasedCollectionError",
+    "MilvusSearcher",
+    "ProbeResult",
+    "SearchResult",
+    "VectorStore",
+    "is_transient",
+    "with_retry",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT = "all"
+PAD_ID = 0  # id of padding slots in SearchResult.ids; the score there is the worst possible
+MAX_NQ = 8_192  # queries per search call (Milvus caps nq and top_k at 16,384)
+MAX_TOP_K = 16_384
+VERSION_MAX_LEN = 128
+IVF_NLIST = 1_024
+IVF_NPROBE = 32
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_ALIAS_EXISTS = 1602
+_TRANSIENT_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# Milvus error codes: 2 service unavailable, 4 request limit exceeded, 8 rate limited.
+_TRANSIENT_CODES = {2, 4, int(ErrorCode.RATE_LIMIT)}
+
+T = TypeVar("T")
+
+
+class AliasedCollectionError(RuntimeError):
+    """Refused to drop a collection that an alias still points at (Milvus would allow it)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, overload, rate limits and "not ready": worth retrying. Bad requests are not."""
+    if isinstance(exc, ParamError):
+        return False
+    if isinstance(exc, MilvusUnavailableException | ConnectError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return code in _TRANSIENT_GRPC
+    if isinstance(exc, MilvusException):
+        return exc.code in _TRANSIENT_CODES or "not ready" in str(exc.message).lower()
+    return False
+
+
+def with_retry(
+    call: Callable[[], T], what: str, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0
+) -> T:
+    """Run ``call``; on a transient error sleep ``min(cap_s, base_s * 2**i)`` and try again."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            delay = min(cap_s, base_s * 2**attempt)
+            log.warning("%s failed (%s); retry %d/%d in %.1f s", what, exc, attempt + 1, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """``ids`` int64 [nq, top_k] and ``scores`` float32 [nq, top_k], best first.
+
+    Slots without a hit hold ``PAD_ID`` and the worst score (-inf for IP/COSINE, +inf for L2).
+    ``model_versions`` is every version seen among the hits (empty if not asked for).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    model_versions: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of :meth:`VectorStore.probe`; truthy when every probe item was found intact."""
+
+    checked: int
+    missing: tuple[int, ...] = ()
+    mismatched: tuple[int, ...] = ()
+    wrong_version: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.mismatched or self.wrong_version)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid {kind} name {name!r}: letters, digits and _, not starting with a digit")
+    return name
+
+
+class VectorStore:
+    """Thin, typed layer over ``pymilvus.MilvusClient`` for item-vector collections."""
+
+    def __init__(self, uri: str, settings: MilvusSettings, client: MilvusClient | None = None) -> None:
+        self.settings = settings
+        token = settings.token.get_secret_value() if settings.token else ""
+        self.client = client or with_retry(
+            lambda: MilvusClient(uri=uri, token=token, timeout=settings.timeout_s), f"connect to {uri}"
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return with_retry(lambda: fn(*args, timeout=self.settings.timeout_s, **kwargs), what)
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def create_collection(self, name: str, dim: int) -> None:
+        """Create an empty collection (not indexed, not loaded) with the default segment partition."""
+        _check_name("collection", name)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX_LEN)
+        schema.add_field("segment", DataType.VARCHAR, max_length=255)
+        self._call(f"create {name}", self.client.create_collection, name, schema=schema)
+        self.ensure_segment(name, DEFAULT_SEGMENT)
+        log.info("created collection %s (dim %d)", name, dim)
+
+    def has_collection(self, name: str) -> bool:
+        return bool(self._call(f"has {name}", self.client.has_collection, name))
+
+    def list_collections(self, prefix: str = "") -> list[str]:
+        names: list[str] = with_retry(self.client.list_collections, "list collections")
+        return sorted(n for n in names if n.startswith(prefix))
+
+    def drop_collection(self, name: str) -> None:
+        """Drop ``name`` unless an alias points at it (move or drop the alias first).
+
+        The check and the drop are two calls: a concurrent ``point_alias`` can slip in between.
+        Callers serialise swaps (one writer) to make that impossible.
+        """
+        aliases = self.aliases_of(name)
+        if aliases:
+            raise AliasedCollectionError(f"collection {name} is still the target of alias(es) {aliases}")
+        self._call(f"drop {name}", self.client.drop_collection, name)
+        log.info("dropped collection %s", name)
+
+    # -- segments (partitions) ------------------------------------------------------------------
+
+    def ensure_segment(self, name: str, segment: str) -> None:
+        """Create the partition for ``segment`` if missing (loading it if the collection is loaded)."""
+        _check_name("segment", segment)
+        if self._call(f"has partition {segment}", self.client.has_partition, name, segment):
+            return
+        self._call(f"create partition {segment}", self.client.create_partition, name, segment)
+        if self._is_loaded(name):
+            self._call(f"load partition {segment}", self.client.load_partitions, name, [segment])
+
+    def list_segments(self, name: str) -> list[str]:
+        parts: list[str] = self._call(f"partitions of {name}", self.client.list_partitions, name)
+        return sorted(p for p in parts if p != "_default")
+
+    def drop_segment(self, name: str, segment: str) -> None:
+        """Release and drop one segment's partition (all its rows)."""
+        _check_name("segment", segment)
+        self._call(f"release {segment}", self.client.release_partitions, name, [segment])
+        self._call(f"drop partition {segment}", self.client.drop_partition, name, segment)
+        log.info("dropped segment %s of %s", segment, name)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def insert(
+        self,
+        name: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        model_version: str,
+        segment: str = DEFAULT_SEGMENT,
+    ) -> int:
+        """Insert rows in batches of ``settings.insert_batch``; return the number inserted.
+
+        A batch is retried on transient errors; if a lost reply hid a successful write the
+        retry duplicates rows, which the exact :meth:`count` before a swap reveals.
+        """
+        ids = np.asarray(ids)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if ids.ndim != 1 or vectors.ndim != 2 or len(ids) != len(vectors):
+            raise ValueError(f"ids [n] and vectors [n, dim] expected, got {ids.shape} and {vectors.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be integers, got {ids.dtype}")
+        if len(model_version) > VERSION_MAX_LEN:
+            raise ValueError(f"model_version longer than {VERSION_MAX_LEN} characters")
+        self.ensure_segment(name, segment)
+        step = self.settings.insert_batch
+        for start in range(0, len(ids), step):
+            rows = [
+                {"id": i, "vector": v, "model_version": model_version, "segment": segment}
+                for i, v in zip(
+                    ids[start : start + step].tolist(), vectors[start : start + step], strict=True
+                )
+            ]
+            self._call(f"insert into {name}", self.client.insert, name, rows, partition_name=segment)
+        log.debug("inserted %d rows into %s/%s", len(ids), name, segment)
+        return len(ids)
+
+    def build_index(self, name: str) -> None:
+        """Create the vector index from settings (HNSW M/efConstruction, IVF_FLAT or FLAT)."""
+        s = self.settings
+        params: dict[str, int] = {}
+        if s.index_type == "HNSW":
+            params = {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
+        elif s.index_type == "IVF_FLAT":
+            params = {"nlist": IVF_NLIST}
+        index = MilvusClient.prepare_index_params()
+        index.add_index("vector", index_type=s.index_type, metric_type=s.metric_type, params=params)
+        self._call(f"index {name}", self.client.create_index, name, index)
+
+    def flush(self, name: str) -> None:
+        self._call(f"flush {name}", self.client.flush, name)
+
+    def load(self, name: str) -> None:
+        """Load the collection (all partitions) into memory; returns when searchable."""
+        self._call(f"load {name}", self.client.load_collection, name)
+
+    def release(self, name: str) -> None:
+        self._call(f"release {name}", self.client.release_collection, name)
+
+    def _is_loaded(self, name: str) -> bool:
+        state = self._call(f"load state of {name}", self.client.get_load_state, name)
+        return "Loaded" in str(state.get("state", ""))
+
+    def count(self, name: str, segment: str | None = None) -> int:
+        """Exact row count (Strong consistency; the collection must be loaded)."""
+        rows = self._call(
+            f"count {name}",
+            self.client.query,
+            name,
+            filter="",
+            output_fields=["count(*)"],
+            partition_names=[segment] if segment else None,
+            consistency_level="Strong",
+        )
+        return int(rows[0]["count(*)"])
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def _search_params(self, top_k: int) -> dict[str, Any]:
+        s = self.settings
+        params: dict[str, int] = {}
+        if s.index_type == "HNSW":
+            params = {"ef": max(s.search_ef, top_k)}
+        elif s.index_type == "IVF_FLAT":
+            params = {"nprobe": IVF_NPROBE}
+        return {"metric_type": s.metric_type, "params": params}
+
+    def search(
+        self,
+        name_or_alias: str,
+        queries: np.ndarray,
+        top_k: int,
+        segments: Sequence[str] | None = None,
+        with_versions: bool = True,
+        strong: bool = False,
+    ) -> SearchResult:
+        """Top-``top_k`` items for each query row (nq is chunked into calls of ``MAX_NQ``)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be [nq, dim], got shape {queries.shape}")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
+        nq = len(queries)
+        pad_score = math.inf if self.settings.metric_type == "L2" else -math.inf
+        ids = np.full((nq, top_k), PAD_ID, dtype=np.int64)
+        scores = np.full((nq, top_k), pad_score, dtype=np.float32)
+        versions: set[str] = set()
+        extra: dict[str, Any] = {"consistency_level": "Strong"} if strong else {}
+        for start in range(0, nq, MAX_NQ):
+            chunk = queries[start : start + MAX_NQ]
+            hits_per_query = self._call(
+                f"search {name_or_alias}",
+                self.client.search,
+                name_or_alias,
+                data=list(chunk),
+                limit=top_k,
+                output_fields=["model_version"] if with_versions else [],
+                search_params=self._search_params(top_k),
+                partition_names=list(segments) if segments else None,
+                **extra,
+            )
+            for row, hits in enumerate(hits_per_query, start=start):
+                n = len(hits.ids)
+                ids[row, :n] = hits.ids
+                scores[row, :n] = hits.distances
+                if with_versions:
+                    versions.update(hit["entity"]["model_version"] for hit in hits)
+        return SearchResult(ids=ids, scores=scores, model_versions=frozenset(versions))
+
+    def probe(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None
+    ) -> ProbeResult:
+        """Check that each probe item is stored with exactly the given vector (and version).
+
+        A plain "is the item its own top-1" check is unsound under IP: an item with a small
+        norm is outranked by bigger-norm items. Instead every probe vector is searched within
+        the probe set (``filter: id in probe_ids``, ``limit = len(probe_ids)``), so each probe
+        item must appear in each result list, and query i must score item i at its self-score
+        (IP: ``v·v``, COSINE: 1, L2: 0, relative tolerance 1e-3). That proves presence,
+        visibility after load and vector integrity for any metric and norm. Keep probes small
+        (tens of items). Uses Strong consistency.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(ids) == 0 or len(ids) > MAX_TOP_K or len(ids) != len(vectors):
+            raise ValueError(f"1..{MAX_TOP_K} probe ids with one vector each expected")
+        metric = self.settings.metric_type
+        expected = {"IP": np.einsum("ij,ij->i", vectors, vectors), "COSINE": np.ones(len(ids))}.get(
+            metric, np.zeros(len(ids))
+        )
+        id_list = ids.tolist()
+        raw = self._call(
+            f"probe {name}",
+            self.client.search,
+            name,
+            data=list(vectors),
+            filter=f"id in {id_list}",
+            limit=len(ids),
+            output_fields=["model_version"],
+            search_params=self._search_params(len(ids)),
+            consistency_level="Strong",
+        )
+        missing, mismatched, wrong_version = [], [], []
+        for item, want, hits in zip(id_list, expected.tolist(), raw, strict=True):
+            found = {hit.id: hit for hit in hits}
+            if item not in found:
+                missing.append(item)
+            elif abs(found[item].distance - want) > 1e-3 * max(1.0, abs(want)):
+                mismatched.append(item)
+            elif model_version is not None and found[item]["entity"]["model_version"] != model_version:
+                wrong_version.append(item)
+        result = ProbeResult(len(ids), tuple(missing), tuple(mismatched), tuple(wrong_version))
+        log.info("probe of %s: %d items, ok=%s", name, len(ids), result.ok)
+        return result
+
+    # -- aliases --------------------------------------------------------------------------------
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """The collection ``alias`` points at, or None if there is no such alias."""
+        try:
+            info = self._call(f"describe alias {alias}", self.client.describe_alias, alias)
+        except MilvusException as exc:
+            if is_transient(exc):
+                raise
+            return None
+        target = info.get("collection_name") if info else None
+        return str(target) if target else None
+
+    def aliases_of(self, collection: str) -> list[str]:
+        info = self._call(f"aliases of {collection}", self.client.list_aliases, collection)
+        return sorted(info.get("aliases", []))
+
+    def point_alias(self, alias: str, collection: str) -> str | None:
+        """Point ``alias`` at ``collection`` atomically (create or alter); return the previous target."""
+        _check_name("alias", alias)
+        previous = self.resolve_alias(alias)
+        if previous is None:
+            try:
+                self._call(f"create alias {alias}", self.client.create_alias, collection, alias)
+            except MilvusException as exc:
+                if exc.code != _ALIAS_EXISTS:
+                    raise
+                previous = self.resolve_alias(alias)  # created concurrently: swap instead
+                self._call(f"alter alias {alias}", self.client.alter_alias, collection, alias)
+        elif previous != collection:
+            self._call(f"alter alias {alias}", self.client.alter_alias, collection, alias)
+        log.info("alias %s -> %s (was %s)", alias, collection, previous)
+        return previous
+
+    def drop_alias(self, alias: str) -> None:
+        self._call(f"drop alias {alias}", self.client.drop_alias, alias)
+
+
+class MilvusSearcher:
+    """``search(queries, top_k) -> (ids, scores)`` against one collection, for the evaluator.
+
+    Same signature as the exact numpy backend. With ``pin=True`` an alias is resolved once, at
+    construction, so that an alias swap during a long evaluation cannot mix two models.
+    """
+
+    def __init__(self, store: VectorStore, name_or_alias: str, pin: bool = True) -> None:
+        self.store = store
+        self.target = (store.resolve_alias(name_or_alias) or name_or_alias) if pin else name_or_alias
+
+    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        result = self.store.search(self.target, queries, top_k, with_versions=False)
+        return result.ids, result.scores
