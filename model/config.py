@@ -26,9 +26,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_size: int = Field(128, ge=1)
-    negatives: int = Field(
-        1280, ge=1, description="Shared sampled negatives per batch (capped below the item count)"
-    )
+    negatives: int = Field(1280, ge=1, description="Shared sampled negatives per batch (capped below the item count)")
     full_softmax_ratio: float = Field(
         1.5,
         ge=0,
@@ -36,12 +34,8 @@ class TrainConfig(BaseModel):
         "this much more than sampling, and beats it); 0 = always sample",
     )
     lr: float = Field(0.005, gt=0)
-    batches: int = Field(
-        3000, ge=1, description="Total sampled batches (PaddleRec: an epoch is 1000 batches)"
-    )
-    eval_every: int = Field(
-        500, ge=1, description="Validate (Recall@N) and checkpoint every this many batches"
-    )
+    batches: int = Field(3000, ge=1, description="Total sampled batches (PaddleRec: an epoch is 1000 batches)")
+    eval_every: int = Field(500, ge=1, description="Validate (Recall@N) and checkpoint every this many batches")
     min_clicks: int = Field(5, ge=2, description="Users with fewer clicks are never sampled (reference: > 4)")
     seed: int = 2026
     threads: int = Field(0, ge=0, description="CPU threads for Paddle kernels; 0 = all cores")

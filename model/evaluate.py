@@ -69,6 +69,4 @@ def most_popular(popularity: IntArray, top_n: int) -> IntArray:
 def evaluate_most_popular(popularity: IntArray, heldout: HeldOut, *, top_n: int) -> EvalReport:
     top = most_popular(popularity, top_n)
     recs = [top] * heldout.num_users
-    return EvalReport(
-        "most_popular", ranking_metrics(recs, heldout.truths, top_n), heldout.truth_protocol, "exact"
-    )
+    return EvalReport("most_popular", ranking_metrics(recs, heldout.truths, top_n), heldout.truth_protocol, "exact")

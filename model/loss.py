@@ -12,9 +12,7 @@ FloatArray = npt.NDArray[np.float32]
 _MASKED = np.float32(-1e9)
 
 
-def logit_bias(
-    target_log_q: FloatArray, neg_log_q: FloatArray, target_ids: IntArray, neg_ids: IntArray
-) -> FloatArray:
+def logit_bias(target_log_q: FloatArray, neg_log_q: FloatArray, target_ids: IntArray, neg_ids: IntArray) -> FloatArray:
     """``[B, 1 + N]`` constant added to the logits (true item in column 0).
 
     ``-log Q`` (the proposal's expected count) corrects every logit so the sampled estimate tends

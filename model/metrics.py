@@ -45,9 +45,7 @@ def merge_interests(ids: IntArray, scores: npt.NDArray[np.float32], top_n: int) 
     return merged
 
 
-def ranking_metrics(
-    recommended: Sequence[IntArray], truths: Sequence[IntArray], top_n: int
-) -> RankingMetrics:
+def ranking_metrics(recommended: Sequence[IntArray], truths: Sequence[IntArray], top_n: int) -> RankingMetrics:
     """ComiRec's evaluation: recall = hits / |truth|; DCG over hit ranks; IDCG over the hit count."""
     if len(recommended) != len(truths):
         raise ValueError("one recommendation list per truth set is needed")

@@ -35,9 +35,7 @@ class ExactSearcher:
             q = np.asarray(queries[lo : lo + self._chunk], dtype=np.float32)
             s = q @ self._items[1:].T  # drop padding row 0
             part = (
-                np.argpartition(-s, k - 1, axis=1)[:, :k]
-                if k < n_items
-                else np.tile(np.arange(n_items), (len(q), 1))
+                np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n_items else np.tile(np.arange(n_items), (len(q), 1))
             )
             part_scores = np.take_along_axis(s, part, axis=1)
             order = np.argsort(-part_scores, axis=1, kind="stable")

@@ -89,17 +89,13 @@ class Trainer:
         grown = count > net.item_count
         self.net = grow_item_table(net, count, seed=cfg.seed)
         self.net.train()
-        self.optimizer = paddle.optimizer.Adam(
-            learning_rate=cfg.lr, parameters=self.net.parameters(), lazy_mode=True
-        )
+        self.optimizer = paddle.optimizer.Adam(learning_rate=cfg.lr, parameters=self.net.parameters(), lazy_mode=True)
         opt_state = init.optimizer_state(self.net) if init is not None and not grown else None
         if opt_state:
             self.optimizer.set_state_dict(opt_state)
         self.sampler = ReferenceSampler(seqs, maxlen=mind.maxlen, min_clicks=cfg.min_clicks, rng=self.rng)
         popularity = np.bincount(seqs.items, minlength=self.net.item_count)
-        self.negatives = LogUniformSampler(
-            popularity, cfg.negatives, self.rng, full_ratio=cfg.full_softmax_ratio
-        )
+        self.negatives = LogUniformSampler(popularity, cfg.negatives, self.rng, full_ratio=cfg.full_softmax_ratio)
 
     def train_step(self) -> float:
         batch = self.sampler.sample(self.cfg.batch_size)
@@ -112,13 +108,9 @@ class Trainer:
         emb = paddle.gather(rows, paddle.to_tensor(inverse.astype(np.int64)))
         n_tgt = batch.target.shape[0]
         hist_flat, target_emb, neg_emb = paddle.split(emb, [batch.hist.size, n_tgt, neg.ids.shape[0]])
-        interests = self.net.capsules(
-            hist_flat.reshape([n_tgt, -1, rows.shape[-1]]), paddle.to_tensor(batch.seq_len)
-        )
+        interests = self.net.capsules(hist_flat.reshape([n_tgt, -1, rows.shape[-1]]), paddle.to_tensor(batch.seq_len))
         user = self.net.label_aware(interests, target_emb)
-        bias = logit_bias(
-            self.negatives.log_expected_for(batch.target), neg.log_expected, batch.target, neg.ids
-        )
+        bias = logit_bias(self.negatives.log_expected_for(batch.target), neg.log_expected, batch.target, neg.ids)
         loss = sampled_softmax_loss(user, target_emb, neg_emb, paddle.to_tensor(bias))
         loss.backward()
         self.optimizer.step()

@@ -81,9 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from workers.offline import run_export
 
     settings = _settings(args)
-    _print(
-        run_export(settings, dataset_name=settings.data.dataset, which=args.checkpoint, out=Path(args.out))
-    )
+    _print(run_export(settings, dataset_name=settings.data.dataset, which=args.checkpoint, out=Path(args.out)))
     return 0
 
 
@@ -166,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or Settings().log_level
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return int(args.func(args))
 
 

@@ -46,9 +46,7 @@ def make_producer(conf: Conf, overrides: Conf | None = None) -> Producer:
     return Producer(_merged(conf, PRODUCER_DEFAULTS, overrides))
 
 
-def make_consumer(
-    conf: Conf, group_id: str, *, session_timeout_ms: int, overrides: Conf | None = None
-) -> Consumer:
+def make_consumer(conf: Conf, group_id: str, *, session_timeout_ms: int, overrides: Conf | None = None) -> Consumer:
     """A consumer in ``group_id`` (pass ``settings.kafka.session_timeout_ms``; joins take ~half of it)."""
     group: dict[str, ConfValue] = {
         "group.id": group_id,

@@ -107,9 +107,7 @@ def evaluate_checkpoint(
             load_into_milvus(store, ckpt, collection)
             try:
                 searcher_m = MilvusSearcher(store, collection)
-                reports.append(
-                    evaluate_model(tower, searcher_m, heldout, top_n=top_n, name=name, backend="milvus")
-                )
+                reports.append(evaluate_model(tower, searcher_m, heldout, top_n=top_n, name=name, backend="milvus"))
             finally:
                 store.drop_collection(collection)
     return reports

@@ -58,7 +58,9 @@ class KafkaSettings(_Section):
         """librdkafka's dotted keys for producers, consumers and admin clients."""
         servers = bootstrap or self.bootstrap_servers
         if not servers:
-            raise ValueError("no bootstrap servers: set MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS or start the embedded broker")
+            raise ValueError(
+                "no bootstrap servers: set MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS or start the embedded broker"
+            )
         conf: dict[str, str | int] = {"bootstrap.servers": servers, "security.protocol": self.security_protocol}
         if self.security_protocol.startswith("SASL"):
             if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
@@ -91,6 +93,34 @@ class DataSettings(_Section):
     history_share: float = Field(0.8, gt=0, lt=1, description="Held-out users: share of clicks used as history")
 
 
+class IngestSettings(_Section):
+    batch_size: int = Field(5000, ge=1, description="A batch closes at this many messages ...")
+    batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
+    dlq_flush_timeout_s: float = Field(10.0, gt=0, description="Fail the batch if the DLQ does not ack in time")
+    stats_interval_ms: int = Field(5000, ge=0, description="librdkafka stats (consumer lag gauge); 0 = off")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
+
+
+class RefreshSettings(_Section):
+    interval_s: float = Field(30.0, gt=0, description="Refresh at least this often when there are new events")
+    min_new_events: int = Field(50_000, ge=1, description="... or as soon as this many new events arrived")
+    train_batches: int = Field(300, ge=1, description="Incremental training batches per refresh")
+    replay_users: int = Field(2000, ge=0, description="Older users mixed into each refresh (replay sample)")
+    quality_margin: float = Field(0.02, ge=0, description="Abort the swap if Recall@N drops more than this")
+    quality_users: int = Field(200, ge=0, description="Held-out users (last click) for the quality gate")
+    probe_items: int = Field(20, ge=1, le=1000, description="Items probed in the shadow before the swap")
+    grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
+    keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
+    poll_s: float = Field(0.5, gt=0, description="How often the refresh loop checks its triggers")
+
+
+class RecallSettings(_Section):
+    max_batch: int = Field(64, ge=1, description="Requests micro-batched into one Milvus search")
+    max_wait_ms: float = Field(2.0, ge=0, description="Longest wait to fill a micro-batch")
+    alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
+    client_timeout_s: float = Field(5.0, gt=0, description="RecallClient reply timeout")
+
+
 class Settings(BaseSettings):
     """Root settings: ``MINDSTREAM_<FIELD>`` and ``MINDSTREAM_<SECTION>__<FIELD>``."""
 
@@ -104,6 +134,9 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     milvus: MilvusSettings = MilvusSettings()
     kafka: KafkaSettings = KafkaSettings()
+    ingest: IngestSettings = IngestSettings()
+    refresh: RefreshSettings = RefreshSettings()
+    recall: RecallSettings = RecallSettings()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -112,3 +145,16 @@ class Settings(BaseSettings):
     @property
     def milvus_dir(self) -> Path:
         return self.state_dir / "milvus"
+
+    @property
+    def models_dir(self) -> Path:
+        """Checkpoints of the served (streaming) models, ``v<N>`` = collection ``<alias>_v<N>``."""
+        return self.state_dir / "models"
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.state_dir / "ingest"
+
+    @property
+    def refresh_dir(self) -> Path:
+        return self.state_dir / "refresh"

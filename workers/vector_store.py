@@ -87,9 +87,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retry(
-    call: Callable[[], T], what: str, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0
-) -> T:
+def with_retry(call: Callable[[], T], what: str, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0) -> T:
     """Run ``call``; on a transient error sleep ``min(cap_s, base_s * 2**i)`` and try again."""
     for attempt in range(attempts):
         try:
@@ -246,9 +244,7 @@ class VectorStore:
         for start in range(0, len(ids), step):
             rows = [
                 {"id": i, "vector": v, "model_version": model_version, "segment": segment}
-                for i, v in zip(
-                    ids[start : start + step].tolist(), vectors[start : start + step], strict=True
-                )
+                for i, v in zip(ids[start : start + step].tolist(), vectors[start : start + step], strict=True)
             ]
             self._call(f"insert into {name}", self.client.insert, name, rows, partition_name=segment)
         log.debug("inserted %d rows into %s/%s", len(ids), name, segment)
@@ -346,9 +342,7 @@ class VectorStore:
                     versions.update(hit["entity"]["model_version"] for hit in hits)
         return SearchResult(ids=ids, scores=scores, model_versions=frozenset(versions))
 
-    def probe(
-        self, name: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None
-    ) -> ProbeResult:
+    def probe(self, name: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None) -> ProbeResult:
         """Check that each probe item is stored with exactly the given vector (and version).
 
         A plain "is the item its own top-1" check is unsound under IP: an item with a small

@@ -42,7 +42,5 @@ def load_dataset(name: str, settings: DataSettings) -> Dataset:
     if name == "amazonbook-demo":
         return load_amazonbook_demo(settings.amazonbook_dir, seed=settings.split_seed)
     if name == "synthetic":
-        return synthetic_dataset(
-            DEFAULT_SYNTHETIC, history_share=settings.history_share, seed=settings.split_seed
-        )
+        return synthetic_dataset(DEFAULT_SYNTHETIC, history_share=settings.history_share, seed=settings.split_seed)
     raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")

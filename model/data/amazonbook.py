@@ -207,10 +207,7 @@ def load_amazonbook_demo(directory: Path | str, *, seed: int, truth_limit: int |
     train, _ = read_train_lines(directory / "train.txt")
     held, _ = read_eval_lines(directory / "valid.txt")  # full truths: the id space covers them
     item_count = (
-        max(
-            [int(train.items.max()) if train.items.size else 0]
-            + [int(a.max()) for a in held.histories + held.truths]
-        )
+        max([int(train.items.max()) if train.items.size else 0] + [int(a.max()) for a in held.histories + held.truths])
         + 1
     )
     perm = np.random.default_rng(seed).permutation(held.num_users)

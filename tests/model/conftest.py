@@ -26,7 +26,5 @@ def clustered_seqs() -> Sequences:
     seqs = []
     for _ in range(60):
         clusters = rng.choice(4, size=rng.integers(1, 3), replace=False)
-        seqs.append(
-            [int(c * 10 + rng.integers(1, 11)) for c in rng.choice(clusters, size=rng.integers(6, 20))]
-        )
+        seqs.append([int(c * 10 + rng.integers(1, 11)) for c in rng.choice(clusters, size=rng.integers(6, 20))])
     return Sequences.from_lists(list(range(1, 61)), seqs, item_count=41)

@@ -20,9 +20,7 @@ def _heldout(seqs: Sequences) -> HeldOut:
     return HeldOut(seqs.user_ids, hist, truth)
 
 
-def test_loss_falls_on_a_tiny_set(
-    clustered_seqs: Sequences, tiny_cfg: MindConfig, tiny_train_cfg: TrainConfig
-) -> None:
+def test_loss_falls_on_a_tiny_set(clustered_seqs: Sequences, tiny_cfg: MindConfig, tiny_train_cfg: TrainConfig) -> None:
     trainer = Trainer(clustered_seqs, tiny_cfg, tiny_train_cfg)
     first = np.mean([trainer.train_step() for _ in range(5)])
     for _ in range(80):
@@ -31,9 +29,7 @@ def test_loss_falls_on_a_tiny_set(
     assert last < first * 0.8
 
 
-def test_training_is_reproducible(
-    clustered_seqs: Sequences, tiny_cfg: MindConfig, tiny_train_cfg: TrainConfig
-) -> None:
+def test_training_is_reproducible(clustered_seqs: Sequences, tiny_cfg: MindConfig, tiny_train_cfg: TrainConfig) -> None:
     losses = []
     for _ in range(2):
         trainer = Trainer(clustered_seqs, tiny_cfg, tiny_train_cfg)

@@ -22,9 +22,7 @@ def test_get_header_handles_every_shape() -> None:
 
 def test_dead_letter_keeps_original_headers_and_adds_its_own() -> None:
     original = [("trace", b"t1"), (DLQ_REASON, b"older failure"), ("trace", b"t2")]
-    letter = DeadLetter(
-        reason="user_id: Input should be a valid integer", topic="clicks", partition=3, offset=41
-    )
+    letter = DeadLetter(reason="user_id: Input should be a valid integer", topic="clicks", partition=3, offset=41)
     headers = letter.headers(original)
     assert headers[:2] == [("trace", b"t1"), ("trace", b"t2")]
     assert dict(headers[2:]) == {

@@ -9,9 +9,7 @@ from schemas.generate import JSON_DIR, MODELS, render_all, stale_files, write_al
 
 
 def test_checked_in_schemas_match_the_models() -> None:
-    assert stale_files() == [], (
-        "JSON Schemas drifted: run `python -m schemas.generate` and commit schemas/json"
-    )
+    assert stale_files() == [], "JSON Schemas drifted: run `python -m schemas.generate` and commit schemas/json"
 
 
 def test_every_model_has_a_sorted_indented_file() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -62,13 +63,13 @@ def test_transient_classification() -> None:
     assert not is_transient(ValueError("nope"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def store(milvus_uri: str) -> Iterator[VectorStore]:
     with VectorStore(milvus_uri, MilvusSettings(insert_batch=400)) as vs:
         yield vs
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def data() -> Data:
     rng = np.random.default_rng(7)
     ids = np.arange(1, N + 1, dtype=np.int64)
@@ -76,6 +77,7 @@ def data() -> Data:
 
 
 def _ready(store: VectorStore, name: str, ids: np.ndarray, vectors: np.ndarray, version: str = "v1") -> None:
+    """Serving path: insert, flush (seal), index, load."""
     store.create_collection(name, DIM)
     store.insert(name, ids, vectors, model_version=version)
     store.flush(name)
@@ -83,13 +85,23 @@ def _ready(store: VectorStore, name: str, ids: np.ndarray, vectors: np.ndarray, 
     store.load(name)
 
 
-@pytest.fixture
-def loaded(store: VectorStore, milvus_collection_name: str, data: Data) -> Iterator[str]:
-    _ready(store, milvus_collection_name, *data)
-    yield milvus_collection_name
-    for alias in store.aliases_of(milvus_collection_name):
+def _quick(store: VectorStore, name: str, ids: np.ndarray, vectors: np.ndarray, version: str = "v1") -> None:
+    """Fast path for small tests: index + load an empty collection, then insert (growing segment)."""
+    store.create_collection(name, DIM)
+    store.build_index(name)
+    store.load(name)
+    store.insert(name, ids, vectors, model_version=version)
+
+
+@pytest.fixture(scope="module")
+def loaded(store: VectorStore, data: Data) -> Iterator[str]:
+    """One read-only 1,000-item collection shared by the module's tests."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    _ready(store, name, *data)
+    yield name
+    for alias in store.aliases_of(name):
         store.drop_alias(alias)
-    store.drop_collection(milvus_collection_name)
+    store.drop_collection(name)
 
 
 @pytest.mark.integration
@@ -126,7 +138,7 @@ def test_self_queries_score_their_own_inner_product(store: VectorStore, loaded: 
 @pytest.mark.integration
 def test_short_results_are_padded(store: VectorStore, milvus_collection_name: str) -> None:
     vectors = np.eye(DIM, dtype=np.float32)[:3]
-    _ready(store, milvus_collection_name, np.array([11, 12, 13]), vectors)
+    _quick(store, milvus_collection_name, np.array([11, 12, 13]), vectors)
     result = store.search(milvus_collection_name, vectors[:2], top_k=5, strong=True)
     assert result.ids.shape == (2, 5)
     assert set(result.ids[0, :3].tolist()) == {11, 12, 13}
@@ -136,9 +148,7 @@ def test_short_results_are_padded(store: VectorStore, milvus_collection_name: st
 
 
 @pytest.mark.integration
-def test_large_nq_is_chunked(
-    store: VectorStore, loaded: str, data: Data, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_large_nq_is_chunked(store: VectorStore, loaded: str, data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("workers.vector_store.MAX_NQ", 64)
     _ids, vectors = data
     result = store.search(loaded, vectors[:150], top_k=3)
@@ -154,7 +164,7 @@ def test_aliases_create_alter_resolve(store: VectorStore, loaded: str, data: Dat
     assert store.resolve_alias(alias) is None
     assert store.point_alias(alias, loaded) is None
     assert store.resolve_alias(alias) == loaded
-    _ready(store, shadow, ids, vectors * 2, version="v2")
+    _quick(store, shadow, ids, vectors * 2, version="v2")
     try:
         assert store.point_alias(alias, shadow) == loaded  # alter, not create (1602)
         assert store.resolve_alias(alias) == shadow
@@ -217,3 +227,4 @@ def test_milvus_searcher_pins_the_alias(store: VectorStore, loaded: str, data: D
     got_ids, got_scores = searcher.search(vectors[:20], top_k=5)
     assert got_ids.shape == (20, 5) and got_scores.shape == (20, 5)
     assert np.mean(got_ids[:, 0] == ids[:20]) >= 0.5  # own vector usually wins with gaussian data
+    store.drop_alias(alias)

@@ -84,9 +84,7 @@ def test_determinism(raw: RawClicks) -> None:
 def test_load_ml100k_matches_split(raw: RawClicks) -> None:
     data = load_ml100k(seed=3, core=10, history_share=0.5)
     assert data.name == "ml-100k"
-    assert (
-        data.train.fingerprint() == comirec_split(raw, core=10, seed=3, history_share=0.5).train.fingerprint()
-    )
+    assert data.train.fingerprint() == comirec_split(raw, core=10, seed=3, history_share=0.5).train.fingerprint()
 
 
 def test_ties_broken_by_item_id_and_ids_remapped(tmp_path: Path) -> None:

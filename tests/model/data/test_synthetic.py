@@ -52,9 +52,7 @@ def test_popularity_and_interests() -> None:
     counts = np.sort(np.bincount(items, minlength=SMALL.num_items + 1)[1:])[::-1]
     assert counts[: SMALL.num_items // 100].sum() > 5 * items.size / 100  # top 1% >> 1% of clicks
 
-    focused = SyntheticSpec(
-        num_users=300, num_items=2000, num_clusters=20, interests_per_user=(1, 1), noise=0.0
-    )
+    focused = SyntheticSpec(num_users=300, num_items=2000, num_clusters=20, interests_per_user=(1, 1), noise=0.0)
     clusters = item_clusters(focused)
     assert clusters[0] == -1 and np.bincount(clusters[1:]).tolist() == [100] * 20
     users, items, _ = _all(focused, 100_000)

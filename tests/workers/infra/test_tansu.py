@@ -96,9 +96,7 @@ def test_ensure_topics_is_idempotent(kafka_settings: KafkaSettings, topic_name: 
     assert len(topics[topic_name].partitions) == 2
 
 
-def test_hundred_messages_with_headers_round_trip_and_commit(
-    kafka_settings: KafkaSettings, topic_name: str
-) -> None:
+def test_hundred_messages_with_headers_round_trip_and_commit(kafka_settings: KafkaSettings, topic_name: str) -> None:
     conf = kafka_settings.client_config()
     ensure_topics(conf, [topic_name])
     _produce(conf, topic_name, 100)
@@ -118,9 +116,7 @@ def test_hundred_messages_with_headers_round_trip_and_commit(
         consumer.close()
 
 
-def test_restarted_consumer_resumes_after_stored_offset(
-    kafka_settings: KafkaSettings, topic_name: str
-) -> None:
+def test_restarted_consumer_resumes_after_stored_offset(kafka_settings: KafkaSettings, topic_name: str) -> None:
     """At-least-once as the workers do it: store the offset once the effect is durable; close() commits it."""
     conf = kafka_settings.client_config()
     ensure_topics(conf, [topic_name])

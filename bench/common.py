@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmarks: machine description, peak RSS, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def emit(name: str, payload: dict[str, Any]) -> None:
+    """Print the JSON summary and keep a copy under bench/results/<name>.json."""
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    text = json.dumps(payload, indent=2, default=str)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(text + "\n")
+    sys.stdout.write(text + "\n")

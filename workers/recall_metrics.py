@@ -1,0 +1,81 @@
+"""The recall worker's Prometheus metrics, on an injected ``CollectorRegistry`` (one object per worker)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.messages import ErrorReply, RecallReply
+from workers.metrics import consumer_lag_gauge, observe_consumer_lag
+
+__all__ = ["LATENCY_BUCKETS", "RecallMetrics"]
+
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+USERS_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1_024, 4_096, 16_384)
+OK: Final = "ok"
+
+
+class RecallMetrics:
+    """Counters by outcome, worker-side latency, micro-batch shape, and the model version served."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "mindstream_recall_requests",
+            "Recall requests answered, by status (ok or the error code of the ErrorReply)",
+            ["status"],
+            registry=registry,
+        )
+        self.undeliverable = Counter(
+            "mindstream_recall_replies_undeliverable",
+            "Replies the broker did not acknowledge (e.g. unknown reply_to topic)",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "mindstream_recall_latency_seconds",
+            "Worker-side time from consuming a request to its reply's acknowledgement",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.search_seconds = Histogram(
+            "mindstream_recall_batch_compute_seconds",
+            "Time to embed and search one micro-batch (tower + Milvus + merge)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "mindstream_recall_batch_requests",
+            "Requests per micro-batch",
+            buckets=USERS_BUCKETS,
+            registry=registry,
+        )
+        self.batch_users = Histogram(
+            "mindstream_recall_batch_users",
+            "Users per micro-batch (one Milvus search of K x users queries)",
+            buckets=USERS_BUCKETS,
+            registry=registry,
+        )
+        self.live_version = Gauge(
+            "mindstream_live_model_version",
+            "1 for the model version (and collection) this worker serves, info-style",
+            ["version", "collection"],
+            registry=registry,
+        )
+        self.consumer_lag = consumer_lag_gauge(registry)
+        self._served: tuple[str, str] | None = None
+
+    def record(self, replies: list[RecallReply | ErrorReply]) -> None:
+        for reply in replies:
+            status = OK if isinstance(reply, RecallReply) else reply.code.value
+            self.requests.labels(status=status).inc()
+        served = next(((r.model_version, r.collection) for r in replies if isinstance(r, RecallReply)), None)
+        if served is not None and served != self._served:
+            if self._served is not None:
+                self.live_version.remove(*self._served)
+            self.live_version.labels(version=served[0], collection=served[1]).set(1)
+            self._served = served
+
+    def on_stats(self, stats_json: str) -> None:
+        """librdkafka ``stats_cb``."""
+        observe_consumer_lag(self.consumer_lag, stats_json)
