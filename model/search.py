@@ -10,6 +10,7 @@ import numpy.typing as npt
 from model.data.types import IntArray
 
 FloatMatrix = npt.NDArray[np.float32]
+_SCORE_BUDGET = 1 << 25  # scores held at once by the exact backend (128 MiB of float32)
 
 
 class Searcher(Protocol):
@@ -31,8 +32,9 @@ class ExactSearcher:
         k = min(top_k, n_items)
         ids = np.zeros((queries.shape[0], top_k), dtype=np.int64)
         scores = np.full((queries.shape[0], top_k), -np.inf, dtype=np.float32)
-        for lo in range(0, queries.shape[0], self._chunk):
-            q = np.asarray(queries[lo : lo + self._chunk], dtype=np.float32)
+        chunk = max(1, min(self._chunk, _SCORE_BUDGET // max(n_items, 1)))  # bound the [chunk, items] matrix
+        for lo in range(0, queries.shape[0], chunk):
+            q = np.asarray(queries[lo : lo + chunk], dtype=np.float32)
             s = q @ self._items[1:].T  # drop padding row 0
             part = (
                 np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n_items else np.tile(np.arange(n_items), (len(q), 1))

@@ -114,6 +114,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from workers.ingest import main as ingest_main
+
+    return ingest_main(args.rest)
+
+
+def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Any:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from workers.offline import load
+    from workers.refresh import RefreshWorker
+    from workers.refresh_metrics import RefreshMetrics
+    from workers.state_reader import StateReader
+    from workers.vector_store import VectorStore
+
+    registry = CollectorRegistry()
+    if settings.refresh.metrics_port is not None:
+        start_http_server(settings.refresh.metrics_port, registry=registry)
+    dataset = load(settings) if with_data else None
+    quality = dataset.valid.head(settings.refresh.quality_users) if dataset is not None else None
+    return RefreshWorker(
+        settings,
+        VectorStore(uri, settings.milvus),
+        StateReader(settings.state_dir, settings.kafka.clicks_topic),
+        replay=dataset.train if dataset is not None else None,
+        quality=quality,
+        metrics=RefreshMetrics(registry),
+    )
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Run the refresh loop (bootstrapping the first live model), or one round, or ask for one."""
+    from model.checkpoint import open_checkpoint
+    from workers.infra.milvus_server import open_milvus
+    from workers.offline import checkpoint_root
+    from workers.refresh import trigger_file
+    from workers.runtime import StopFlag, stop_on_signals
+
+    settings = _settings(args)
+    if args.now:
+        path = trigger_file(settings.state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        _print({"requested": str(path)})
+        return 0
+    with open_milvus(settings.milvus, settings.milvus_dir) as uri:
+        worker = _refresh_worker(settings, uri, with_data=True)
+        try:
+            base_root = checkpoint_root(settings, settings.data.dataset)
+            base = open_checkpoint(base_root, "best") if (base_root / "BEST").exists() else None
+            boot = worker.bootstrap(base)
+            if boot is not None:
+                log.info("bootstrapped live model %s", boot.version)
+            if args.once:
+                report = worker.run_round(force=True)
+                _print(report.as_dict() if report else {"round": "nothing new"})
+                return 0
+            with stop_on_signals(StopFlag()) as stop:
+                worker.run(stop)
+        finally:
+            worker.close()
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from workers.infra.milvus_server import open_milvus
+
+    settings = _settings(args)
+    with open_milvus(settings.milvus, settings.milvus_dir) as uri:
+        worker = _refresh_worker(settings, uri, with_data=False)
+        try:
+            target, previous = worker.rollback()
+        finally:
+            worker.close()
+    _print({"live": target, "was": previous})
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     _print(json.loads(_settings(args).model_dump_json()))
     return 0
@@ -157,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int)
     p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
 
+    p = add("ingest", cmd_ingest, "Consume clicks into the ingest state (DLQ for bad ones); see --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the ingest worker (--help for them)")
+
+    p = add("refresh", cmd_refresh, "Refresh loop: train on new clicks, build a shadow collection, swap")
+    p.add_argument("--once", action="store_true", help="run one round now and exit")
+    p.add_argument("--now", action="store_true", help="ask the running refresh loop for a round now")
+
+    add("rollback", cmd_rollback, "Point the live alias back at the previous collection")
     add("settings", cmd_settings, "Print the effective settings (secrets masked)")
     return parser
 

@@ -226,7 +226,8 @@ class RecallClient:
 
     def _drop_topic(self) -> None:
         try:
-            futures = make_admin(self._conf).delete_topics([self.reply_topic], operation_timeout=5)
+            admin = make_admin(self._conf)  # keep a reference: a collected admin aborts its futures
+            futures = admin.delete_topics([self.reply_topic], operation_timeout=5)
             for future in futures.values():
                 future.result(5)
         except Exception as exc:

@@ -119,7 +119,6 @@ class RecallEngine:
         if served is None:
             log.warning("no live model yet: requests get 'unavailable' until the alias exists")
             return None
-        log.info("serving %s from %s", served.version, served.collection)
         return served.version
 
     def answer(self, requests: Sequence[RecallRequest], started: float | None = None) -> list[Reply]:

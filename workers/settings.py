@@ -112,6 +112,7 @@ class RefreshSettings(_Section):
     grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
     keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
     poll_s: float = Field(0.5, gt=0, description="How often the refresh loop checks its triggers")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
 class RecallSettings(_Section):
@@ -119,6 +120,7 @@ class RecallSettings(_Section):
     max_wait_ms: float = Field(2.0, ge=0, description="Longest wait to fill a micro-batch")
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
     client_timeout_s: float = Field(5.0, gt=0, description="RecallClient reply timeout")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
 class Settings(BaseSettings):

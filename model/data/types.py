@@ -86,6 +86,10 @@ class HeldOut:
     def num_users(self) -> int:
         return len(self.histories)
 
+    def head(self, n: int) -> HeldOut:
+        """The first ``n`` users (e.g. a fixed quality slice)."""
+        return HeldOut(self.user_ids[:n], self.histories[:n], self.truths[:n], self.truth_protocol)
+
 
 @dataclass(frozen=True)
 class Dataset:

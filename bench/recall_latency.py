@@ -1,0 +1,189 @@
+"""Recall latency over Kafka, measured from the client: embedded broker + embedded Milvus (100k items,
+HNSW) + the recall worker as its own process (``python -m workers.recall``) + an open-loop load
+generator at a fixed offered rate.
+
+    python -m bench.recall_latency [--rates 200] [--duration 20] [--items 100000] [--top-k 50]
+    python -m bench.recall_latency --rates 50 100 200 400      # offered-load sweep
+
+Latency is taken from each request's *scheduled* send time to its reply's arrival, so a generator
+or client that falls behind shows up in the numbers (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from bench.common import emit, peak_rss_mb
+from model.checkpoint import save_checkpoint
+from model.config import MindConfig
+from model.export import item_table
+from model.net import MindNet
+from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from workers.infra.milvus_server import EmbeddedMilvus
+from workers.infra.tansu import EmbeddedBroker, free_port
+from workers.kafka_admin import ensure_topics
+from workers.recall_client import RecallClient
+from workers.settings import KafkaSettings, MilvusSettings, Settings
+from workers.vector_store import VectorStore
+
+Outcome = tuple[float, float, RecallReply | ErrorReply | BaseException]
+
+
+def publish(uri: str, settings: Settings, items: int, cfg: MindConfig) -> dict[str, Any]:
+    """An untrained MIND (item table = random vectors) as v1: checkpoint + HNSW collection + alias."""
+    alias = settings.milvus.alias
+    started = time.perf_counter()
+    with VectorStore(uri, settings.milvus) as store:
+        if (settings.models_dir / "v1").exists() and store.resolve_alias(alias) == f"{alias}_v1":
+            store.load(f"{alias}_v1")
+            return {"publish_s": 0.0, "reused_workdir": True}
+        paddle.seed(0)
+        net = MindNet(cfg, items + 1)
+        version = save_checkpoint(
+            settings.models_dir, net, None, parent=None, step=0, data_fingerprint="bench", train={}, metrics={}
+        ).manifest.version
+        name = f"{alias}_{version}"
+        store.create_collection(name, cfg.dim)
+        store.insert(name, np.arange(1, items + 1, dtype=np.int64), item_table(net)[1:], version)
+        store.flush(name)
+        store.build_index(name)
+        while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
+            time.sleep(0.5)
+        store.load(name)
+        assert store.count(name) == items
+        store.point_alias(alias, name)
+    return {"publish_s": round(time.perf_counter() - started, 1)}
+
+
+def start_worker(settings: Settings, bootstrap: str, uri: str, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MINDSTREAM_STATE_DIR": str(settings.state_dir),
+        "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MINDSTREAM_MILVUS__URI": uri,
+        "MINDSTREAM_LOG_LEVEL": "WARNING",
+    }
+    with log_path.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "workers.recall"], env=env, stdout=out, stderr=out)
+
+
+def run_rate(client: RecallClient, rate: float, duration: float, reqs: list[RecallRequest]) -> dict[str, Any]:
+    """Open loop: request i is due at ``t0 + i / rate`` whatever happened to the earlier ones."""
+    n = max(1, int(rate * duration))
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def done(due: float, future: Future[RecallReply | ErrorReply]) -> None:
+        arrived = time.perf_counter()
+        result: RecallReply | ErrorReply | BaseException = future.exception() or future.result()
+        with lock:
+            outcomes.append((due, arrived, result))
+
+    t0 = time.perf_counter() + 0.05
+    futures = []
+    for i in range(n):
+        due = t0 + i / rate
+        if (delay := due - time.perf_counter()) > 0:
+            time.sleep(delay)
+        future = client.request(reqs[i % len(reqs)])
+        future.add_done_callback(functools.partial(done, due))
+        futures.append(future)
+    deadline = time.monotonic() + client.timeout_s + 2
+    while len(outcomes) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return summarise(rate, n, t0, outcomes)
+
+
+def summarise(rate: float, sent: int, t0: float, outcomes: list[Outcome]) -> dict[str, Any]:
+    ok = [(due, at, r) for due, at, r in outcomes if isinstance(r, RecallReply)]
+    lat = np.array([(at - due) * 1000 for due, at, _ in ok]) if ok else np.array([np.nan])
+    took = np.array([r.took_ms for _, _, r in ok]) if ok else np.array([np.nan])
+    span = max(at for _, at, _ in outcomes) - t0 if outcomes else float("nan")
+    return {
+        "offered_rps": rate,
+        "sent": sent,
+        "ok": len(ok),
+        "errors": sum(not isinstance(r, RecallReply) for _, _, r in outcomes) + sent - len(outcomes),
+        "empty_replies": sum(any(not items for items in r.items) for _, _, r in ok),
+        "achieved_rps": round(len(ok) / span, 1) if ok else 0.0,
+        "latency_ms": {q: round(float(np.percentile(lat, p)), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+        | {"max": round(float(lat.max()), 2)},
+        "worker_took_ms": {
+            "p50": round(float(np.percentile(took, 50)), 2),
+            "p99": round(float(np.percentile(took, 99)), 2),
+        },
+        "versions": sorted({r.model_version for _, _, r in ok}),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rates", type=float, nargs="+", default=[200.0], help="offered requests/s (sweep)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--users", type=int, default=1, help="users per request")
+    p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (skips the ~70 s publish)")
+    args = p.parse_args()
+    cfg = MindConfig(dim=64, k_max=4, maxlen=20)
+    rng = np.random.default_rng(2026)
+    with contextlib.ExitStack() as stack:
+        base = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recall-bench-")))
+        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type="HNSW"))
+        with (
+            EmbeddedBroker("127.0.0.1", free_port(), log_path=base / "tansu.log") as broker,
+            EmbeddedMilvus(base / "milvus", port=free_port()) as milvus,
+        ):
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+            ensure_topics(kafka.client_config(), [kafka.requests_topic, kafka.replies_topic])
+            setup = publish(milvus.uri, settings, args.items, cfg)
+            worker = start_worker(settings, broker.bootstrap, milvus.uri, base / "worker.log")
+            reqs = [
+                RecallRequest(hist_item=rng.integers(1, args.items + 1, (args.users, 20)).tolist(), top_k=args.top_k)
+                for _ in range(1000)
+            ]
+            runs = []
+            try:
+                with RecallClient(kafka, settings.recall) as client:
+                    client.recall(hist_item=[[1, 2, 3]], timeout=60)  # worker up, group joined
+                    for rate in args.rates:
+                        run_rate(client, rate, args.warmup, reqs)
+                        runs.append(run_rate(client, rate, args.duration, reqs))
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                stopped = worker.wait(30)
+    emit(
+        "recall_latency",
+        {
+            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": "HNSW", **setup},
+            "request": {"users": args.users, "top_k": args.top_k, "history": 20},
+            "worker": {
+                "max_batch": settings.recall.max_batch,
+                "max_wait_ms": settings.recall.max_wait_ms,
+                "exit_code_after_sigterm": stopped,
+            },
+            "duration_s": args.duration,
+            "runs": runs,
+            "bench_peak_rss_mb": peak_rss_mb(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
