@@ -120,6 +120,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_main(args.rest)
 
 
+def cmd_recall(args: argparse.Namespace) -> int:
+    from workers.recall import main as recall_main
+
+    return recall_main(args.rest)
+
+
 def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Any:
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -237,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", cmd_ingest, "Consume clicks into the ingest state (DLQ for bad ones); see --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the ingest worker (--help for them)")
+
+    p = add("recall", cmd_recall, "Answer recall requests from Kafka (request/reply); see --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the recall worker (--help for them)")
 
     p = add("refresh", cmd_refresh, "Refresh loop: train on new clicks, build a shadow collection, swap")
     p.add_argument("--once", action="store_true", help="run one round now and exit")

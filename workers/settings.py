@@ -123,6 +123,14 @@ class RecallSettings(_Section):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
+class HttpSettings(_Section):
+    host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway (loopback unless told otherwise)")
+    port: int = Field(8000, ge=1, le=65535)
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for destructive endpoints (/rec/drop, /rec/insert_data); unset = refused"
+    )
+
+
 class Settings(BaseSettings):
     """Root settings: ``MINDSTREAM_<FIELD>`` and ``MINDSTREAM_<SECTION>__<FIELD>``."""
 
@@ -139,6 +147,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     refresh: RefreshSettings = RefreshSettings()
     recall: RecallSettings = RecallSettings()
+    http: HttpSettings = HttpSettings()
 
     @property
     def checkpoint_dir(self) -> Path:
