@@ -71,11 +71,14 @@ def publish(uri: str, settings: Settings, items: int, cfg: MindConfig) -> dict[s
 
 
 def start_worker(settings: Settings, bootstrap: str, uri: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m workers.recall`` configured through the environment, like a deployment."""
     env = {
         **os.environ,
         "MINDSTREAM_STATE_DIR": str(settings.state_dir),
         "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MINDSTREAM_MILVUS__URI": uri,
+        "MINDSTREAM_MILVUS__SEARCH_EF": str(settings.milvus.search_ef),
+        "MINDSTREAM_RECALL__MAX_WAIT_MS": str(settings.recall.max_wait_ms),
         "MINDSTREAM_LOG_LEVEL": "WARNING",
     }
     with log_path.open("wb") as out:
@@ -139,13 +142,23 @@ def main() -> None:
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--users", type=int, default=1, help="users per request")
+    p.add_argument("--max-wait-ms", type=float, help="micro-batch window (default: settings)")
+    p.add_argument("--search-ef", type=int, help="HNSW ef at search time (default: settings)")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (skips the ~70 s publish)")
     args = p.parse_args()
     cfg = MindConfig(dim=64, k_max=4, maxlen=20)
+    load_before = round(os.getloadavg()[0], 2)  # other processes on the machine skew the numbers
     rng = np.random.default_rng(2026)
     with contextlib.ExitStack() as stack:
         base = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recall-bench-")))
-        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type="HNSW"))
+        defaults = Settings()
+        settings = Settings(
+            state_dir=base / "state",
+            milvus=MilvusSettings(index_type="HNSW", search_ef=args.search_ef or defaults.milvus.search_ef),
+            recall=defaults.recall.model_copy(update={"max_wait_ms": args.max_wait_ms})
+            if args.max_wait_ms is not None
+            else defaults.recall,
+        )
         with (
             EmbeddedBroker("127.0.0.1", free_port(), log_path=base / "tansu.log") as broker,
             EmbeddedMilvus(base / "milvus", port=free_port()) as milvus,
@@ -176,8 +189,10 @@ def main() -> None:
             "worker": {
                 "max_batch": settings.recall.max_batch,
                 "max_wait_ms": settings.recall.max_wait_ms,
+                "search_ef": settings.milvus.search_ef,
                 "exit_code_after_sigterm": stopped,
             },
+            "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
             "duration_s": args.duration,
             "runs": runs,
             "bench_peak_rss_mb": peak_rss_mb(),

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from workers.up import run_up
+
+    settings = _settings(args)
+    return run_up(
+        settings, rate=args.rate, recall_rate=args.recall_rate, retrain=args.retrain, duration_s=args.duration
+    )
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from workers.up import down
+
+    return down(_settings(args))
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     _print(json.loads(_settings(args).model_dump_json()))
     return 0
@@ -251,12 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run one round now and exit")
     p.add_argument("--now", action="store_true", help="ask the running refresh loop for a round now")
 
+    p = add("up", cmd_up, "Run the whole live system on embedded defaults and replay clicks into it")
+    p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--batches", type=int, help="training batches of the first model")
+    p.add_argument("--rate", type=float, default=200.0, help="replayed clicks per second")
+    p.add_argument("--recall-rate", type=float, default=20.0, help="recall requests per second alongside")
+    p.add_argument("--retrain", action="store_true", help="train the first model even if one exists")
+    p.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+
+    add("down", cmd_down, "Stop a running 'mindstream up' (same state directory)")
     add("rollback", cmd_rollback, "Point the live alias back at the previous collection")
     add("settings", cmd_settings, "Print the effective settings (secrets masked)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # paddle warns at import that it cannot find ccache (used only to compile custom C++ ops)
+    warnings.filterwarnings("ignore", message="No ccache found")
     args = build_parser().parse_args(argv)
     level = args.log_level or Settings().log_level
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -31,6 +31,10 @@ from workers.state_store import PartitionStore
 
 log = logging.getLogger(__name__)
 
+# Tansu reports the high watermark as the base offset of the last batch + 1, so it can trail the real
+# log end by up to one produce batch: only a stored offset further beyond it means a lost log.
+_WATERMARK_SLACK = 100_000
+
 
 @dataclass(frozen=True)
 class BatchOutcome:
@@ -93,8 +97,18 @@ class IngestWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             last = self._store(tp.topic, tp.partition).last_offset(tp.topic, tp.partition)
-            if last is not None:
-                tp.offset = last + 1  # the state file is the source of truth for the position
+            if last is None:
+                continue
+            _, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+            if high == 0 or last - high > _WATERMARK_SLACK:
+                # The log is shorter than what we applied: the topic was recreated (or the in-memory
+                # embedded broker restarted). Our position means nothing there: start from the group's
+                # committed offset (or the earliest); event_id dedupe makes any re-read harmless.
+                log.warning(
+                    "%s[%d]: stored offset %d beyond the log end %d; ignoring it", tp.topic, tp.partition, last, high
+                )
+                continue
+            tp.offset = last + 1  # the state file is the source of truth for the position
         consumer.assign(partitions)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 

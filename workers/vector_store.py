@@ -389,13 +389,20 @@ class VectorStore:
     # -- aliases --------------------------------------------------------------------------------
 
     def resolve_alias(self, alias: str) -> str | None:
-        """The collection ``alias`` points at, or None if there is no such alias."""
+        """The collection ``alias`` points at, or None if there is no such alias.
+
+        Existence is checked with ``list_aliases`` first: ``describe_alias`` on a missing alias makes
+        pymilvus log an ERROR with a traceback, which a poller would repeat every second.
+        """
+        listed = self._call("list aliases", self.client.list_aliases)
+        if alias not in (listed or {}).get("aliases", []):
+            return None
         try:
             info = self._call(f"describe alias {alias}", self.client.describe_alias, alias)
         except MilvusException as exc:
             if is_transient(exc):
                 raise
-            return None
+            return None  # dropped between the two calls
         target = info.get("collection_name") if info else None
         return str(target) if target else None
 

@@ -1,0 +1,174 @@
+"""HTTP gateway (``mindstream gateway``): the baseline's candidate-generation API on FastAPI.
+
+Endpoints (interactive docs at ``/docs``, served offline):
+
+* ``POST /rec/recall`` — body :class:`RecallRequest` -> :class:`RecallReply` (200); 422 for invalid
+  bodies (FastAPI's field details), 413 for bodies over ``MAX_PAYLOAD_BYTES``, 400 for ``user_ids``
+  without a history source, 503 when nothing is live, 500 (no internals) otherwise.
+* ``POST /rec/count`` — rows of the live collection, its name and model version; 503 when nothing is live.
+* ``POST /rec/insert_data`` — publish the registry's newest checkpoint and swap the alias (admin).
+* ``POST /rec/drop`` — drop the live alias and our collections (admin).
+* ``GET /healthz`` (process up), ``GET /readyz`` (live alias resolves), ``GET /metrics`` (Prometheus).
+
+Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>`` (see ``gateway_auth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any, Final
+
+import uvicorn
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from schemas.codec import MAX_PAYLOAD_BYTES
+from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from workers.gateway_admin import Admin, Busy, CountResult, DropResult, InsertResult, NoModel, NotLive
+from workers.gateway_auth import admin_guard
+from workers.gateway_docs import mount_docs
+from workers.gateway_middleware import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
+from workers.gateway_recall import INTERNAL_MESSAGE, RecallService
+from workers.recall_core import RecallEngine
+from workers.recall_metrics import RecallMetrics
+from workers.settings import Settings
+from workers.vector_store import VectorStore
+
+__all__ = ["create_app", "main"]
+
+log = logging.getLogger(__name__)
+
+TITLE: Final = "mindstream candidate generation"
+GRACEFUL_SHUTDOWN_S: Final = 10
+RECALL_EXAMPLE: Final = {"top_k": 10, "hist_item": [[43, 23, 65], [675, 3456]]}
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    code: {"model": ErrorReply, "description": text}
+    for code, text in {413: "Body too large", 500: "Internal error", 503: "No live collection"}.items()
+}
+
+
+def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    return JSONResponse(ErrorReply(code=code, message=message).model_dump(mode="json"), status_code=status)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: VectorStore,
+    engine: RecallEngine,
+    registry: CollectorRegistry | None = None,
+    admin: Admin | None = None,
+) -> FastAPI:
+    """The gateway app on an open ``store`` and a ready ``engine``; metrics go to ``registry``."""
+    registry = registry if registry is not None else CollectorRegistry()
+    admin = admin or Admin(settings, store)
+    recall = RecallService(engine, store, settings.milvus.alias, RecallMetrics(registry))
+    require_admin = Depends(admin_guard(settings.http.admin_token))
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=__doc__)
+    mount_docs(app, TITLE)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_exception_handler(Exception, _unhandled)
+
+    @app.post("/rec/recall", response_model=RecallReply, responses={400: {"model": ErrorReply}, **_ERRORS})
+    def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])]) -> Any:
+        """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry)."""
+        status, reply = recall.answer(request)
+        return reply if status == 200 else JSONResponse(reply.model_dump(mode="json"), status_code=status)
+
+    @app.post("/rec/count", response_model=CountResult, responses=_ERRORS)
+    def count() -> Any:
+        """Item vectors stored in the live collection."""
+        try:
+            return admin.count()
+        except NotLive as exc:
+            return _error(503, ErrorCode.UNAVAILABLE, f"no live collection: {exc}")
+
+    @app.post("/rec/insert_data", response_model=InsertResult, dependencies=[require_admin], responses=_ERRORS)
+    def insert_data() -> Any:
+        """Publish the newest model's item vectors as ``<alias>_v<N>``, verify it, swap the live alias."""
+        try:
+            result = admin.insert_data()
+        except (Busy, NoModel) as exc:
+            return _error(409, ErrorCode.BAD_REQUEST, str(exc))
+        recall.refresh_live()
+        return result
+
+    @app.post("/rec/drop", response_model=DropResult, dependencies=[require_admin], responses=_ERRORS)
+    def drop() -> Any:
+        """Drop the live alias and every ``<alias>_v<N>`` collection (destructive)."""
+        try:
+            result = admin.drop()
+        except Busy as exc:
+            return _error(409, ErrorCode.BAD_REQUEST, str(exc))
+        recall.refresh_live()
+        return result
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "No live collection"}})
+    def readyz() -> Any:
+        try:
+            collection = admin.live()
+        except Exception as exc:
+            log.warning("readiness check failed: %s", exc)
+            collection = None
+        if collection is None:
+            return JSONResponse({"status": "not ready", "collection": None}, status_code=503)
+        return {"status": "ready", "collection": collection}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mindstream gateway", description="Serve recall over HTTP (FastAPI).")
+    p.add_argument("--host", help="bind address (default: settings.http.host, loopback)")
+    p.add_argument("--port", type=int, help="port (default: settings.http.port)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mindstream gateway``: serve until SIGTERM/SIGINT (uvicorn finishes in-flight requests)."""
+    from workers.infra.milvus_server import open_milvus
+    from workers.live_model import LiveModel
+    from workers.registry import ModelRegistry
+    from workers.state_reader import StateReader
+
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = args.host or settings.http.host, args.port or settings.http.port
+    with contextlib.ExitStack() as stack:
+        uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
+        store = stack.enter_context(VectorStore(uri, settings.milvus))
+        history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+        registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
+        engine = RecallEngine(live, store, history, higher_is_better=settings.milvus.metric_type != "L2")
+        engine.warm_up()
+        app = create_app(settings, store=store, engine=engine, admin=Admin(settings, store, registry))
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+        )
+        uvicorn.Server(config).run()  # installs SIGTERM/SIGINT handlers: stop accepting, drain, return
+    log.info("gateway stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

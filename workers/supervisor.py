@@ -1,0 +1,89 @@
+"""Child worker processes for ``mindstream up``: start, restart on crash (capped back-off), stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]  # mindstream sub-command and its options
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *self.args],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us only; we stop children ourselves
+        )
+        log.info("started %s (pid %d), log %s", self.name, self.proc.pid, self.log_path)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s: killing it", self.name, timeout)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Supervisor:
+    """Keeps every child running; a child that exits is restarted after 1, 2, 4 ... 30 s."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.running:
+                continue
+            if child.proc is not None and child.next_start == 0.0:
+                code = child.proc.returncode
+                delay = min(30.0, 2.0**child.restarts)
+                child.next_start = now + delay
+                log.error("%s exited with %s; restarting in %.0f s (see %s)", child.name, code, delay, child.log_path)
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.stop(0)
+                child.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for child in reversed(self.children):
+            child.stop(timeout)
