@@ -44,10 +44,22 @@ log = logging.getLogger(__name__)
 
 TITLE: Final = "mindstream candidate generation"
 GRACEFUL_SHUTDOWN_S: Final = 10
+DESCRIPTION: Final = (
+    "Candidate generation (recall) for the MIND model: item vectors in Milvus, live alias swapped on refresh.\n\n"
+    "`/rec/insert_data` and `/rec/drop` need the admin token: use **Authorize** (HTTP Bearer)."
+)
 RECALL_EXAMPLE: Final = {"top_k": 10, "hist_item": [[43, 23, 65], [675, 3456]]}
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     code: {"model": ErrorReply, "description": text}
     for code, text in {413: "Body too large", 500: "Internal error", 503: "No live collection"}.items()
+}
+
+
+_ADMIN_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    **_ERRORS,
+    401: {"description": "No bearer token"},
+    403: {"description": "Wrong token, or no admin token configured"},
+    409: {"model": ErrorReply, "description": "Another publish/drop is running, or no checkpoint to publish"},
 }
 
 
@@ -73,7 +85,7 @@ def create_app(
     admin = admin or Admin(settings, store)
     recall = RecallService(engine, store, settings.milvus.alias, RecallMetrics(registry))
     require_admin = Depends(admin_guard(settings.http.admin_token))
-    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=__doc__)
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION)
     mount_docs(app, TITLE)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
@@ -93,7 +105,7 @@ def create_app(
         except NotLive as exc:
             return _error(503, ErrorCode.UNAVAILABLE, f"no live collection: {exc}")
 
-    @app.post("/rec/insert_data", response_model=InsertResult, dependencies=[require_admin], responses=_ERRORS)
+    @app.post("/rec/insert_data", response_model=InsertResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
     def insert_data() -> Any:
         """Publish the newest model's item vectors as ``<alias>_v<N>``, verify it, swap the live alias."""
         try:
@@ -103,7 +115,7 @@ def create_app(
         recall.refresh_live()
         return result
 
-    @app.post("/rec/drop", response_model=DropResult, dependencies=[require_admin], responses=_ERRORS)
+    @app.post("/rec/drop", response_model=DropResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
     def drop() -> Any:
         """Drop the live alias and every ``<alias>_v<N>`` collection (destructive)."""
         try:
@@ -147,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.infra.milvus_server import open_milvus
     from workers.live_model import LiveModel
     from workers.registry import ModelRegistry
+    from workers.runtime import StopFlag, stop_on_signals
     from workers.state_reader import StateReader
 
     args = _parser().parse_args(argv)
@@ -165,8 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = uvicorn.Config(
             app, host=host, port=port, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
         )
-        uvicorn.Server(config).run()  # installs SIGTERM/SIGINT handlers: stop accepting, drain, return
-    log.info("gateway stopped")
+        # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the handler
+        # it found: with the default one the process would die here and orphan the embedded Milvus.
+        with stop_on_signals(StopFlag()) as stop:
+            uvicorn.Server(config).run()
+    log.info("gateway stopped (%s)", stop.reason)
     return 0
 
 

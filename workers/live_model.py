@@ -36,10 +36,31 @@ class LiveModel:
         self._served: Served | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def watch(self) -> None:
+        """Re-resolve the alias (and load a new tower) in a background thread, so that requests never
+        wait for it: :meth:`current` then just returns the model in hand."""
+        if self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="live-model-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._check_every_s):
+            try:
+                self.current(force=True)
+            except Exception:
+                log.exception("re-resolving the live alias failed; keeping %s", self._served)
+
+    def close(self) -> None:
+        self._closed.set()
 
     def current(self, *, force: bool = False) -> Served | None:
         now = time.monotonic()
-        if not force and now - self._checked_at < self._check_every_s:
+        fresh = now - self._checked_at < self._check_every_s
+        if not force and (fresh or (self._watcher is not None and self._served is not None)):
             return self._served
         with self._lock:
             self._checked_at = now

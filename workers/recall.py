@@ -79,6 +79,7 @@ class RecallWorker:
         max_wait_ms: float,
         reply_timeout_s: float,
         metrics: RecallMetrics,
+        fetch_wait_max_ms: int = 1,
     ) -> None:
         self.engine = engine
         self.replies_topic = replies_topic
@@ -88,7 +89,9 @@ class RecallWorker:
         self.metrics = metrics
         timeout_ms = max(1, int(reply_timeout_s * 1000))
         self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
-        self._consumer = make_consumer(conf, group_id, session_timeout_ms=session_timeout_ms)
+        self._consumer = make_consumer(
+            conf, group_id, session_timeout_ms=session_timeout_ms, overrides={"fetch.wait.max.ms": fetch_wait_max_ms}
+        )
         self._consumer.subscribe([requests_topic])
         self._undelivered: list[str] = []
         self._closed = False
@@ -219,6 +222,7 @@ def build_worker(
         ModelRegistry(settings.models_dir, settings.milvus.alias),
         check_every_s=settings.recall.alias_check_s,
     )
+    live.watch()
     engine = RecallEngine(live, store, history, higher_is_better=settings.milvus.metric_type != "L2")
     kafka, recall = settings.kafka, settings.recall
     return RecallWorker(
@@ -232,6 +236,7 @@ def build_worker(
         max_wait_ms=recall.max_wait_ms,
         reply_timeout_s=recall.client_timeout_s,
         metrics=metrics,
+        fetch_wait_max_ms=recall.fetch_wait_max_ms,
     )
 
 
@@ -250,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf = settings.kafka.client_config(args.bootstrap)
     ensure_topics(conf, [settings.kafka.requests_topic, settings.kafka.replies_topic])
     registry = CollectorRegistry()
-    if args.metrics_port is not None:
-        start_http_server(args.metrics_port, registry=registry)
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.recall.metrics_port
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=registry)
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
         store = stack.enter_context(VectorStore(uri, settings.milvus))

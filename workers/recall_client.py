@@ -64,7 +64,8 @@ class RecallClient:
         reply_topic: str | None = None,
     ) -> None:
         self.client_id = uuid.uuid4().hex[:12]
-        self.timeout_s = (recall or RecallSettings()).client_timeout_s
+        recall = recall or RecallSettings()
+        self.timeout_s = recall.client_timeout_s
         self.requests_topic = kafka.requests_topic
         self._conf = kafka.client_config(bootstrap)
         self._private = reply_topic is None
@@ -78,7 +79,7 @@ class RecallClient:
             self._conf,
             f"mindstream-recall-client-{self.client_id}",  # required by librdkafka; never joined
             session_timeout_ms=kafka.session_timeout_ms,
-            overrides={"enable.auto.commit": False},
+            overrides={"enable.auto.commit": False, "fetch.wait.max.ms": recall.fetch_wait_max_ms},
         )
         try:
             self._consumer.assign(self._end_offsets())

@@ -57,7 +57,7 @@ class RecallMetrics:
             registry=registry,
         )
         self.live_version = Gauge(
-            "mindstream_live_model_version",
+            "mindstream_recall_served_model_info",
             "1 for the model version (and collection) this worker serves, info-style",
             ["version", "collection"],
             registry=registry,

@@ -117,7 +117,10 @@ class RefreshSettings(_Section):
 
 class RecallSettings(_Section):
     max_batch: int = Field(64, ge=1, description="Requests micro-batched into one Milvus search")
-    max_wait_ms: float = Field(2.0, ge=0, description="Longest wait to fill a micro-batch")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="Extra wait to fill a micro-batch (0: batch what is already queued, add no delay)"
+    )
+    fetch_wait_max_ms: int = Field(1, ge=0, description="librdkafka fetch.wait.max.ms of request/reply consumers")
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
     client_timeout_s: float = Field(5.0, gt=0, description="RecallClient reply timeout")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
