@@ -121,6 +121,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_main(args.rest)
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from workers.gateway import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
 def cmd_recall(args: argparse.Namespace) -> int:
     from workers.recall import main as recall_main
 
@@ -259,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", cmd_ingest, "Consume clicks into the ingest state (DLQ for bad ones); see --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the ingest worker (--help for them)")
+
+    p = add("gateway", cmd_gateway, "Serve recall over HTTP (FastAPI, offline /docs); see --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the gateway (--host, --port)")
 
     p = add("recall", cmd_recall, "Answer recall requests from Kafka (request/reply); see --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the recall worker (--help for them)")

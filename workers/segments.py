@@ -34,7 +34,7 @@ class SegmentMap:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path)
+        self._conn = sqlite3.connect(path, check_same_thread=False)  # one refresh loop uses it at a time
         self._conn.execute("CREATE TABLE IF NOT EXISTS item_segment (item_id INTEGER PRIMARY KEY, segment TEXT)")
         self._conn.commit()
 
