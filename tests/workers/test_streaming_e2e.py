@@ -192,7 +192,11 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
     # Swap 1: clicks involving brand-new items -> refresh -> v2 serves them to users near them.
     stack.produce(_cluster_zero_clicks(1000, 30, 0, rng))
     stack.wait_for_live(f"{alias}_v2")
+    deadline = time.monotonic() + 15  # the recall worker picks the swap up within alias_check_s + a load
     reply = stack.client.recall(user_ids=[1000], top_k=10)  # history streamed through ingest
+    while reply.model_version != "v2" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        reply = stack.client.recall(user_ids=[1000], top_k=10)
     assert reply.model_version == "v2" and reply.collection == f"{alias}_v2"
     assert set(reply.items[0]) & set(NEW_ITEMS), reply.items
     by_hist = stack.client.recall(hist_item=[[1, 2, 41, 42]], top_k=10)

@@ -1,0 +1,232 @@
+"""Freshness: how long from a brand-new item's first click until it is served by live recall (a CDF).
+
+    python -m bench.freshness [--rate 5000] [--interval 10] [--items 100000] [--duration 120]
+    python -m bench.freshness --quick
+
+The whole stack runs as processes (see ``bench.stack``): ingest, refresh (every ``--interval`` s)
+and recall workers on the embedded broker and Milvus. Synthetic clicks stream at ``--rate`` clicks/s;
+every ``--new-item-every`` s a new item id (past the catalogue) is born in an interest cluster and
+takes a share of that cluster's clicks. For each new item two times are measured from its first
+click (the moment it was produced):
+
+* ``click_to_live_s``: the live alias points at a collection holding the item (alias polled every
+  0.2 s, the new collection queried for the pending ids): the item is searchable by recall.
+* ``click_to_recalled_s``: a recall request (Kafka, ``user_ids`` = the item's latest clickers,
+  history from the ingest state) first returns the item in its top-k (probed every second); only
+  some new items rank in a clicker's top-k, so its coverage is reported alongside.
+
+After ``--duration`` s no new item is born; clicks keep streaming for ``--drain`` s so the last
+items get their chance; items still not live then are reported as ``never_live`` (not hidden).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit
+from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, percentiles, phase_summary
+from workers.recall_client import RecallClient
+
+GOAL_P99_S = 30.0
+
+
+class Observer:
+    """Watches the live alias and probes recall for the new items of a :class:`ClickStreamer`."""
+
+    def __init__(self, stack: LiveStack, streamer: ClickStreamer, client: RecallClient, top_k: int) -> None:
+        self.stack = stack
+        self.streamer = streamer
+        self.client = client
+        self.top_k = top_k
+        self.live_at: dict[int, float] = {}
+        self.live_version: dict[int, str] = {}
+        self.recalled_at: dict[int, float] = {}
+        self.swaps: list[dict[str, Any]] = []
+        self.probe_errors = 0
+        self.probes = 0
+        self._stop = threading.Event()
+
+    def pending_live(self) -> list[int]:
+        with self.streamer.lock:
+            clicked = list(self.streamer.first_click)
+        return [i for i in clicked if i not in self.live_at]
+
+    def watch_alias(self) -> None:
+        current = self.stack.live()
+        t0 = time.monotonic()
+        while not self._stop.wait(0.2):
+            live = self.stack.live()
+            if live is None or live == current:
+                continue
+            seen = time.monotonic()
+            current = live
+            pending = self.pending_live()
+            found: list[int] = []
+            if pending:
+                with contextlib.suppress(Exception):
+                    rows = self.stack.store.client.query(live, filter=f"id in {pending}", output_fields=["id"])
+                    found = [int(r["id"]) for r in rows]
+            for item in found:
+                self.live_at[item] = seen
+                self.live_version[item] = live
+            self.swaps.append({"t_s": round(seen - t0, 2), "collection": live, "new_items_live": len(found)})
+
+    def probe_recall(self) -> None:
+        while not self._stop.wait(1.0):
+            with self.streamer.lock:
+                pending = [
+                    (item, users[-1])
+                    for item, users in self.streamer.clickers.items()
+                    if item not in self.recalled_at and item in self.live_at
+                ]
+            for start in range(0, len(pending), 64):
+                chunk = pending[start : start + 64]
+                self.probes += 1
+                try:
+                    reply = self.client.recall(user_ids=[u for _, u in chunk], top_k=self.top_k)
+                except Exception:
+                    self.probe_errors += 1
+                    continue
+                arrived = time.monotonic()
+                for (item, _), items in zip(chunk, reply.items, strict=True):
+                    if item in items:
+                        self.recalled_at.setdefault(item, arrived)
+
+    def run(self) -> list[threading.Thread]:
+        threads = [threading.Thread(target=f, daemon=True) for f in (self.watch_alias, self.probe_recall)]
+        for t in threads:
+            t.start()
+        return threads
+
+    def stop(self, threads: list[threading.Thread]) -> None:
+        self._stop.set()
+        for t in threads:
+            t.join(timeout=15)
+
+
+def cdf(values: list[float], points: int = 50) -> list[list[float]]:
+    """``[[seconds, share <= seconds], ...]`` at up to ``points`` quantiles (for the plot)."""
+    if not values:
+        return []
+    arr = np.sort(np.asarray(values))
+    qs = np.linspace(0, 1, min(points, arr.size) + 1)[1:]
+    return [[round(float(np.quantile(arr, q)), 3), round(float(q), 3)] for q in qs]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rate", type=float, default=5000.0, help="clicks/s")
+    p.add_argument("--interval", type=float, default=10.0, help="refresh interval (MINDSTREAM_REFRESH__INTERVAL_S)")
+    p.add_argument("--items", type=int, default=100_000, help="catalogue size")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds during which new items are born")
+    p.add_argument("--drain", type=float, help="seconds of clicks after the last birth (default: 3 x interval + 30)")
+    p.add_argument("--new-item-every", type=float, default=1.0, help="seconds between new items")
+    p.add_argument("--new-item-share", type=float, default=0.3, help="share of its cluster's clicks a new item takes")
+    p.add_argument("--train-batches", type=int, help="training batches per refresh (default: settings, 300)")
+    p.add_argument("--base-batches", type=int, default=200, help="training of the first model")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (~1 minute): 2k items, 300 clicks/s")
+    args = p.parse_args()
+    if args.quick:
+        args.rate, args.interval, args.items, args.duration = 300.0, 4.0, 2000, 12.0
+        args.drain = args.drain or 12.0
+        args.train_batches, args.base_batches = args.train_batches or 10, 10
+    drain = args.drain if args.drain is not None else 3 * args.interval + 30
+    load_before = load_average()
+    cfg = StackConfig(
+        items=args.items,
+        base_batches=args.base_batches,
+        base_users=max(2000, args.items // 5),
+        refresh_interval_s=args.interval,
+        train_batches=args.train_batches,
+    )
+    with contextlib.ExitStack() as es:
+        workdir = args.workdir or Path(es.enter_context(tempfile.TemporaryDirectory(prefix="freshness-")))
+        stack = es.enter_context(LiveStack(cfg, workdir))
+        memory = MemorySampler(stack.processes()).start()
+        client = es.enter_context(RecallClient(stack.kafka, stack.settings.recall))
+        client.recall(hist_item=[[1, 2, 3]], timeout=60)  # recall worker up
+        streamer = ClickStreamer(
+            stack.kafka,
+            stack.spec,
+            args.rate,
+            new_item_every_s=args.new_item_every,
+            new_item_share=args.new_item_share,
+            new_item_active_s=max(30.0, 3 * args.interval),
+        )
+        observer = Observer(stack, streamer, client, args.top_k)
+        threads = observer.run()
+        streamer.start()
+        began = time.monotonic()
+        time.sleep(args.duration)
+        streamer.new_items_open.clear()
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline:
+            stack.check_alive()
+            if not observer.pending_live() and time.monotonic() - began > args.duration + 2 * args.interval:
+                break
+            time.sleep(0.5)
+        streamer.stop()
+        observer.stop(threads)
+        wall = time.monotonic() - began
+        rounds = stack.refresh_rounds()
+        mem = memory.stop()
+    first = dict(streamer.first_click)
+    live = [observer.live_at[i] - first[i] for i in first if i in observer.live_at]
+    recalled = [observer.recalled_at[i] - first[i] for i in first if i in observer.recalled_at]
+    live_p = percentiles(live)
+    emit(
+        "freshness",
+        {
+            "quick": args.quick,
+            "setup": {
+                "items": args.items,
+                "click_rate": args.rate,
+                "refresh_interval_s": args.interval,
+                "train_batches": args.train_batches or stack.settings.refresh.train_batches,
+                "new_item_every_s": args.new_item_every,
+                "new_item_share": args.new_item_share,
+                "duration_s": args.duration,
+                "drain_s": drain,
+                **stack.setup,
+            },
+            "clicks_sent": streamer.sent,
+            "achieved_click_rate": round(streamer.sent / wall, 1),
+            "generator_max_backlog": streamer.behind_max,
+            "new_items": {"born": len(streamer.born), "clicked": len(first), "live": len(live)},
+            "never_live": len(first) - len(live),
+            "click_to_live_s": live_p,
+            "click_to_recalled_s": percentiles(recalled) | {"coverage": round(len(recalled) / max(len(first), 1), 3)},
+            "cdf_click_to_live": cdf(live),
+            "cdf_click_to_recalled": cdf(recalled),
+            "goal": {
+                "p99_s": GOAL_P99_S,
+                "measured_p99_s": live_p["p99"],
+                "met": bool(live_p["p99"] is not None and live_p["p99"] <= GOAL_P99_S and len(live) == len(first)),
+            },
+            "swaps_observed": len(observer.swaps),
+            "swaps": observer.swaps,
+            "refresh_rounds": len(rounds),
+            "refresh_failed_rounds": sum(1 for r in rounds if r.get("error")),
+            "refresh_phases_s": phase_summary(rounds),
+            "refresh_round_events": [r.get("events") for r in rounds],
+            "recall_probes": observer.probes,
+            "recall_probe_errors": observer.probe_errors,
+            "memory": mem,
+            "load_average_1m": {"before": load_before, "after": load_average()},
+            "wall_s": round(wall, 1),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""``kill -9`` of the ingest worker at seeded random points while clicks stream in: after a final
+restart, every produced ``event_id`` is in the state exactly once and none is missing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.codec import encode
+from schemas.messages import ClickEvent
+from tests.faults.conftest import Names, Worker, kill_points, wait_until, worker_env
+from workers.kafka_admin import ensure_topics, make_producer
+from workers.settings import KafkaSettings
+from workers.state_reader import Cursor, StateReader
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+KILLS = kill_points(seed=11, n=5, low=0.05, high=1.2)
+
+
+def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
+    kafka_bootstrap: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    env = worker_env(tmp_path / "state", names, bootstrap=kafka_bootstrap)
+    topic = env["MINDSTREAM_KAFKA__CLICKS_TOPIC"]
+    conf = KafkaSettings(bootstrap_servers=kafka_bootstrap).client_config()
+    ensure_topics(conf, [topic, env["MINDSTREAM_KAFKA__CLICKS_DLQ_TOPIC"]], partitions=2)
+
+    produced: list[str] = []
+    feeding = threading.Event()
+    feeding.set()
+
+    def feed() -> None:  # ~2,000 events/s until the kills are over, every tenth one sent twice
+        producer = make_producer(conf)
+        n = 0
+        while feeding.is_set():
+            for _ in range(200):
+                event = ClickEvent(event_id=f"ev-{n}", user_id=n % 97 + 1, item_id=n % 1000 + 1, ts=n)
+                producer.produce(topic, encode(event), key=event.kafka_key())
+                if n % 10 == 0:
+                    producer.produce(topic, encode(event), key=event.kafka_key())
+                produced.append(event.event_id)
+                n += 1
+            producer.poll(0)
+            time.sleep(0.1)
+        assert producer.flush(10) == 0
+
+    worker = Worker.cli("ingest", env, tmp_path / "ingest.log")
+    workers.append(worker)
+    feeder = threading.Thread(target=feed, daemon=True)
+    reader = StateReader(tmp_path / "state", topic)
+    try:
+        feeder.start()
+        for delay in KILLS:
+            worker.start()
+            before = reader.event_count()
+            # the worker is applying batches again (assigned, consuming) ...
+            wait_until(lambda b=before: reader.event_count() > b, 30, "the restarted worker to apply a batch")
+            time.sleep(delay)  # ... then the kill lands at a seeded random point of its batch loop
+            worker.assert_alive()
+            worker.kill9()
+            assert feeder.is_alive(), "the kill must land while clicks are still produced"
+        feeding.clear()
+        feeder.join(30)
+        total = len(produced)
+        assert 0 < reader.event_count() < total, "kills landed before the stream was consumed"
+
+        worker.start()
+        wait_until(lambda: reader.event_count() >= total, 60, f"{total} events applied ({worker.tail()})")
+        time.sleep(0.5)  # redeliveries of the last batches (nothing new may appear)
+        assert worker.stop() == 0, worker.tail()
+        events, _ = reader.events_since(Cursor())
+        ids = [e.event_id for e in events]
+        assert len(ids) == len(set(ids)) == total, "an event was applied twice or got lost"
+        assert set(ids) == set(produced)
+        assert worker.starts == len(KILLS) + 1
+    finally:
+        feeding.clear()
+        reader.close()
