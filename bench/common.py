@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# MINDSTREAM_BENCH_RESULTS moves the output folder (``bench.run_all --quick`` writes smoke runs elsewhere).
+RESULTS = Path(os.environ.get("MINDSTREAM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict[str, Any]:

@@ -16,7 +16,8 @@ click (the moment it was produced):
   some new items rank in a clicker's top-k, so its coverage is reported alongside.
 
 After ``--duration`` s no new item is born; clicks keep streaming for ``--drain`` s so the last
-items get their chance; items still not live then are reported as ``never_live`` (not hidden).
+items get their chance (it ends as soon as all are live); items still not live then are reported
+as ``never_live`` (not hidden).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=10.0, help="refresh interval (MINDSTREAM_REFRESH__INTERVAL_S)")
     p.add_argument("--items", type=int, default=100_000, help="catalogue size")
     p.add_argument("--duration", type=float, default=120.0, help="seconds during which new items are born")
-    p.add_argument("--drain", type=float, help="seconds of clicks after the last birth (default: 3 x interval + 30)")
+    p.add_argument(
+        "--drain", type=float, help="most seconds of clicks after the last birth (default: 3 x interval + 120)"
+    )
     p.add_argument("--new-item-every", type=float, default=1.0, help="seconds between new items")
     p.add_argument("--new-item-share", type=float, default=0.3, help="share of its cluster's clicks a new item takes")
     p.add_argument("--train-batches", type=int, help="training batches per refresh (default: settings, 300)")
@@ -140,7 +143,7 @@ def main() -> None:
         args.rate, args.interval, args.items, args.duration = 300.0, 4.0, 2000, 12.0
         args.drain = args.drain or 12.0
         args.train_batches, args.base_batches = args.train_batches or 10, 10
-    drain = args.drain if args.drain is not None else 3 * args.interval + 30
+    drain = args.drain if args.drain is not None else 3 * args.interval + 120  # ends early once all are live
     load_before = load_average()
     cfg = StackConfig(
         items=args.items,
@@ -179,6 +182,7 @@ def main() -> None:
         observer.stop(threads)
         wall = time.monotonic() - began
         rounds = stack.refresh_rounds()
+        phase_means = stack.refresh_phase_totals()
         mem = memory.stop()
     first = dict(streamer.first_click)
     live = [observer.live_at[i] - first[i] for i in first if i in observer.live_at]
@@ -218,6 +222,7 @@ def main() -> None:
             "refresh_rounds": len(rounds),
             "refresh_failed_rounds": sum(1 for r in rounds if r.get("error")),
             "refresh_phases_s": phase_summary(rounds),
+            "refresh_phase_means_s": phase_means,
             "refresh_round_events": [r.get("events") for r in rounds],
             "recall_probes": observer.probes,
             "recall_probe_errors": observer.probe_errors,

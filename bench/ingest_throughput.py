@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import emit
 from workers.infra.tansu import EmbeddedBroker, free_port
 from workers.ingest import IngestWorker
 from workers.kafka_admin import ensure_topics, make_producer
@@ -49,7 +50,11 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--batch-timeout-s", type=float, default=0.5)
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="give up consuming after this long")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 events")
     args = parser.parse_args()
+    if args.quick:
+        args.events = min(args.events, 20_000)
     logging.basicConfig(level=logging.WARNING)
     topic = f"bench-clicks-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker("127.0.0.1", free_port()) as broker:
@@ -70,7 +75,7 @@ def main() -> int:
             metrics=IngestMetrics(CollectorRegistry()),
         )
         applied, batches, started = 0, 0, 0.0
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + args.timeout_s
         try:
             while applied < args.events and time.monotonic() < deadline:
                 outcome = worker.run_once()
@@ -95,7 +100,7 @@ def main() -> int:
         "events_per_s": round(applied / elapsed) if elapsed else None,
         "produce_events_per_s": round(produce_rate),
     }
-    print(json.dumps(summary))
+    emit("ingest_throughput", {"quick": args.quick, **summary})  # prints the JSON, keeps bench/results/ copy
     return 0 if stored == args.events else 1
 
 

@@ -40,7 +40,7 @@ from workers.settings import KafkaSettings, MilvusSettings, Settings
 from workers.vector_store import VectorStore
 
 WORKERS = ("refresh", "ingest", "recall", "gateway")
-_CLICK = '{"schema_version":1,"event_id":"b%d","user_id":%d,"item_id":%d,"ts":%d}'  # a ClickEvent, fast
+_CLICK = '{"schema_version":1,"event_id":"%s%d","user_id":%d,"item_id":%d,"ts":%d}'  # a ClickEvent, fast
 
 
 def percentiles(values: list[float] | np.ndarray, digits: int = 2) -> dict[str, float | int | None]:
@@ -97,10 +97,7 @@ class MemorySampler:
     def sample(self) -> None:
         for name, pid in self.processes.items():
             try:
-                proc = psutil.Process(pid)
-                rss = proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in proc.children(recursive=True) if c.is_running()
-                )
+                rss = psutil.Process(pid).memory_info().rss  # the process alone, not its children
             except psutil.Error:
                 continue
             mb = round(rss / 2**20, 1)
@@ -147,6 +144,7 @@ class LiveStack:
         self._stack = contextlib.ExitStack()
         self.setup: dict[str, Any] = {}
         self.http_port = free_port()
+        self.refresh_metrics_port = free_port()
         self.settings = Settings(
             state_dir=workdir / "state",
             milvus=MilvusSettings(index_type="HNSW"),
@@ -165,7 +163,9 @@ class LiveStack:
             raise
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _start(self) -> None:
@@ -210,6 +210,7 @@ class LiveStack:
             "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
             "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "5",
             "MINDSTREAM_HTTP__PORT": str(self.http_port),
+            "MINDSTREAM_REFRESH__METRICS_PORT": str(self.refresh_metrics_port),
             "MINDSTREAM_LOG_LEVEL": "INFO",
         }
         if self.cfg.train_batches is not None:
@@ -293,6 +294,31 @@ class LiveStack:
         pids["bench"] = os.getpid()
         return pids
 
+    def refresh_phase_totals(self) -> dict[str, dict[str, float]]:
+        """Per phase (train included) from the refresh worker's Prometheus histogram: count, mean seconds."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.refresh_metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                phase = sample.labels.get("phase")
+                if phase and sample.name == "mindstream_refresh_phase_seconds_sum":
+                    sums[phase] = sample.value
+                elif phase and sample.name == "mindstream_refresh_phase_seconds_count":
+                    counts[phase] = sample.value
+        return {
+            ph: {"count": int(counts[ph]), "mean_s": round(sums.get(ph, 0.0) / counts[ph], 3)}
+            for ph in sorted(counts)
+            if counts[ph]
+        }
+
     def refresh_rounds(self) -> list[dict[str, Any]]:
         """The refresh worker's ``refresh round: {...}`` log lines, parsed."""
         path = self.workdir / "logs" / "refresh.log"
@@ -349,6 +375,8 @@ class ClickStreamer:
         self.new_item_every_s = new_item_every_s
         self.new_item_share = new_item_share
         self.new_item_active_s = new_item_active_s
+        self.seed = seed
+        self.prefix = f"b{seed}-{os.getpid()}-{int(time.time())}-"  # event ids unique across streamers
         self.rng = np.random.default_rng(seed)
         self.clusters = item_clusters(spec)
         self.sent = 0
@@ -374,7 +402,7 @@ class ClickStreamer:
         from model.data.synthetic import iter_events
 
         # A stream long enough for any run: users are generated lazily, batch by batch.
-        stream = SyntheticSpec(**{**self.spec.__dict__, "num_users": 10_000_000, "seed": self.spec.seed + 1})
+        stream = SyntheticSpec(**{**self.spec.__dict__, "num_users": 10_000_000, "seed": self.spec.seed + self.seed})
         for chunk in iter_events(stream, chunk_size=10_000):
             yield from zip(chunk.user_ids.tolist(), chunk.item_ids.tolist(), strict=True)
 
@@ -409,7 +437,7 @@ class ClickStreamer:
                     with self.lock:
                         self.first_click.setdefault(item, time.monotonic())
                         self.clickers.setdefault(item, []).append(user)
-                body = _CLICK % (self.sent, user, item, wall_ms)
+                body = _CLICK % (self.prefix, self.sent, user, item, wall_ms)
                 while True:
                     try:
                         producer.produce(topic, key=str(user).encode(), value=body.encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import tempfile
 import threading
 import time
@@ -95,7 +96,9 @@ def kafka_load(
         i += 1
 
 
-def http_load(url: str, rec: Recorder, rate: float, reqs: list[RecallRequest], alias: str, stop: threading.Event) -> None:
+def http_load(
+    url: str, rec: Recorder, rate: float, reqs: list[RecallRequest], alias: str, stop: threading.Event
+) -> None:
     import httpx
 
     bodies = [r.model_dump(mode="json", exclude_none=True) for r in reqs]
@@ -131,7 +134,7 @@ def window(samples: list[Sample], lo: float, hi: float) -> dict[str, Any]:
 
 def timeline(samples: list[Sample], t0: float, channel: str) -> list[dict[str, Any]]:
     """Per second of send time: p50/p99 latency, errors, newest version served (for the plot)."""
-    out = []
+    out: list[dict[str, Any]] = []
     chosen = [s for s in samples if s.channel == channel]
     if not chosen:
         return out
@@ -167,6 +170,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path)
     p.add_argument("--quick", action="store_true", help="tiny smoke run: 2k items, 2 swaps, 30 requests/s")
     args = p.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     if args.quick:
         args.swaps, args.rate, args.items, args.window, args.clicks = 2, 30.0, 2000, 3.0, 1000
         args.train_batches, args.base_batches, args.swap_timeout = args.train_batches or 10, 10, 60.0
@@ -183,9 +187,7 @@ def main() -> None:
         env={"MINDSTREAM_REFRESH__MIN_NEW_EVENTS": str(10**9)},
     )
     rng = np.random.default_rng(7)
-    reqs = [
-        RecallRequest(hist_item=rng.integers(1, args.items + 1, (1, 20)).tolist(), top_k=50) for _ in range(500)
-    ]
+    reqs = [RecallRequest(hist_item=rng.integers(1, args.items + 1, (1, 20)).tolist(), top_k=50) for _ in range(500)]
     swaps: list[dict[str, Any]] = []
     with contextlib.ExitStack() as es:
         workdir = args.workdir or Path(es.enter_context(tempfile.TemporaryDirectory(prefix="swap-impact-")))
@@ -234,6 +236,7 @@ def main() -> None:
             t.join(timeout=15)
         time.sleep(min(client.timeout_s, 3.0))  # replies in flight
         rounds = stack.refresh_rounds()
+        phase_means = stack.refresh_phase_totals()
         mem = memory.stop()
     samples = list(rec.samples)
     for s in swaps:
@@ -278,6 +281,7 @@ def main() -> None:
             "channels": by_channel,
             "swaps": swaps,
             "refresh_phases_s": phase_summary(rounds),
+            "refresh_phase_means_s": phase_means,
             "timeline_kafka": timeline(samples, t0, "kafka"),
             "timeline_http": timeline(samples, t0, "http"),
             "memory": mem,

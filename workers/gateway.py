@@ -23,6 +23,8 @@ from typing import Annotated, Any, Final
 
 import uvicorn
 from fastapi import Body, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -67,6 +69,17 @@ def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
     return JSONResponse(ErrorReply(code=code, message=message).model_dump(mode="json"), status_code=status)
 
 
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 with its field details; an echoed ``input`` that strict JSON cannot carry (NaN,
+    Infinity, non-UTF-8 bytes) is left out instead of failing the response with a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    try:
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    except ValueError:  # UnicodeDecodeError included
+        slim = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+        return JSONResponse({"detail": jsonable_encoder(slim)}, status_code=422)
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
@@ -89,6 +102,7 @@ def create_app(
     mount_docs(app, TITLE)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unhandled)
 
     @app.post("/rec/recall", response_model=RecallReply, responses={400: {"model": ErrorReply}, **_ERRORS})

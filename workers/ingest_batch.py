@@ -2,10 +2,12 @@
 
 Hot path: the whole batch is validated as one JSON array (one call into pydantic-core, ~2x faster
 than one call per message). That is only trusted when it is provably the same as decoding each
-message alone: the element count matches and no string that allows a comma contains one (a value
-can only swallow its neighbour's separator inside a string; unknown keys and nested values are
-rejected by the strict model). Otherwise, and whenever anything fails, each message is decoded on
-its own by ``schemas.codec.decode_click``, which gives the canonical reason.
+message alone: every value starts with ``{`` and ends with ``}`` (JSON whitespace aside), the
+element count matches and no string that allows a comma contains one. A joining comma could
+otherwise be a field separator (a value ending mid-object: ``{"a":1`` + ``"b":2},{...}``) or sit
+inside a string; unknown keys and nested values are rejected by the strict model, so every object
+is flat and a ``}`` outside a string closes an element. Otherwise, and whenever anything fails, each
+message is decoded on its own by ``schemas.codec.decode_click``, which gives the canonical reason.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 COMMA_STRING_FIELDS: Final = ("event_id",)
 _CATEGORIES: Final = (("malformed JSON", "malformed_json"), ("not UTF-8", "not_utf8"), ("empty", "empty"))
 _BATCH: Final[TypeAdapter[list[ClickEvent]]] = TypeAdapter(list[ClickEvent])
+_JSON_WHITESPACE: Final = b" \t\r\n"
 
 
 def reason_category(error: DecodeError) -> str:
@@ -39,8 +42,14 @@ def reason_category(error: DecodeError) -> str:
     return "invalid_field"
 
 
+def _one_object(value: bytes) -> bool:
+    """``{`` first and ``}`` last: the joining comma after it cannot fall inside an object."""
+    body = value.strip(_JSON_WHITESPACE)
+    return body[:1] == b"{" and body[-1:] == b"}"
+
+
 def _batch_decode(values: Sequence[bytes | None]) -> list[ClickEvent] | None:
-    if not values or any(v is None or len(v) > MAX_PAYLOAD_BYTES for v in values):
+    if not values or any(v is None or len(v) > MAX_PAYLOAD_BYTES or not _one_object(v) for v in values):
         return None
     try:
         events = _BATCH.validate_json(b"[" + b",".join(v for v in values if v is not None) + b"]")

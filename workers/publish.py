@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.checkpoint import Checkpoint
+from model.checkpoint import Checkpoint, version_number
 from model.data.types import HeldOut
 from model.evaluate import evaluate_model
 from model.export import UserTower, item_table
@@ -155,6 +155,7 @@ class Publisher:
         now = time.time() if now is None else now
         live = self.store.resolve_alias(self.registry.alias)
         state.superseded = [s for s in state.superseded if s.collection != live]
+        self._adopt_unrecorded_previous(state, live, now)
         recent = sorted(state.superseded, key=lambda s: s.since, reverse=True)
         keep = {live} | {s.collection for s in recent[: self.settings.keep_previous]}
         keep |= {s.collection for s in recent if now - s.since < self.settings.grace_period_s}
@@ -166,6 +167,27 @@ class Publisher:
             dropped.append(name)
         state.superseded = [s for s in state.superseded if s.collection not in dropped]
         return dropped
+
+    def _adopt_unrecorded_previous(self, state: RefreshState, live: str | None, now: float) -> None:
+        """Record as superseded our collections older than live that the state does not know.
+
+        Shadows of crashed rounds are always newer than live (versions only grow, and every round
+        cleans up before it publishes), so an older unrecorded one is a previous live whose record was
+        lost: the worker died between ``alter_alias`` and the state write. Keep it for rollback."""
+        live_version = self.registry.version_of(live) if live else None
+        if live_version is None:
+            return
+        recorded = {s.collection for s in state.superseded}
+        older = [
+            name
+            for name in self.store.list_collections(self.registry.alias + "_v")
+            if name not in recorded
+            and (version := self.registry.version_of(name)) is not None
+            and version_number(version) < version_number(live_version)
+        ]
+        for name in sorted(older, key=lambda n: version_number(self.registry.version_of(n) or "v0"), reverse=True):
+            log.warning("%s is older than live %s but not recorded: kept as superseded", name, live)
+            state.superseded.append(Superseded(name, now))
 
     def rollback(self, state: RefreshState) -> tuple[str, str | None]:
         """Point the alias back at the most recently superseded collection that still exists."""

@@ -1,0 +1,177 @@
+"""Recall latency over HTTP vs offered load: embedded Milvus (100k items, HNSW, as
+``bench.recall_latency``) + the FastAPI gateway as its own process (``mindstream gateway``) + an
+open-loop asyncio load generator (httpx, a connection pool) at each offered rate.
+
+    python -m bench.http_latency [--rates 50 100 200 400] [--duration 20] [--items 100000]
+    python -m bench.http_latency --quick
+
+Latency runs from each request's *scheduled* send time to its response (no coordinated omission).
+``--workdir`` shares the published collection with ``bench.recall_latency --workdir`` (same layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import emit, peak_rss_mb
+from bench.recall_latency import publish
+from bench.stack import MemorySampler, load_average, percentiles
+from model.config import MindConfig
+from workers.infra.milvus_server import EmbeddedMilvus
+from workers.infra.tansu import free_port
+from workers.settings import MilvusSettings, Settings
+
+
+def start_gateway(settings: Settings, uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MINDSTREAM_STATE_DIR": str(settings.state_dir.resolve()),
+        "MINDSTREAM_MILVUS__URI": uri,
+        "MINDSTREAM_MILVUS__SEARCH_EF": str(settings.milvus.search_ef),
+        "MINDSTREAM_HTTP__PORT": str(port),
+        "MINDSTREAM_LOG_LEVEL": "WARNING",
+    }
+    with log_path.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "workers.cli", "gateway"], env=env, stdout=out, stderr=out)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError("gateway not ready")
+
+
+async def run_rate(url: str, rate: float, duration: float, bodies: list[dict[str, Any]], conns: int) -> dict[str, Any]:
+    """Open loop: request i is due at ``t0 + i / rate`` whatever happened to the earlier ones."""
+    n = max(1, int(rate * duration))
+    lat: list[float] = []
+    took: list[float] = []
+    errors = 0
+    empty = 0
+    versions: set[str] = set()
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as http:
+
+        async def one(i: int, due: float) -> None:
+            nonlocal errors, empty
+            try:
+                r = await http.post("/rec/recall", json=bodies[i % len(bodies)])
+                arrived = time.perf_counter()
+                if r.status_code != 200:
+                    errors += 1
+                    return
+                body = r.json()
+            except Exception:
+                errors += 1
+                return
+            lat.append((arrived - due) * 1000)
+            took.append(float(body.get("took_ms", float("nan"))))
+            empty += any(not items for items in body["items"])
+            versions.add(body["model_version"])
+
+        t0 = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            due = t0 + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        span = time.perf_counter() - t0
+    p = percentiles(lat)
+    return {
+        "offered_rps": rate,
+        "sent": n,
+        "ok": len(lat),
+        "errors": errors,
+        "empty_replies": empty,
+        "achieved_rps": round(len(lat) / span, 1) if span > 0 else 0.0,
+        "latency_ms": {"p50": p["p50"], "p95": round(float(np.percentile(lat, 95)), 2) if lat else None}
+        | {"p99": p["p99"], "max": p["max"]},
+        "server_took_ms": {k: v for k, v in percentiles(took).items() if k in ("p50", "p99")},
+        "versions": sorted(versions),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0, 400.0], help="offered requests/s")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--users", type=int, default=1, help="users per request")
+    p.add_argument("--connections", type=int, default=64, help="HTTP connection pool of the load generator")
+    p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (as recall_latency)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: 2k items, rates 20 40, 3 s each")
+    args = p.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    if args.quick:
+        args.rates, args.duration, args.warmup, args.items = [20.0, 40.0], 3.0, 1.0, 2000
+    cfg = MindConfig(dim=64, k_max=4, maxlen=20)
+    load_before = load_average()
+    rng = np.random.default_rng(2026)
+    bodies = [
+        {"hist_item": rng.integers(1, args.items + 1, (args.users, 20)).tolist(), "top_k": args.top_k}
+        for _ in range(1000)
+    ]
+    runs = []
+    with contextlib.ExitStack() as stack:
+        base = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="http-bench-")))
+        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type="HNSW"))
+        milvus = stack.enter_context(EmbeddedMilvus(base / "milvus", port=free_port()))
+        setup = publish(milvus.uri, settings, args.items, cfg)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        gateway = start_gateway(settings, milvus.uri, port, base / "gateway.log")
+        memory: MemorySampler | None = None
+        try:
+            wait_ready(url, gateway)
+            memory = MemorySampler({"gateway": gateway.pid, "milvus": milvus.pid or 0}).start()
+            for rate in args.rates:
+                asyncio.run(run_rate(url, rate, args.warmup, bodies, args.connections))
+                runs.append(asyncio.run(run_rate(url, rate, args.duration, bodies, args.connections)))
+        finally:
+            mem = memory.stop() if memory else {}
+            gateway.send_signal(signal.SIGTERM)
+            stopped = gateway.wait(30)
+    emit(
+        "http_latency",
+        {
+            "quick": args.quick,
+            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": "HNSW", **setup},
+            "request": {"users": args.users, "top_k": args.top_k, "history": 20},
+            "client": {"connections": args.connections, "kind": "httpx.AsyncClient, open loop"},
+            "gateway": {"search_ef": settings.milvus.search_ef, "exit_code_after_sigterm": stopped},
+            "load_average_1m": {"before": load_before, "after": load_average()},
+            "duration_s": args.duration,
+            "runs": runs,
+            "memory": mem,
+            "bench_peak_rss_mb": peak_rss_mb(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

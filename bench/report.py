@@ -1,0 +1,274 @@
+"""A Markdown results block from ``bench/results/*.json``, written into README.md between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` (nothing else in the file changes).
+
+    python -m bench.report [--results bench/results] [--readme README.md] [--print-only]
+
+Without the markers in the README the block is printed and nothing is written (exit 0). Rows carry
+a reference and a ratio where one exists: goals (freshness p99 30 s, 0 errors through swaps), K=1
+and MostPopular vs MIND K=4, HTTP vs Kafka latency at the same offered load, exact search vs Milvus
+(from ``demo.json`` when present), the 368k-row table vs the ML-100K table in training speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS
+from bench.plots import load_results
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+Row = tuple[str, str, str, str, str]  # benchmark, metric, measured, reference / goal, ratio
+Results = dict[str, dict[str, Any]]
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+def _ratio(a: Any, b: Any, digits: int = 2) -> str:
+    try:
+        return f"{float(a) / float(b):.{digits}f}x" if a is not None and b else "-"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "-"
+
+
+def rows_quality(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for ds, sec in r.items():
+        if not isinstance(sec, dict) or "mind_k4" not in sec:
+            continue
+        for metric in ("recall@50", "hitrate@50"):
+            k4 = sec["mind_k4"][metric]["mean"]
+            rows.append(("quality", f"{ds} MIND K=4 {metric}", _num(k4, 4), "", ""))
+            for key, label in (("mind_k1", "MIND K=1"), ("most_popular", "MostPopular")):
+                if key in sec:
+                    v = sec[key][metric]["mean"]
+                    rows.append(("quality", f"{ds} {label} {metric}", _num(v, 4), f"K=4: {_num(k4, 4)}", _ratio(v, k4)))
+    return rows
+
+
+def rows_demo(r: dict[str, Any]) -> list[Row]:
+    """``mindstream demo`` output: the same checkpoint evaluated with exact search and with Milvus."""
+    ev = r.get("evaluation", r)
+    reports = {x.get("backend"): x for x in ev.get("results", []) if str(x.get("name", "")).startswith("mind")}
+    exact, milvus = reports.get("exact"), reports.get("milvus")
+    rows: list[Row] = []
+    if exact and milvus:
+        for metric in (k for k in exact if "@" in k):
+            rows.append(
+                (
+                    "exact vs Milvus",
+                    f"{r.get('dataset', '')} {metric} with Milvus (HNSW)",
+                    _num(milvus.get(metric), 4),
+                    f"exact: {_num(exact.get(metric), 4)}",
+                    _ratio(milvus.get(metric), exact.get(metric), 3),
+                )
+            )
+    return rows
+
+
+def rows_train_speed(r: dict[str, Any]) -> list[Row]:
+    tables = [(k, v) for k, v in r.items() if isinstance(v, dict) and "samples_per_s" in v]
+    rows: list[Row] = []
+    first = tables[0][1]["samples_per_s"] if tables else None
+    for i, (name, v) in enumerate(tables):
+        ref = f"{tables[0][0]}: {_num(first, 0)}" if i else ""
+        rows.append(
+            ("train_speed", f"{name} ({_num(v.get('table_rows'))} rows) samples/s", _num(v["samples_per_s"], 0), ref,
+             _ratio(v["samples_per_s"], first) if i else "")
+        )  # fmt: skip
+    return rows
+
+
+def rows_ingest(r: dict[str, Any]) -> list[Row]:
+    return [
+        ("ingest_throughput", f"events/s ({_num(r.get('events'))} events)", _num(r.get("events_per_s")), "", ""),
+        ("ingest_throughput", "stored == sent", _num(r.get("stored") == r.get("events")), "yes", ""),
+    ]
+
+
+def _latency_rows(name: str, r: dict[str, Any], other: dict[str, Any] | None, other_name: str) -> list[Row]:
+    rows: list[Row] = []
+    items = (r.get("setup") or {}).get("items")
+    ref_runs = {run["offered_rps"]: run for run in (other or {}).get("runs", [])}
+    for run in r.get("runs", []):
+        rate = run["offered_rps"]
+        lat = run.get("latency_ms", {})
+        ref = ref_runs.get(rate, {}).get("latency_ms", {})
+        label = f"{_num(items)} items @ {rate:g} rps: p50 / p99 ms (achieved {_num(run.get('achieved_rps'), 0)} rps)"
+        rows.append(
+            (
+                name,
+                label,
+                f"{_num(lat.get('p50'))} / {_num(lat.get('p99'))}",
+                f"{other_name}: {_num(ref.get('p50'))} / {_num(ref.get('p99'))}" if ref else "",
+                _ratio(lat.get("p50"), ref.get("p50")) if ref else "",
+            )
+        )
+        if run.get("errors"):
+            rows.append((name, f"@ {rate:g} rps errors", _num(run["errors"]), "0", ""))
+    return rows
+
+
+def rows_freshness(r: dict[str, Any]) -> list[Row]:
+    s = r.get("setup", {})
+    live = r.get("click_to_live_s", {})
+    rec = r.get("click_to_recalled_s", {})
+    goal = r.get("goal", {})
+    where = f"{_num(s.get('click_rate'), 0)} clicks/s, interval {_num(s.get('refresh_interval_s'), 0)} s"
+    return [
+        ("freshness", f"click -> live p50 / p90 s ({where})", f"{_num(live.get('p50'))} / {_num(live.get('p90'))}", "",
+         ""),
+        ("freshness", "click -> live p99 s", _num(live.get("p99")), f"goal <= {_num(goal.get('p99_s'), 0)} s",
+         _ratio(live.get("p99"), goal.get("p99_s"))),
+        ("freshness", "click -> live max s; never live", f"{_num(live.get('max'))}; {_num(r.get('never_live'))}", "0",
+         ""),
+        ("freshness", "goal met", _num(goal.get("met")), "yes", ""),
+        ("freshness", "click -> in a recall reply p50 / p99 s (coverage)",
+         f"{_num(rec.get('p50'))} / {_num(rec.get('p99'))} ({_num(rec.get('coverage'), 3)})", "", ""),
+        ("freshness", "swaps observed; failed rounds",
+         f"{_num(r.get('swaps_observed'))}; {_num(r.get('refresh_failed_rounds'))}", "", ""),
+    ]  # fmt: skip
+
+
+def rows_swap(r: dict[str, Any]) -> list[Row]:
+    bad = (_num(r.get(k)) for k in ("empty_replies", "inconsistent_replies", "version_regressions"))
+    rows: list[Row] = [
+        ("swap_impact", "swaps done / asked", f"{_num(r.get('swaps_done'))} / {_num(r.get('swaps_asked'))}", "", ""),
+        ("swap_impact", f"errors ({_num(r.get('requests'))} requests)", _num(r.get("errors")), "0", ""),
+        ("swap_impact", "empty / inconsistent / version regressions",
+         " / ".join(bad),
+         "0 / 0 / 0", ""),
+    ]  # fmt: skip
+    for i, s in enumerate(r.get("swaps", []), 1):
+        k = s.get("kafka") or {}
+        before, during, after = (k.get(w, {}) for w in ("before", "during", "after"))
+        rows.append(
+            (
+                "swap_impact",
+                f"swap {i} Kafka p99 ms during / after",
+                f"{_num(during.get('p99_ms'))} / {_num(after.get('p99_ms'))}",
+                f"before: {_num(before.get('p99_ms'))}",
+                _ratio(during.get("p99_ms"), before.get("p99_ms")),
+            )
+        )
+    return rows
+
+
+def rows_memory(r: dict[str, Any]) -> list[Row]:
+    peaks = r.get("peak_rss_mb", {})
+    rows: list[Row] = [("memory", f"peak RSS MB {name}", _num(mb, 0), "", "") for name, mb in peaks.items()]
+    rows.append(("memory", "peak RSS MB, sum of processes", _num(r.get("peak_rss_total_mb"), 0), "", ""))
+    return rows
+
+
+def rows_summary(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for step in r.get("steps", []):
+        if step.get("status") != "ok":
+            rows.append(("run_all", f"{step.get('name')} FAILED", str(step.get("status")), "ok", ""))
+    return rows
+
+
+def render(results: Results, plots_dir: Path = RESULTS) -> str:
+    """The Markdown block (without the markers)."""
+    sections: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
+        ("quality", rows_quality),
+        ("demo", rows_demo),
+        ("train_speed", rows_train_speed),
+        ("ingest_throughput", rows_ingest),
+        ("freshness", rows_freshness),
+        ("swap_impact", rows_swap),
+        ("memory", rows_memory),
+        ("summary", rows_summary),
+    ]
+    rows: list[Row] = []
+    for name, fn in sections[:4]:
+        rows += _safe(name, fn, results)
+    for name, other, label in (("recall_latency", "http_latency", "HTTP"), ("http_latency", "recall_latency", "Kafka")):
+        for key in sorted(k for k in results if k.startswith(name)):
+            rows += _safe_latency(key, results, results.get(key.replace(name, other)), label)
+    for name, fn in sections[4:]:
+        rows += _safe(name, fn, results)
+    machines = {
+        f"{m.get('cores')} cores, Python {m.get('python')}, {m.get('date')}"
+        for r in results.values()
+        if isinstance(m := r.get("machine"), dict)
+    }
+    quick = sorted(k for k, r in results.items() if r.get("quick"))
+    lines = [
+        f"Measured on: {'; '.join(sorted(machines)) or 'unknown machine'}."
+        + (f" **Quick smoke runs (not representative): {', '.join(quick)}.**" if quick else ""),
+        "",
+        "| benchmark | metric | measured | reference / goal | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    plots = sorted(p.name for p in plots_dir.glob("*.png")) if plots_dir.exists() else []
+    if plots:
+        where = Path(os.path.relpath(plots_dir.resolve(), README.parent)).as_posix()
+        lines += ["", "Plots: " + ", ".join(f"[{p}]({where}/{p})" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str, fn: Callable[[dict[str, Any]], list[Row]], results: Results) -> list[Row]:
+    if name not in results:
+        return []
+    try:
+        return fn(results[name])
+    except Exception as exc:  # a malformed result must not hide the others
+        return [(name, "could not render", type(exc).__name__, "", "")]
+
+
+def _safe_latency(key: str, results: Results, peer: dict[str, Any] | None, label: str) -> list[Row]:
+    try:
+        return _latency_rows(key, results[key], peer, label)
+    except Exception as exc:
+        return [(key, "could not render", type(exc).__name__, "", "")]
+
+
+def write_readme(readme: Path, block: str) -> bool:
+    """Replace what is between the markers; False (file untouched) when they are absent."""
+    text = readme.read_text() if readme.exists() else ""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(START)] + "\n" + block + text[end:])
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--print-only", action="store_true", help="print the block, write nothing")
+    args = p.parse_args(argv)
+    block = render(load_results(args.results), args.results)
+    if args.print_only:
+        sys.stdout.write(block)
+        return 0
+    if write_readme(args.readme, block):
+        sys.stdout.write(f"wrote the results block into {args.readme}\n")
+    else:
+        sys.stdout.write(f"no {START} / {END} markers in {args.readme}; the block:\n\n{block}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

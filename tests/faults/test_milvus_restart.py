@@ -1,0 +1,142 @@
+"""The embedded Milvus (a separate server, not the session one) killed with SIGKILL and restarted on
+the same base directory and port while a refresh loop and a recall worker run: both retry with capped
+exponential back-off, neither commits work that did not happen (the refresh cursor stays, recall
+answers ``unavailable`` or nothing), and both recover by themselves, without a restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import version_number
+from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from tests.faults.conftest import (
+    SYNTHETIC_ITEMS,
+    Names,
+    StateFeeder,
+    Worker,
+    publish_live,
+    save_v1,
+    wait_until,
+    worker_env,
+)
+from tests.fixtures_milvus import free_port
+from workers.infra.milvus_server import EmbeddedMilvus
+from workers.kafka_admin import ensure_topics
+from workers.recall_client import RecallClient
+from workers.refresh_state import RefreshState
+from workers.registry import ModelRegistry
+from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
+from workers.vector_store import VectorStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+RETRY = re.compile(r"failed \(.*\); retry (\d+)/(\d+) in ([\d.]+) s")
+BACKOFF_CAP_S = 5.0  # with_retry's cap
+
+
+@pytest.fixture
+def own_milvus(tmp_path: Path) -> Iterator[EmbeddedMilvus]:
+    with EmbeddedMilvus(tmp_path / "milvus", port=free_port()) as server:
+        yield server
+
+
+def _live_version(store: VectorStore, alias: str) -> int:
+    live = store.resolve_alias(alias)
+    return version_number(live.rsplit("_", 1)[1]) if live else 0
+
+
+def test_milvus_killed_and_restarted_workers_back_off_and_recover_by_themselves(
+    own_milvus: EmbeddedMilvus, kafka_bootstrap: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    state = tmp_path / "state"
+    env = worker_env(state, names, bootstrap=kafka_bootstrap, milvus_uri=own_milvus.uri)
+    env["MINDSTREAM_MILVUS__TIMEOUT_S"] = "5"
+    registry = ModelRegistry(state / "models", names.alias)
+    state_path = state / "refresh" / "state.json"
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap,
+        requests_topic=env["MINDSTREAM_KAFKA__REQUESTS_TOPIC"],
+        replies_topic=env["MINDSTREAM_KAFKA__REPLIES_TOPIC"],
+    )
+    ensure_topics(kafka.client_config(), [kafka.requests_topic, kafka.replies_topic])
+    feeder = StateFeeder(state, env["MINDSTREAM_KAFKA__CLICKS_TOPIC"], seed=3)
+    feeding = threading.Event()
+    feeding.set()
+
+    def feed() -> None:
+        while feeding.is_set():
+            feeder.feed()
+            time.sleep(0.5)
+
+    settings = MilvusSettings(index_type="FLAT", timeout_s=5)
+    with VectorStore(own_milvus.uri, settings) as store:
+        _, net = save_v1(registry.root, SYNTHETIC_ITEMS)
+        publish_live(store, registry, net, "v1")
+    refresh = Worker.cli("refresh", env, tmp_path / "refresh.log").start()
+    recall = Worker.cli("recall", env, tmp_path / "recall.log").start()
+    workers.extend([refresh, recall])
+    feeder_thread = threading.Thread(target=feed, daemon=True)
+    feeder_thread.start()
+    request = RecallRequest(hist_item=[[1, 2, 3]], top_k=5)
+
+    def good_reply(client: RecallClient) -> RecallReply | None:
+        try:
+            reply = client.request(request, timeout=10).result(12)
+        except TimeoutError:
+            return None
+        if isinstance(reply, RecallReply) and reply.collection == f"{names.alias}_{reply.model_version}":
+            assert reply.items[0], reply
+            return reply
+        return None
+
+    try:
+        with RecallClient(kafka, RecallSettings(client_timeout_s=15)) as client:
+            with VectorStore(own_milvus.uri, settings) as store:
+                wait_until(lambda: _live_version(store, names.alias) >= 2, 90, f"a first swap ({refresh.tail()})")
+                wait_until(lambda: good_reply(client), 60, f"a recall reply ({recall.tail()})")
+                store.close()
+
+            os.kill(own_milvus.pid or 0, signal.SIGKILL)
+            at_kill = RefreshState.load(state_path)
+            time.sleep(4.0)  # both workers run into the outage and back off
+            during = client.request(request, timeout=15).result(17)
+            assert isinstance(during, ErrorReply) and during.code is ErrorCode.UNAVAILABLE, during
+            after_outage = RefreshState.load(state_path)
+            assert (after_outage.events_seen, after_outage.swaps) == (at_kill.events_seen, at_kill.swaps)
+            refresh.assert_alive()
+            recall.assert_alive()
+
+            own_milvus.stop()  # reaps the killed process
+            own_milvus.start()  # same base dir, same port: ~25 s (etcd leases of the killed one)
+            with VectorStore(own_milvus.uri, settings) as store:
+                version_at_restart = _live_version(store, names.alias)
+                wait_until(
+                    lambda: _live_version(store, names.alias) > version_at_restart,
+                    90,
+                    f"a swap after the restart ({refresh.tail()})",
+                )
+                wait_until(lambda: good_reply(client), 60, f"recall answering after the restart ({recall.tail()})")
+                feeding.clear()
+                feeder_thread.join(10)
+                # every event is trained into a published version exactly once (cursor), none skipped
+                wait_until(lambda: RefreshState.load(state_path).events_seen == feeder.total, 60, "the last events")
+        assert refresh.starts == recall.starts == 1, "a worker had to be restarted"
+        refresh.assert_alive()
+        recall.assert_alive()
+        assert refresh.stop() == 0 and recall.stop() == 0
+        refresh_log = refresh.log_text()
+        assert "refresh round failed; live unchanged" in refresh_log
+        delays = [float(m.group(3)) for m in RETRY.finditer(refresh_log + recall.log_text())]
+        assert delays and max(delays) <= BACKOFF_CAP_S, delays
+    finally:
+        feeding.clear()
+        feeder.close()

@@ -1,0 +1,104 @@
+"""The refresh worker killed (``os._exit(137)``, no clean-up) in each phase of a round: live stays on
+the previous complete collection and keeps answering searches; the next round drops the orphan the
+crash left behind; a normal round afterwards swaps. A crash right after ``alter_alias`` leaves the
+new, complete collection live and the previous one still available for rollback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.faults.conftest import (
+    SYNTHETIC_ITEMS,
+    Names,
+    StateFeeder,
+    Worker,
+    publish_live,
+    save_v1,
+    worker_env,
+)
+from tests.faults.refresh_crash import CRASH_CODE
+from workers.refresh_state import RefreshState
+from workers.registry import ModelRegistry
+from workers.settings import MilvusSettings
+from workers.vector_store import VectorStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+BEFORE_SWAP = ("train", "insert", "index", "verify", "swap")  # "export" is covered by the kill -9 test
+
+
+def _complete_and_searchable(store: VectorStore, registry: ModelRegistry, collection: str) -> None:
+    version = registry.version_of(collection)
+    assert version is not None
+    rows = registry.checkpoint(version).manifest.item_count - 1  # the checkpoint loads: its manifest is whole
+    assert store.count(collection) == rows
+    hits = store.search(registry.alias, np.ones((1, 8), dtype=np.float32), 5)
+    assert (hits.ids > 0).all() and hits.model_versions == {version}
+
+
+def _round(worker: Worker, crash_at: str | None) -> int:
+    if crash_at is None:
+        worker.env.pop("MINDSTREAM_FAULT_CRASH_AT", None)
+    else:
+        worker.env["MINDSTREAM_FAULT_CRASH_AT"] = crash_at
+    return worker.start().wait(120)
+
+
+def test_refresh_crash_in_each_phase_leaves_live_untouched_and_next_round_cleans_up(
+    kafka_bootstrap: str, milvus_uri: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    state = tmp_path / "state"
+    env = worker_env(state, names, bootstrap=kafka_bootstrap, milvus_uri=milvus_uri)
+    registry = ModelRegistry(state / "models", names.alias)
+    state_path = state / "refresh" / "state.json"
+    feeder = StateFeeder(state, env["MINDSTREAM_KAFKA__CLICKS_TOPIC"], seed=1)
+    argv = [sys.executable, "-m", "tests.faults.refresh_crash", "refresh", "--once"]
+    worker = Worker(argv, env, tmp_path / "refresh.log")
+    workers.append(worker)
+    with VectorStore(milvus_uri, MilvusSettings(index_type="FLAT")) as store:
+        _, net = save_v1(registry.root, SYNTHETIC_ITEMS)
+        live = publish_live(store, registry, net, "v1")
+        orphans: set[str] = set()
+        for phase in BEFORE_SWAP:
+            feeder.feed()
+            assert _round(worker, phase) == CRASH_CODE, worker.tail()
+            assert f"FAULT: crashing at {phase}" in worker.tail(2000)
+            assert store.resolve_alias(names.alias) == live, f"crash in {phase} moved the alias"
+            _complete_and_searchable(store, registry, live)
+            left = set(store.list_collections(names.alias + "_v")) - {live}
+            assert not orphans & left, f"the round crashing in {phase} did not drop {orphans & left}"
+            assert len(left) <= 1  # at most the shadow of this crash (train and export create none)
+            assert (len(left) == 1) == (phase != "train"), (phase, left)
+            orphans = left
+            assert RefreshState.load(state_path).events_seen == 0, "a crashed round advanced the cursor"
+
+        # killed right after alter_alias: the new collection is live and complete, the old one kept
+        feeder.feed()
+        assert _round(worker, "after-swap") == CRASH_CODE, worker.tail()
+        swapped = store.resolve_alias(names.alias)
+        assert swapped is not None and swapped != live
+        _complete_and_searchable(store, registry, swapped)
+
+        # the next normal round cleans every orphan and swaps
+        assert _round(worker, None) == 0, worker.tail()
+        final = store.resolve_alias(names.alias)
+        assert final is not None and final != swapped
+        _complete_and_searchable(store, registry, final)
+        saved = RefreshState.load(state_path)
+        kept = {final} | {s.collection for s in saved.superseded}
+        assert set(store.list_collections(names.alias + "_v")) <= kept, "an orphan survived the round"
+        assert saved.events_seen == feeder.total and saved.swaps == 1
+        # the model live before the crash-interrupted swap is still there for rollback (it was dropped
+        # as an "orphan" before the fix in Publisher.cleanup)
+        assert store.has_collection(live) and live in {s.collection for s in saved.superseded}
+        for name in store.list_collections(names.alias + "_v"):
+            if name != final:
+                store.drop_collection(name)
+        store.drop_alias(names.alias)
+        store.drop_collection(final)
+    feeder.close()
