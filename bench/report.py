@@ -211,7 +211,7 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         for r in results.values()
         if isinstance(m := r.get("machine"), dict)
     }
-    quick = sorted(k for k, r in results.items() if r.get("quick"))
+    quick = sorted(k for k, r in results.items() if r.get("quick") and k != "summary")
     lines = [
         f"Measured on: {'; '.join(sorted(machines)) or 'unknown machine'}."
         + (f" **Quick smoke runs (not representative): {', '.join(quick)}.**" if quick else ""),

@@ -90,7 +90,17 @@ def _tail(path: Path, lines: int = 15) -> list[str]:
         return []
 
 
-def run_step(step: Step, results: Path) -> dict[str, Any]:
+def _mark_quick(path: Path) -> None:
+    """Flag a smoke-run result as such, so no report or plot passes it off as a measurement."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if isinstance(data, dict) and not data.get("quick"):
+        path.write_text(json.dumps({**data, "quick": True}, indent=2) + "\n")
+
+
+def run_step(step: Step, results: Path, quick: bool = False) -> dict[str, Any]:
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{step.name}.log"
@@ -129,6 +139,8 @@ def run_step(step: Step, results: Path) -> dict[str, Any]:
         result_file = f"{step.name}.json" if (results / f"{step.name}.json").exists() else None
         if result_file is None:
             status = "failed (no result file)"
+    if quick and result_file:
+        _mark_quick(results / result_file)
     sys.stderr.write(f"[run_all] {step.name}: {status} in {wall} s\n")
     return {
         "name": step.name,
@@ -154,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = args.results or (RESULTS / "quick" if args.quick else RESULTS)
     results.mkdir(parents=True, exist_ok=True)
+    if args.quick and args.results is None:
+        (results / ".gitignore").write_text("*\n")  # smoke-run output is never committed
     began = time.monotonic()
     steps_done: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-run-all-") as tmp:
@@ -161,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             if (args.only and step.name not in args.only) or step.name in args.skip:
                 continue
             step.timeout_s *= args.timeout_scale
-            steps_done.append(run_step(step, results))
+            steps_done.append(run_step(step, results, args.quick))
             shutil.rmtree(Path(tmp) / "demo-state", ignore_errors=True)
     summary: dict[str, Any] = {
         "benchmark": "summary",

@@ -10,7 +10,8 @@ taken from each request's scheduled send time. Each swap is forced: a burst of c
 refresh trigger (``mindstream refresh --now``). Per swap, windows: ``before`` (``--window`` s before
 the round was asked for), ``during`` (round asked -> alias swapped + 1 s), ``after`` (the next
 ``--window`` s). Version consistency: every reply's collection is ``<alias>_<model_version>``, and no
-reply is older than a version already seen before its request was sent.
+reply is older than a version already seen on the same channel before its request was sent (the
+Kafka recall worker and the gateway re-resolve the alias on their own, so they may differ briefly).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Sample:
 class Recorder:
     def __init__(self) -> None:
         self.samples: list[Sample] = []
-        self.newest = 0
+        self.newest_by_channel: dict[str, int] = {}
         self.lock = threading.Lock()
         self.error_examples: list[str] = []
 
@@ -72,7 +73,11 @@ class Recorder:
         with self.lock:
             self.samples.append(sample)
             if sample.version is not None:
-                self.newest = max(self.newest, sample.version)
+                self.newest_by_channel[channel] = max(self.newest_by_channel.get(channel, 0), sample.version)
+
+    def newest(self, channel: str) -> int:
+        """Newest version a reply on ``channel`` has shown so far (each service swaps on its own)."""
+        return self.newest_by_channel.get(channel, 0)
 
 
 def kafka_load(
@@ -84,7 +89,7 @@ def kafka_load(
         due = t0 + i / rate
         if (delay := due - time.monotonic()) > 0:
             time.sleep(delay)
-        seen = rec.newest
+        seen = rec.newest("kafka")
 
         def done(f: Future[RecallReply | ErrorReply], due: float = due, seen: int = seen) -> None:
             rec.record("kafka", due, seen, f.exception() or f.result(), alias)
@@ -109,7 +114,7 @@ def http_load(
             due = t0 + i / rate
             if (delay := due - time.monotonic()) > 0:
                 time.sleep(delay)
-            seen = rec.newest
+            seen = rec.newest("http")
             try:
                 r = http.post("/rec/recall", json=bodies[i % len(bodies)])
                 reply: Any = RecallReply.model_validate(r.json()) if r.status_code == 200 else f"HTTP {r.status_code}"
