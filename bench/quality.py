@@ -48,7 +48,7 @@ def run_variant(ds: Dataset, mind: MindConfig, cfg: TrainConfig, workdir: Path) 
     return out
 
 
-def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
+def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """Mean over seeds of the user-weighted mean over valid + test users."""
     per_seed = []
     for run in runs:

@@ -52,7 +52,9 @@ def test_broker_restart_loses_its_log_keeps_the_state_and_ingest_reconnects(
         _produce(own_broker.bootstrap, topic, 0, 400)
         wait_until(lambda: reader.event_count() == 400, 60, f"the first 400 events ({worker.tail()})")
 
-        os.kill(own_broker.pid or 0, signal.SIGKILL)
+        pid = own_broker.pid
+        assert pid is not None  # never os.kill(0): that is our own process group
+        os.kill(pid, signal.SIGKILL)
         own_broker.stop()
         time.sleep(1.0)  # the worker notices: its connections fail, it keeps retrying
         own_broker.start()  # same port, empty memory storage

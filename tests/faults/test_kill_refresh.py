@@ -30,7 +30,7 @@ from workers.vector_store import VectorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-KILLS = kill_points(seed=7, n=5, low=1.0, high=12.0)  # start-up ~3 s, then a round: train ~1 s, publish ~6-8 s
+KILLS = kill_points(seed=7, n=5, low=1.0, high=8.0)  # start-up ~3 s, then a round: train ~1 s, publish ~6-8 s
 
 
 def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
