@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from model.checkpoint import Checkpoint, open_checkpoint
+from model.config import MindConfig
 from model.data import load_dataset
 from model.data.types import Dataset, HeldOut
 from model.evaluate import EvalReport, evaluate_model, evaluate_most_popular
@@ -24,16 +25,17 @@ from workers.vector_store import MilvusSearcher, VectorStore
 log = logging.getLogger(__name__)
 
 
-def checkpoint_root(settings: Settings, dataset: str, k_max: int | None = None) -> Path:
-    """One checkpoint directory per data set (and per interest count, when not the default)."""
-    suffix = "" if k_max in (None, settings.mind.k_max) else f"-k{k_max}"
+def checkpoint_root(settings: Settings, dataset: str) -> Path:
+    """One checkpoint directory per data set, and per interest count when it is not the default."""
+    default_k = MindConfig.model_fields["k_max"].default
+    suffix = "" if settings.mind.k_max == default_k else f"-k{settings.mind.k_max}"
     return settings.checkpoint_dir / f"{dataset}{suffix}"
 
 
 def run_train(settings: Settings, *, dataset: Dataset, resume: bool, quiet: bool = False) -> dict[str, Any]:
     """Train (or continue training) MIND on ``dataset``; checkpoints under the state directory."""
     threads = configure_threads(settings.train.threads)
-    root = checkpoint_root(settings, dataset.name, settings.mind.k_max)
+    root = checkpoint_root(settings, dataset.name)
     init: Checkpoint | None = None
     if resume and (root / "LATEST").exists():
         init = open_checkpoint(root, "latest")

@@ -197,6 +197,9 @@ class RecallWorker:
             self._consumer.close()
         finally:
             self._producer.flush(self.reply_timeout_s)
+            stop_watching = getattr(self.engine.live, "close", None)  # LiveModel's alias watcher
+            if callable(stop_watching):
+                stop_watching()
 
 
 def _parse(msg: Message, default_topic: str) -> _Pending:
