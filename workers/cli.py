@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -172,6 +173,8 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         path.touch()
         _print({"requested": str(path)})
         return 0
+    if settings.refresh.nice:
+        os.nice(settings.refresh.nice)  # training shares the cores with recall: serving comes first
     with open_milvus(settings.milvus, settings.milvus_dir) as uri:
         worker = _refresh_worker(settings, uri, with_data=True)
         try:

@@ -79,7 +79,7 @@ class RecallWorker:
         max_wait_ms: float,
         reply_timeout_s: float,
         metrics: RecallMetrics,
-        fetch_wait_max_ms: int = 1,
+        fetch_wait_max_ms: int = 10,
     ) -> None:
         self.engine = engine
         self.replies_topic = replies_topic
