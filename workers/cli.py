@@ -4,6 +4,7 @@ a few common ones also have flags. Every sub-command prints a JSON summary on st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from workers.runtime import configure_logging, metrics_registry
 from workers.settings import Settings
 
 log = logging.getLogger("mindstream")
@@ -56,24 +58,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     backends = _backends(args.backend or settings.eval.backend)
     dataset = load(settings)
-    if "milvus" in backends:
-        with open_milvus(settings.milvus, settings.milvus_dir) as uri:
-            out = run_evaluate(
-                settings,
-                dataset=dataset,
-                which=args.checkpoint,
-                split=args.split,
-                backends=backends,
-                milvus_uri=uri,
-            )
-    else:
+    milvus = open_milvus(settings.milvus, settings.milvus_dir) if "milvus" in backends else contextlib.nullcontext()
+    with milvus as uri:
         out = run_evaluate(
-            settings,
-            dataset=dataset,
-            which=args.checkpoint,
-            split=args.split,
-            backends=backends,
-            milvus_uri=None,
+            settings, dataset=dataset, which=args.checkpoint, split=args.split, backends=backends, milvus_uri=uri
         )
     _print(out)
     return 0
@@ -135,17 +123,13 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
 
 def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Any:
-    from prometheus_client import CollectorRegistry, start_http_server
-
     from workers.offline import load
     from workers.refresh import RefreshWorker
     from workers.refresh_metrics import RefreshMetrics
     from workers.state_reader import StateReader
     from workers.vector_store import VectorStore
 
-    registry = CollectorRegistry()
-    if settings.refresh.metrics_port is not None:
-        start_http_server(settings.refresh.metrics_port, registry=registry)
+    registry = metrics_registry(settings.refresh.metrics_port)
     dataset = load(settings) if with_data else None
     quality = dataset.valid.head(settings.refresh.quality_users) if dataset is not None else None
     return RefreshWorker(
@@ -298,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No ccache found")
     args = build_parser().parse_args(argv)
     level = args.log_level or Settings().log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level)
     return int(args.func(args))
 
 

@@ -173,12 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.infra.milvus_server import open_milvus
     from workers.live_model import LiveModel
     from workers.registry import ModelRegistry
-    from workers.runtime import StopFlag, stop_on_signals
+    from workers.runtime import StopFlag, configure_logging, stop_on_signals
     from workers.state_reader import StateReader
 
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     host, port = args.host or settings.http.host, args.port or settings.http.port
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))

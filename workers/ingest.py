@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
 
 from workers.dead_letters import DeadLetterSink
 from workers.ingest_batch import reason_category, split_batch
 from workers.kafka_admin import Conf, ensure_topics, make_consumer, make_producer
 from workers.metrics import IngestMetrics
-from workers.runtime import StopFlag, run_until_stopped, stop_on_signals
+from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
 from workers.settings import Settings
 from workers.state_store import PartitionStore
 
@@ -212,16 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mindstream ingest``: run until SIGTERM/SIGINT; exit 0 after a clean stop."""
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     kafka = settings.kafka
     conf = kafka.client_config(args.bootstrap)
     topic, dlq_topic = args.topic or kafka.clicks_topic, args.dlq_topic or kafka.clicks_dlq_topic
     ensure_topics(conf, [topic, dlq_topic])
-    registry = CollectorRegistry()
     ingest = settings.ingest
-    metrics_port = args.metrics_port if args.metrics_port is not None else ingest.metrics_port
-    if metrics_port is not None:
-        start_http_server(metrics_port, registry=registry)
+    registry = metrics_registry(args.metrics_port if args.metrics_port is not None else ingest.metrics_port)
     worker = IngestWorker(
         conf,
         topic=topic,

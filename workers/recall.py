@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, REPLY_TO, get_header
@@ -36,7 +35,7 @@ from workers.live_model import LiveModel
 from workers.recall_core import HistorySource, RecallEngine, Reply
 from workers.recall_metrics import RecallMetrics
 from workers.registry import ModelRegistry
-from workers.runtime import StopFlag, run_until_stopped, stop_on_signals
+from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
 from workers.settings import Settings
 from workers.state_reader import StateReader
 from workers.vector_store import VectorStore
@@ -254,13 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mindstream recall``: serve until SIGTERM/SIGINT; exit 0 after a clean stop."""
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     conf = settings.kafka.client_config(args.bootstrap)
     ensure_topics(conf, [settings.kafka.requests_topic, settings.kafka.replies_topic])
-    registry = CollectorRegistry()
-    metrics_port = args.metrics_port if args.metrics_port is not None else settings.recall.metrics_port
-    if metrics_port is not None:
-        start_http_server(metrics_port, registry=registry)
+    registry = metrics_registry(args.metrics_port if args.metrics_port is not None else settings.recall.metrics_port)
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
         store = stack.enter_context(VectorStore(uri, settings.milvus))

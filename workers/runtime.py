@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Final
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -70,3 +72,19 @@ def run_until_stopped(step: Callable[[], object], stop: StopFlag) -> int:
         step()
         steps += 1
     return steps
+
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """One log format for every worker process (stderr)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def metrics_registry(port: int | None) -> CollectorRegistry:
+    """A fresh registry, served on ``port`` (all interfaces, for Prometheus) when one is given."""
+    registry = CollectorRegistry()
+    if port is not None:
+        start_http_server(port, registry=registry)
+    return registry
