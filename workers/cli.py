@@ -12,10 +12,13 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.runtime import configure_logging, metrics_registry
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.refresh import RefreshWorker
 
 log = logging.getLogger("mindstream")
 
@@ -122,7 +125,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
     return recall_main(args.rest)
 
 
-def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Any:
+def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> RefreshWorker:
     from workers.offline import load
     from workers.refresh import RefreshWorker
     from workers.refresh_metrics import RefreshMetrics
@@ -147,15 +150,12 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from model.checkpoint import open_checkpoint
     from workers.infra.milvus_server import open_milvus
     from workers.offline import checkpoint_root
-    from workers.refresh import trigger_file
+    from workers.refresh import request_refresh
     from workers.runtime import StopFlag, stop_on_signals
 
     settings = _settings(args)
     if args.now:
-        path = trigger_file(settings.state_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        _print({"requested": str(path)})
+        _print({"requested": str(request_refresh(settings))})
         return 0
     if settings.refresh.nice:
         os.nice(settings.refresh.nice)  # training shares the cores with recall: serving comes first

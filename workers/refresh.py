@@ -87,7 +87,7 @@ class RefreshWorker:
         self.reader = reader
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         self.state_path = settings.refresh_dir / "state.json"
-        self.trigger_path = settings.refresh_dir / "trigger"
+        self.trigger_path = trigger_file(settings)
         self.segments = SegmentMap(settings.refresh_dir / "segments.sqlite")
         self.replay = replay
         self.quality = quality
@@ -128,8 +128,7 @@ class RefreshWorker:
 
     def request(self) -> None:
         """Ask the running loop for a refresh now (what ``mindstream refresh --now`` does)."""
-        self.trigger_path.parent.mkdir(parents=True, exist_ok=True)
-        self.trigger_path.touch()
+        request_refresh(self.settings)
 
     def due(self, state: RefreshState) -> tuple[bool, bool]:
         """``(run, forced)``: forced by the trigger file; else new events and interval or volume."""
@@ -248,5 +247,14 @@ class RefreshWorker:
         self.segments.close()
 
 
-def trigger_file(state_dir: Path) -> Path:
-    return state_dir / "refresh" / "trigger"
+def trigger_file(settings: Settings) -> Path:
+    """The file whose presence asks the refresh loop for a round now."""
+    return settings.refresh_dir / "trigger"
+
+
+def request_refresh(settings: Settings) -> Path:
+    """Ask a running refresh loop (any process sharing the state directory) for a round now."""
+    path = trigger_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path

@@ -51,9 +51,9 @@ def _child_env(settings: Settings, bootstrap: str, milvus_uri: str) -> dict[str,
     return env
 
 
-def _children(settings: Settings, env: dict[str, str], with_gateway: bool) -> list[Child]:
+def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
     logs = settings.state_dir / "logs"
-    names = ["refresh", "ingest", "recall"] + (["gateway"] if with_gateway else [])
+    names = ["refresh", "ingest", "recall", "gateway"]
     return [Child(name, [name], env, logs / f"{name}.log") for name in names]
 
 
@@ -121,8 +121,7 @@ def run_up(settings: Settings, *, rate: float, recall_rate: float, retrain: bool
         conf = settings.kafka.client_config(bootstrap)
         kafka = settings.kafka
         ensure_topics(conf, [kafka.clicks_topic, kafka.clicks_dlq_topic, kafka.requests_topic, kafka.replies_topic])
-        with_gateway = _has_gateway()
-        supervisor = Supervisor(_children(settings, _child_env(settings, bootstrap, milvus_uri), with_gateway))
+        supervisor = Supervisor(_children(settings, _child_env(settings, bootstrap, milvus_uri)))
         stack.callback(supervisor.stop)
         supervisor.start()
         producer: Producer = make_producer(conf)
@@ -130,7 +129,7 @@ def run_up(settings: Settings, *, rate: float, recall_rate: float, retrain: bool
         replayer = Replayer(producer, kafka.clicks_topic, rate)
         histories = [h.tolist() for h in dataset.test.histories if len(h)]
         probe = _RecallProbe(client, histories, recall_rate)
-        print_urls(settings, with_gateway)
+        print_urls(settings)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
         live = threading.Event()
         threads = [
@@ -156,17 +155,9 @@ def run_up(settings: Settings, *, rate: float, recall_rate: float, retrain: bool
     return 0
 
 
-def _has_gateway() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("workers.gateway") is not None
-
-
-def print_urls(settings: Settings, with_gateway: bool) -> None:
-    lines = ["mindstream is up. Where to look:"]
-    if with_gateway:
-        base = f"http://{settings.http.host}:{settings.http.port}"
-        lines += [f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
+def print_urls(settings: Settings) -> None:
+    base = f"http://{settings.http.host}:{settings.http.port}"
+    lines = ["mindstream is up. Where to look:", f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
     lines += [f"  {name:<13} http://127.0.0.1:{port}/metrics" for name, port in METRICS_PORTS.items()]
     lines += [f"  worker logs   {settings.state_dir / 'logs'}", "  stop          Ctrl-C, or: mindstream down"]
     sys.stderr.write("\n".join(lines) + "\n")
