@@ -122,6 +122,16 @@ def cdf(values: list[float], points: int = 50) -> list[list[float]]:
     return [[round(float(np.quantile(arr, q)), 3), round(float(q), 3)] for q in qs]
 
 
+def index_env(index: str, m: int | None, ef_construction: int | None) -> dict[str, str]:
+    """MINDSTREAM_MILVUS__* overrides for the stack's workers."""
+    env = {"MINDSTREAM_MILVUS__INDEX_TYPE": index}
+    if m is not None:
+        env["MINDSTREAM_MILVUS__HNSW_M"] = str(m)
+    if ef_construction is not None:
+        env["MINDSTREAM_MILVUS__HNSW_EF_CONSTRUCTION"] = str(ef_construction)
+    return env
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rate", type=float, default=5000.0, help="clicks/s")
@@ -136,6 +146,10 @@ def main() -> None:
     p.add_argument("--train-batches", type=int, help="training batches per refresh (default: settings, 300)")
     p.add_argument("--base-batches", type=int, default=200, help="training of the first model")
     p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--index", choices=["HNSW", "IVF_FLAT", "FLAT"], default="HNSW", help="Milvus index of each version")
+    p.add_argument("--hnsw-m", type=int, help="HNSW M (default: settings, 16)")
+    p.add_argument("--hnsw-ef-construction", type=int, help="HNSW efConstruction (default: settings, 200)")
+    p.add_argument("--tag", help="write bench/results/freshness_<tag>.json instead of freshness.json")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (~1 minute): 2k items, 300 clicks/s")
     args = p.parse_args()
@@ -151,6 +165,7 @@ def main() -> None:
         base_users=max(2000, args.items // 5),
         refresh_interval_s=args.interval,
         train_batches=args.train_batches,
+        env=index_env(args.index, args.hnsw_m, args.hnsw_ef_construction),
     )
     with contextlib.ExitStack() as es:
         workdir = args.workdir or Path(es.enter_context(tempfile.TemporaryDirectory(prefix="freshness-")))
@@ -189,11 +204,16 @@ def main() -> None:
     recalled = [observer.recalled_at[i] - first[i] for i in first if i in observer.recalled_at]
     live_p = percentiles(live)
     emit(
-        "freshness",
+        f"freshness_{args.tag}" if args.tag else "freshness",
         {
             "quick": args.quick,
             "setup": {
                 "items": args.items,
+                "index": {
+                    "type": args.index,
+                    **({"M": args.hnsw_m} if args.hnsw_m else {}),
+                    **({"efConstruction": args.hnsw_ef_construction} if args.hnsw_ef_construction else {}),
+                },
                 "click_rate": args.rate,
                 "refresh_interval_s": args.interval,
                 "train_batches": args.train_batches or stack.settings.refresh.train_batches,

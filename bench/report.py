@@ -96,11 +96,24 @@ def rows_train_speed(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def rows_ingest(r: dict[str, Any]) -> list[Row]:
-    return [
-        ("ingest_throughput", f"events/s ({_num(r.get('events'))} events)", _num(r.get("events_per_s")), "", ""),
-        ("ingest_throughput", "stored == sent", _num(r.get("stored") == r.get("events")), "yes", ""),
-    ]
+def rows_ingest(r: dict[str, Any], name: str = "ingest_throughput") -> list[Row]:
+    via = "state path, no broker" if r.get("source") == "store" else "via the embedded broker"
+    rows = [
+        (name, f"events/s, one worker ({_num(r.get('events'))} events, {via})", _num(r.get("events_per_s")),
+         "100,000", _ratio(r.get("events_per_s"), 100_000)),
+        (name, "stored == sent", _num(r.get("stored") == r.get("events")), "yes", ""),
+    ]  # fmt: skip
+    curve = r.get("curve") or []
+    if len(curve) >= 2:
+        first, last = curve[0], curve[-1]
+        rows.append((name, f"events/s, first vs last tenth (at {_num(last.get('applied'))} stored)",
+                     f"{_num(first.get('events_per_s'))} -> {_num(last.get('events_per_s'))}", "flat",
+                     _ratio(last.get("events_per_s"), first.get("events_per_s"))))  # fmt: skip
+    return rows
+
+
+def rows_ingest_store(r: dict[str, Any]) -> list[Row]:
+    return rows_ingest(r, "ingest_store")
 
 
 def _latency_rows(name: str, r: dict[str, Any], other: dict[str, Any] | None, other_name: str) -> list[Row]:
@@ -193,18 +206,19 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         ("demo", rows_demo),
         ("train_speed", rows_train_speed),
         ("ingest_throughput", rows_ingest),
+        ("ingest_store", rows_ingest_store),
         ("freshness", rows_freshness),
         ("swap_impact", rows_swap),
         ("memory", rows_memory),
         ("summary", rows_summary),
     ]
     rows: list[Row] = []
-    for name, fn in sections[:4]:
+    for name, fn in sections[:5]:
         rows += _safe(name, fn, results)
     for name, other, label in (("recall_latency", "http_latency", "HTTP"), ("http_latency", "recall_latency", "Kafka")):
         for key in sorted(k for k in results if k.startswith(name)):
             rows += _safe_latency(key, results, results.get(key.replace(name, other)), label)
-    for name, fn in sections[4:]:
+    for name, fn in sections[5:]:
         rows += _safe(name, fn, results)
     machines = {
         f"{m.get('cores')} cores, Python {m.get('python')}, {m.get('date')}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Final
 
 import uvicorn
@@ -96,9 +96,22 @@ def create_app(
     """The gateway app on an open ``store`` and a ready ``engine``; metrics go to ``registry``."""
     registry = registry if registry is not None else CollectorRegistry()
     admin = admin or Admin(settings, store)
-    recall = RecallService(engine, store, settings.milvus.alias, RecallMetrics(registry))
+    recall = RecallService(
+        engine,
+        store,
+        settings.milvus.alias,
+        RecallMetrics(registry),
+        max_batch=settings.recall.max_batch,
+        timeout_s=settings.recall.client_timeout_s,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        recall.close()
+
     require_admin = Depends(admin_guard(settings.http.admin_token))
-    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION)
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION, lifespan=lifespan)
     mount_docs(app, TITLE)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

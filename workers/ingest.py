@@ -5,7 +5,7 @@ invalid ones to the DLQ with their original bytes and wait for the broker's ackn
 the valid ones and the partition's last offset in one SQLite transaction per partition; only then
 store the Kafka offsets (librdkafka commits stored offsets in the background and on close). On
 assignment the consumer resumes from the offset kept in the state file, which is always at or past
-Kafka's committed offset; redeliveries are absorbed by ``INSERT OR IGNORE`` on ``event_id``.
+Kafka's committed offset; redeliveries are skipped by ``event_id`` (see ``workers.state_store``).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ class RoundReport:
     error: str | None = None
     train_seconds: float = 0.0
     dropped: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # read, prepare, train (publish adds its own)
 
     def as_dict(self) -> dict[str, Any]:
         p = self.published
@@ -50,7 +51,7 @@ class RoundReport:
             "users": self.users,
             "version": p.version if p else None,
             "swapped": bool(p and p.swapped),
-            "phases": p.phases if p else {},
+            "phases": {**self.phases, **(p.phases if p else {})},
             "quality": p.quality if p else {},
             "error": self.error,
             "dropped": self.dropped,
@@ -163,7 +164,9 @@ class RefreshWorker:
         dropped = self.publisher.cleanup(state)
         if self.metrics and dropped:
             self.metrics.orphans_dropped.inc(len(dropped))
-        events, cursor = self.reader.events_since(state.get_cursor())
+        began = time.perf_counter()
+        events, cursor = self.reader.events_since(state.get_cursor(), limit=self.cfg.max_events_per_round)
+        read_s = time.perf_counter() - began
         self._last_round = time.monotonic()
         if not events and not force:
             state.save(self.state_path)
@@ -173,13 +176,14 @@ class RefreshWorker:
             raise RuntimeError("nothing is live: bootstrap first")
         users = sorted({e.user_id for e in events})
         report = RoundReport(len(events), len(users), dropped=dropped)
+        self._phase(report, "read", read_s)
         if self.metrics:
             self.metrics.rounds.inc()
         try:
+            t0 = time.perf_counter()
             item_count = max([live.manifest.item_count] + [e.item_id + 1 for e in events])
             if self.replay is not None:
                 item_count = max(item_count, self.replay.item_count)
-            t0 = time.perf_counter()
             cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
             trainer = Trainer(
                 self.training_set(users, item_count),
@@ -188,12 +192,13 @@ class RefreshWorker:
                 item_count=item_count,
                 init=live,
             )
+            self.segments.update((e.item_id, e.segment) for e in events)
+            t1 = time.perf_counter()
+            self._phase(report, "prepare", t1 - t0)
             train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
             ckpt = trainer.checkpoint(self.registry.root, {"events": len(events), "users": len(users)}, best=False)
-            report.train_seconds = time.perf_counter() - t0
-            if self.metrics:
-                self.metrics.observe_phase("train", report.train_seconds)
-            self.segments.update((e.item_id, e.segment) for e in events)
+            report.train_seconds = time.perf_counter() - t1
+            self._phase(report, "train", report.train_seconds)
             report.published = self.publisher.publish(ckpt, state, quality=self.quality)
         except VerifyError as exc:
             report.error = str(exc)
@@ -213,6 +218,11 @@ class RefreshWorker:
             self.metrics.swaps.inc()
             self.metrics.events_trained.inc(len(events))
         return report
+
+    def _phase(self, report: RoundReport, phase: str, seconds: float) -> None:
+        report.phases[phase] = round(seconds, 4)
+        if self.metrics:
+            self.metrics.observe_phase(phase, seconds)
 
     def _set_live(self, ckpt: Checkpoint) -> None:
         if self.metrics:
