@@ -12,6 +12,7 @@ and MostPopular vs MIND K=4, HTTP vs Kafka latency at the same offered load, exa
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -139,25 +140,45 @@ def _latency_rows(name: str, r: dict[str, Any], other: dict[str, Any] | None, ot
     return rows
 
 
-def rows_freshness(r: dict[str, Any]) -> list[Row]:
+def rows_freshness(r: dict[str, Any], name: str = "freshness") -> list[Row]:
     s = r.get("setup", {})
     live = r.get("click_to_live_s", {})
     rec = r.get("click_to_recalled_s", {})
     goal = r.get("goal", {})
-    where = f"{_num(s.get('click_rate'), 0)} clicks/s, interval {_num(s.get('refresh_interval_s'), 0)} s"
+    index = s.get("index") or {}
+    index_text = " ".join(f"{k} {v}" for k, v in index.items() if k != "type")
+    index_text = f"{index.get('type', 'HNSW')}{' ' + index_text if index_text else ''}"
+    where = (f"{_num(s.get('items'))} items, {index_text}, {_num(s.get('click_rate'), 0)} clicks/s, "
+             f"interval {_num(s.get('refresh_interval_s'), 0)} s")  # fmt: skip
+    phases = r.get("refresh_phases_s") or {}
+    slowest = sorted(((v.get("p50") or 0.0, k) for k, v in phases.items() if k != "publish_total"), reverse=True)[:3]
     return [
-        ("freshness", f"click -> live p50 / p90 s ({where})", f"{_num(live.get('p50'))} / {_num(live.get('p90'))}", "",
+        (name, f"click -> live p50 / p90 s ({where})", f"{_num(live.get('p50'))} / {_num(live.get('p90'))}", "",
          ""),
-        ("freshness", "click -> live p99 s", _num(live.get("p99")), f"goal <= {_num(goal.get('p99_s'), 0)} s",
+        (name, "click -> live p99 s", _num(live.get("p99")), f"goal <= {_num(goal.get('p99_s'), 0)} s",
          _ratio(live.get("p99"), goal.get("p99_s"))),
-        ("freshness", "click -> live max s; never live", f"{_num(live.get('max'))}; {_num(r.get('never_live'))}", "0",
+        (name, "click -> live max s; never live", f"{_num(live.get('max'))}; {_num(r.get('never_live'))}", "0",
          ""),
-        ("freshness", "goal met", _num(goal.get("met")), "yes", ""),
-        ("freshness", "click -> in a recall reply p50 / p99 s (coverage)",
+        (name, "goal met", _num(goal.get("met")), "yes", ""),
+        (name, "click -> in a recall reply p50 / p99 s (coverage)",
          f"{_num(rec.get('p50'))} / {_num(rec.get('p99'))} ({_num(rec.get('coverage'), 3)})", "", ""),
-        ("freshness", "swaps observed; failed rounds",
+        (name, "swaps observed; failed rounds",
          f"{_num(r.get('swaps_observed'))}; {_num(r.get('refresh_failed_rounds'))}", "", ""),
+        (name, "slowest round phases, p50 s", ", ".join(f"{k} {_num(v)}" for v, k in slowest) or "-", "", ""),
     ]  # fmt: skip
+
+
+def rows_index_choice(r: dict[str, Any], name: str = "index_choice") -> list[Row]:
+    s = r.get("setup", {})
+    k = s.get("top_k", 50)
+    rows: list[Row] = []
+    for run in r.get("runs", []):
+        lat = run.get("search_4_queries_ms") or {}
+        what = f"{_num(s.get('items'))} items, {run.get('index')}: build + load s; recall@{k}; search p50 ms"
+        measured = (f"{_num(run.get('build_and_load_s'))}; {_num(run.get(f'recall@{k}_vs_exact'), 3)}; "
+                    f"{_num(lat.get('p50'))}")  # fmt: skip
+        rows.append((name, what, measured, "exact: 1.0", ""))
+    return rows
 
 
 def rows_swap(r: dict[str, Any]) -> list[Row]:
@@ -220,6 +241,11 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
             rows += _safe_latency(key, results, results.get(key.replace(name, other)), label)
     for name, fn in sections[5:]:
         rows += _safe(name, fn, results)
+        if name == "freshness":  # tagged runs: freshness_flat, freshness_1m_ivf, ...
+            for key in sorted(k for k in results if k.startswith("freshness_")):
+                rows += _safe(key, functools.partial(rows_freshness, name=key), results)
+    for key in sorted(k for k in results if k.startswith("index_choice")):
+        rows += _safe(key, functools.partial(rows_index_choice, name=key), results)
     machines = {
         f"{m.get('cores')} cores, Python {m.get('python')}, {m.get('date')}"
         for r in results.values()

@@ -147,7 +147,8 @@ class LiveStack:
         self.refresh_metrics_port = free_port()
         self.settings = Settings(
             state_dir=workdir / "state",
-            milvus=MilvusSettings(index_type="HNSW"),
+            # the workers' index (child_env) and the one this process searches with must agree
+            milvus=MilvusSettings.model_validate({"index_type": cfg.env.get("MINDSTREAM_MILVUS__INDEX_TYPE", "HNSW")}),
             mind=MindConfig(),
             train=TrainConfig(),
         )
@@ -202,7 +203,7 @@ class LiveStack:
             "MINDSTREAM_STATE_DIR": str(self.settings.state_dir.resolve()),
             "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "MINDSTREAM_MILVUS__URI": self.milvus.uri,
-            "MINDSTREAM_MILVUS__INDEX_TYPE": "HNSW",
+            "MINDSTREAM_MILVUS__INDEX_TYPE": self.settings.milvus.index_type,
             "MINDSTREAM_DATA__DATASET": "synthetic",
             "MINDSTREAM_REFRESH__INTERVAL_S": str(self.cfg.refresh_interval_s),
             # The quality gate's held-out users come from the default synthetic data set, not from this

@@ -131,7 +131,9 @@ class RecallSettings(_Section):
         "every idle consumer poll the broker 1000 times a second, which saturated 2 cores at 100 req/s",
     )
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
-    client_timeout_s: float = Field(5.0, gt=0, description="RecallClient reply timeout")
+    client_timeout_s: float = Field(
+        5.0, gt=0, description="RecallClient reply timeout; the HTTP gateway answers 504 past it"
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 

@@ -61,6 +61,33 @@ FIXTURES: dict[str, dict[str, Any]] = {
         "swaps_observed": 2,
         "refresh_failed_rounds": 0,
     },
+    "freshness_flat": {
+        "benchmark": "freshness_flat",
+        "machine": MACHINE,
+        "setup": {"items": 100000, "index": {"type": "FLAT"}, "click_rate": 5000.0, "refresh_interval_s": 10.0},
+        "click_to_live_s": {"n": 3, "p50": 6.0, "p90": 9.0, "p99": 15.0, "max": 16.0},
+        "goal": {"p99_s": 30.0, "measured_p99_s": 15.0, "met": True},
+        "refresh_phases_s": {
+            "index": {"p50": 4.0},
+            "train": {"p50": 3.0},
+            "read": {"p50": 0.1},
+            "swap": {"p50": 0.01},
+            "publish_total": {"p50": 9.0},
+        },
+    },
+    "index_choice": {
+        "benchmark": "index_choice",
+        "machine": MACHINE,
+        "setup": {"items": 100000, "top_k": 50},
+        "runs": [
+            {
+                "index": "IVF_FLAT",
+                "build_and_load_s": 5.0,
+                "recall@50_vs_exact": 0.97,
+                "search_4_queries_ms": {"p50": 3.0},
+            }
+        ],
+    },
     "swap_impact": {
         "benchmark": "swap_impact",
         "machine": MACHINE,
@@ -120,6 +147,10 @@ def test_report_renders_a_table_with_ratios_goals_and_failures(results_dir: Path
     assert any(r.startswith("| http_latency |") and "1.50x" in r for r in rows)  # HTTP vs Kafka p50
     assert any("368k" in r and "0.75x" in r for r in rows)
     assert any("memory FAILED" in r and "timeout" in r for r in rows)  # failures are not hidden
+    assert any(r.startswith("| freshness_flat |") and "100,000 items, FLAT" in r for r in rows)  # tagged run
+    assert any(r.startswith("| freshness_flat |") and "p99" in r and "0.50x" in r for r in rows)
+    assert any(r.startswith("| freshness_flat |") and "index 4.00, train 3.00, read 0.10" in r for r in rows)
+    assert any(r.startswith("| index_choice |") and "IVF_FLAT" in r and "5.00; 0.970; 3.00" in r for r in rows)
 
 
 def test_report_replaces_only_between_the_markers(tmp_path: Path) -> None:
