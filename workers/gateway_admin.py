@@ -8,8 +8,9 @@
 * ``drop``: the live alias, then every collection of ours (``<alias>_v<N>``) that no other alias
   points at; the refresh state forgets the dropped ones.
 
-Publishing and dropping are serialised by one lock (one writer per alias, as ``Publisher`` requires);
-a second call while one runs is refused (:class:`Busy`) instead of queued behind a long publish.
+Publishing and dropping are serialised with every other publisher of the alias, in this process and
+in others (the refresh worker, ``mindstream rollback``: ``workers.publish_lock``); a call while one
+runs is refused (:class:`Busy`, HTTP 409) instead of queued behind a long publish or refresh round.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.publish import Publisher
+from workers.publish_lock import PublishBusy, lock_path, publish_lock
 from workers.refresh_state import RefreshState
 from workers.registry import ModelRegistry
 from workers.segments import SegmentMap
@@ -85,7 +87,10 @@ class Admin:
         if not self._lock.acquire(blocking=False):
             raise Busy("another insert_data or drop is running: try again when it has finished")
         try:
-            yield
+            with publish_lock(lock_path(self.settings.refresh_dir, self.registry.alias), wait=False):
+                yield
+        except PublishBusy:
+            raise Busy("a refresh round or another publisher is working on the alias: try again later") from None
         finally:
             self._lock.release()
 

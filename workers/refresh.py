@@ -7,6 +7,7 @@ collection, verification, alias swap). Nothing new -> nothing built."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -20,6 +21,7 @@ from model.checkpoint import Checkpoint, Manifest, next_version, open_checkpoint
 from model.data.types import HeldOut, Sequences
 from model.train import Trainer, train
 from workers.publish import Publisher, PublishReport, VerifyError
+from workers.publish_lock import lock_path, publish_lock
 from workers.refresh_metrics import RefreshMetrics
 from workers.refresh_state import RefreshState
 from workers.registry import ModelRegistry
@@ -121,11 +123,16 @@ class RefreshWorker:
             if base is None:
                 raise RuntimeError("no model to serve: train one first (mindstream train)")
             ckpt = import_checkpoint(base, self.registry)
-        state = RefreshState.load(self.state_path)
-        report = self.publisher.publish(ckpt, state)
-        state.save(self.state_path)
+        with self._publishing():
+            state = RefreshState.load(self.state_path)
+            report = self.publisher.publish(ckpt, state)
+            state.save(self.state_path)
         self._set_live(ckpt)
         return report
+
+    def _publishing(self) -> contextlib.AbstractContextManager[None]:
+        """The cross-process publish lock of the alias (waits for a gateway insert_data or drop)."""
+        return publish_lock(lock_path(self.settings.refresh_dir, self.registry.alias), wait=True)
 
     def request(self) -> None:
         """Ask the running loop for a refresh now (what ``mindstream refresh --now`` does)."""
@@ -160,6 +167,10 @@ class RefreshWorker:
         return Sequences.from_lists([u for u, _ in rows], [s for _, s in rows], item_count=item_count)
 
     def run_round(self, *, force: bool = False) -> RoundReport | None:
+        with self._publishing():
+            return self._round(force)
+
+    def _round(self, force: bool) -> RoundReport | None:
         state = RefreshState.load(self.state_path)
         dropped = self.publisher.cleanup(state)
         if self.metrics and dropped:
@@ -229,9 +240,10 @@ class RefreshWorker:
             self.metrics.set_live(ckpt.manifest.version, ckpt.manifest.created_at)
 
     def rollback(self) -> tuple[str, str | None]:
-        state = RefreshState.load(self.state_path)
-        target, previous = self.publisher.rollback(state)
-        state.save(self.state_path)
+        with self._publishing():
+            state = RefreshState.load(self.state_path)
+            target, previous = self.publisher.rollback(state)
+            state.save(self.state_path)
         return target, previous
 
     def run(self, stop: StopFlag) -> None:

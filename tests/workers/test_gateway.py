@@ -25,6 +25,7 @@ from workers.gateway import create_app
 from workers.gateway_admin import Admin, CountResult
 from workers.gateway_auth import NOT_CONFIGURED
 from workers.live_model import LiveModel
+from workers.publish_lock import lock_path, publish_lock
 from workers.recall_core import HistorySource, RecallEngine
 from workers.refresh_state import RefreshState
 from workers.registry import ModelRegistry
@@ -216,6 +217,17 @@ def test_metrics_count_requests_by_endpoint_and_status(env: Env) -> None:
     assert 'mindstream_http_request_duration_seconds_bucket{endpoint="/rec/recall"' in text
     assert 'mindstream_recall_requests_total{status="ok"}' in text
     assert TOKEN not in text and "wrong" not in text
+
+
+def test_admin_endpoints_wait_for_no_refresh_round(env: Env) -> None:
+    """While another process (a refresh round) holds the alias's publish lock: 409, nothing touched."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with publish_lock(lock_path(env.settings.refresh_dir, env.alias), wait=True):
+        for path in ("/rec/insert_data", "/rec/drop"):
+            r = env.client.post(path, headers=auth)
+            assert r.status_code == 409, r.text
+            assert "refresh round" in r.json()["message"]
+    assert env.store.resolve_alias(env.alias) == f"{env.alias}_v1"
 
 
 def test_insert_data_publishes_the_newest_checkpoint_and_swaps(env: Env) -> None:
