@@ -10,6 +10,10 @@ Headers = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue]
 
 CORRELATION_ID: Final = "correlation_id"
 REPLY_TO: Final = "reply_to"
+# Optional, on recall requests: when the caller stops waiting, epoch milliseconds (decimal ASCII).
+# A worker that picks the request up later answers TIMEOUT at once instead of searching for nobody:
+# under overload, stale requests are shed instead of delaying the fresh ones behind them.
+DEADLINE_MS: Final = "deadline_ms"
 
 
 def _text(value: HeaderValue) -> str | None:

@@ -27,7 +27,7 @@ from typing import Final
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.codec import DecodeError, decode_request, encode
-from schemas.headers import CORRELATION_ID, REPLY_TO, get_header
+from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
 from workers.infra.milvus_server import open_milvus
 from workers.kafka_admin import Conf, ensure_topics, make_consumer, make_producer
@@ -201,14 +201,23 @@ class RecallWorker:
                 stop_watching()
 
 
-def _parse(msg: Message, default_topic: str) -> _Pending:
-    """Headers and body of one request; a bad one already carries its ``ErrorReply``."""
+def _parse(msg: Message, default_topic: str, now_ms: int | None = None) -> _Pending:
+    """Headers and body of one request; a bad or expired one already carries its ``ErrorReply``."""
     headers = msg.headers()
     correlation_id = get_header(headers, CORRELATION_ID) or None
     reply_to = get_header(headers, REPLY_TO) or default_topic
     if not _TOPIC_RE.match(reply_to):
         message = "invalid reply_to header: not a Kafka topic name"
         return _Pending(default_topic, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=message))
+    deadline = get_header(headers, DEADLINE_MS)
+    if deadline is not None:
+        if not deadline.isascii() or not deadline.isdigit() or len(deadline) > 16:
+            message = "invalid deadline_ms header: epoch milliseconds as a decimal integer"
+            return _Pending(reply_to, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=message))
+        late = (int(time.time() * 1000) if now_ms is None else now_ms) - int(deadline)
+        if late > 0:
+            message = f"deadline passed {late} ms before the request was served; not searched"
+            return _Pending(reply_to, correlation_id, ErrorReply(code=ErrorCode.TIMEOUT, message=message))
     try:
         return _Pending(reply_to, correlation_id, request=decode_request(msg.value()))
     except DecodeError as exc:

@@ -24,7 +24,7 @@ from typing import Final, Self
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from schemas.codec import DecodeError, decode_reply, encode
-from schemas.headers import CORRELATION_ID, REPLY_TO, get_header
+from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.kafka_admin import ensure_topics, make_admin, make_consumer, make_producer
 from workers.settings import KafkaSettings, RecallSettings
@@ -111,12 +111,14 @@ class RecallClient:
         correlation_id = uuid.uuid4().hex
         future: Future[Reply] = Future()
         future.set_running_or_notify_cancel()  # not cancellable: the deadline cleans up instead
-        deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
+        wait_s = self.timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + wait_s
         with self._lock:
             self._pending[correlation_id] = (future, deadline)
         headers: list[tuple[str, str | bytes | None]] = [
             (CORRELATION_ID, correlation_id),
             (REPLY_TO, self.reply_topic),
+            (DEADLINE_MS, str(int((time.time() + wait_s) * 1000))),  # workers shed it once we gave up
         ]
         try:
             self._producer.produce(

@@ -25,7 +25,7 @@ from model.export import UserTower, item_table
 from model.metrics import merge_interests
 from model.net import MindNet
 from schemas.codec import decode_reply
-from schemas.headers import CORRELATION_ID, REPLY_TO, get_header
+from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.kafka_admin import ensure_topics, make_producer
 from workers.live_model import LiveModel
@@ -202,6 +202,24 @@ def test_bad_requests_get_error_replies_and_the_worker_survives(env: Env) -> Non
     assert info.value.code is ErrorCode.BAD_REQUEST
     assert env.client.recall(hist_item=[[5]], top_k=3).items == exact(env.nets["v1"], [[5]], 3)
     assert env.metrics.requests.labels(status="bad_request")._value.get() >= len(BAD) + 2
+
+
+def test_expired_requests_are_shed_and_fresh_ones_served(env: Env) -> None:
+    topic = f"{env.kafka.replies_topic}.deadline"
+    ensure_topics(env.kafka.client_config(), [topic])
+    reader = _raw_reader(env, topic)
+    producer = make_producer(env.kafka.client_config())
+    now_ms = int(time.time() * 1000)
+    for cid, deadline in (("stale", now_ms - 60_000), ("fresh", now_ms + 60_000)):
+        headers = [(CORRELATION_ID, cid), (REPLY_TO, topic), (DEADLINE_MS, str(deadline))]
+        producer.produce(env.kafka.requests_topic, value=b'{"hist_item": [[5]], "top_k": 3}', headers=headers)
+    producer.flush(10)
+    replies = {get_header(m.headers(), CORRELATION_ID): decode_reply(m.value()) for m in _collect(reader, 2)}
+    reader.close()
+    stale, fresh = replies["stale"], replies["fresh"]
+    assert isinstance(stale, ErrorReply) and stale.code is ErrorCode.TIMEOUT and "not searched" in stale.message
+    assert isinstance(fresh, RecallReply) and fresh.items == exact(env.nets["v1"], [[5]], 3)
+    assert env.metrics.requests.labels(status="timeout")._value.get() >= 1
 
 
 def test_client_times_out_without_a_worker(env: Env) -> None:
