@@ -152,8 +152,14 @@ class RefreshWorker:
     # -- one round ----------------------------------------------------------------------------
 
     def training_set(self, users: list[int], item_count: int) -> Sequences:
-        """Touched users' recent histories, oversampled to about half of the users, plus replay."""
+        """Touched users' recent histories, oversampled to about half of the users, plus replay.
+
+        The id space grows to the largest item in those histories: they are read after the round's
+        events and may already hold clicks the round has not taken (a later slice of a backlog, or
+        events appended meanwhile), including brand-new items.
+        """
         seqs = [self.reader.history(u, MAX_USER_HISTORY) for u in users]
+        item_count = max([item_count] + [max(s) + 1 for s in seqs if s])
         fresh = [(u, s) for u, s in zip(users, seqs, strict=True) if len(s) >= self.settings.train.min_clicks]
         replay: list[tuple[int, list[int]]] = []
         if self.replay is not None and self.cfg.replay_users:
@@ -196,13 +202,9 @@ class RefreshWorker:
             if self.replay is not None:
                 item_count = max(item_count, self.replay.item_count)
             cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
-            trainer = Trainer(
-                self.training_set(users, item_count),
-                self.settings.mind,
-                cfg,
-                item_count=item_count,
-                init=live,
-            )
+            sequences = self.training_set(users, item_count)
+            item_count = sequences.item_count
+            trainer = Trainer(sequences, self.settings.mind, cfg, item_count=item_count, init=live)
             self.segments.update((e.item_id, e.segment) for e in events)
             t1 = time.perf_counter()
             self._phase(report, "prepare", t1 - t0)

@@ -153,3 +153,40 @@ def test_quality_gate_keeps_live(settings: Settings, base: tuple[Checkpoint, Seq
         assert store.resolve_alias(alias) == f"{alias}_v1"
         assert worker.publisher.cleanup(state) == [f"{alias}_v2"]
         worker.close()
+
+
+def test_a_backlog_is_taken_in_capped_slices_even_when_histories_run_ahead(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    """With ``max_events_per_round`` a round reads a slice, but it trains on the touched users' whole
+    recent histories, which may hold brand-new items from later in the backlog (the id space must
+    grow to them, or the round fails)."""
+    settings = settings.model_copy(
+        update={"refresh": settings.refresh.model_copy(update={"max_events_per_round": 100, "train_batches": 40})}
+    )
+    base_ckpt, seqs = base
+    with (
+        VectorStore(milvus_uri, settings.milvus) as store,
+        StateReader(settings.state_dir, "clicks") as reader,
+    ):
+        worker = RefreshWorker(settings, store, reader, replay=seqs)
+        worker.bootstrap(base_ckpt)
+        events, ts = [], 0
+        for phase_items in ((1, 11), (41, 46)):  # old items first; brand-new ones only at the end
+            for user in range(1000, 1015):
+                for _ in range(8):
+                    ts += 1
+                    events.append(_click(f"e{ts}", user, int(np.random.default_rng(ts).integers(*phase_items)), ts))
+        writer = PartitionStore.open(settings.state_dir, "clicks", 0)
+        writer.apply(events, "clicks", 0, last_offset=len(events) - 1)
+        writer.close()
+
+        slices = []
+        while (report := worker.run_round()) is not None:
+            assert report.error is None and report.published is not None and report.published.swapped, report
+            slices.append(report.events)
+        assert slices == [100, 100, 40]
+        assert RefreshState.load(worker.state_path).events_seen == 240
+        live = store.resolve_alias(settings.milvus.alias)
+        assert live is not None and store.count(live) == 45, "the table grew to the new items 41..45"
+        worker.close()
