@@ -55,6 +55,7 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
                                     "--duration", "3", "--warmup", "1", "--workdir", lat], 240),
             Step("http_latency", ["bench.http_latency", "--quick", "--workdir", lat], 240),
             Step("freshness", ["bench.freshness", "--quick"], 240),
+            Step("index_choice", ["bench.index_choice", "--quick"], 240),
             Step("swap_impact", ["bench.swap_impact", "--quick"], 240),
             Step("memory", ["bench.memory", "--quick"], 240),
             Step("demo", ["workers.cli", "demo", "--batches", "30", "--retrain"], 600, capture_json=True,
@@ -77,7 +78,13 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
                                         "--workdir", wd], 3600, produces="http_latency"),
         ]  # fmt: skip
     steps += [
+        Step("index_choice", ["bench.index_choice"], 1800),
+        Step("index_choice_1m", ["bench.index_choice", "--items", "1000000", "--indexes", "IVF_FLAT", "FLAT",
+                                 "--tag", "1m"], 3600),
         Step("freshness", ["bench.freshness"], 1800),
+        Step("freshness_flat", ["bench.freshness", "--index", "FLAT", "--tag", "flat"], 1800),
+        Step("freshness_1m_ivf", ["bench.freshness", "--items", "1000000", "--index", "IVF_FLAT",
+                                  "--tag", "1m_ivf"], 3600),
         Step("swap_impact", ["bench.swap_impact", "--http-rate", "10"], 2400),
         Step("memory", ["bench.memory"], 1200),
         Step("demo", ["workers.cli", "demo", "--retrain"], 3600, capture_json=True,

@@ -105,7 +105,7 @@ class RefreshSettings(_Section):
     interval_s: float = Field(30.0, gt=0, description="Refresh at least this often when there are new events")
     min_new_events: int = Field(50_000, ge=1, description="... or as soon as this many new events arrived")
     max_events_per_round: int = Field(
-        200_000, ge=1, description="At most this many new events per round; the rest wait for the next one"
+        1_000_000, ge=1, description="At most this many new events per round; the rest wait for the next one"
     )
     train_batches: int = Field(300, ge=1, description="Incremental training batches per refresh")
     replay_users: int = Field(2000, ge=0, description="Older users mixed into each refresh (replay sample)")
