@@ -47,6 +47,7 @@ class _Job:
     started: float
     done: threading.Event = field(default_factory=threading.Event)
     reply: Reply | None = None
+    abandoned: bool = False  # its caller timed out: not worth a search any more
 
 
 class RecallService:
@@ -90,7 +91,9 @@ class RecallService:
                     self._jobs.put(None)  # stop after this batch
                     break
                 batch.append(job)
-            self._answer(batch)
+            live = [job for job in batch if not job.abandoned]
+            if live:
+                self._answer(live)
 
     def _answer(self, batch: list[_Job]) -> None:
         began = time.perf_counter()
@@ -118,6 +121,7 @@ class RecallService:
         job = _Job(request, time.perf_counter())
         self._jobs.put(job)
         if not job.done.wait(self.timeout_s) or job.reply is None:
+            job.abandoned = True  # shed, if the batcher has not taken it yet
             reply: Reply = ErrorReply(code=ErrorCode.TIMEOUT, message="recall timed out")
         else:
             reply = job.reply

@@ -99,3 +99,16 @@ def test_a_stuck_engine_gives_504_after_the_timeout() -> None:
     status, reply = service.answer(_request(3))
     assert status == 504 and isinstance(reply, ErrorReply) and reply.code is ErrorCode.TIMEOUT
     service.close()
+
+
+def test_requests_whose_callers_timed_out_are_not_searched() -> None:
+    engine = SlowEngine(delay_s=0.5)
+    service = _service(engine, max_batch=8, timeout_s=0.2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(service.answer, _request(2))  # occupies the engine for 0.5 s
+        time.sleep(0.05)
+        late = [pool.submit(service.answer, _request(n)) for n in (3, 4, 5)]  # queued; give up after 0.2 s
+        assert all(f.result()[0] == 504 for f in late)
+        assert first.result()[0] == 504  # its own wait (0.2 s) was shorter than the search
+    service.close()  # returns once the batcher has drained the queue
+    assert engine.batches == [1], f"the abandoned requests were searched anyway: {engine.batches}"
