@@ -47,49 +47,84 @@ def _quick(results: Results, *names: str) -> str:
 
 
 def plot_latency(results: Results, plt: Any) -> Any:
-    curves = [(n, lbl) for n, lbl in (("recall_latency", "Kafka"), ("http_latency", "HTTP")) if n in results]
-    if not curves:
+    """One panel per catalogue size (``recall_latency[_1m]`` with its ``http_latency[_1m]``)."""
+    suffixes = sorted(
+        {k.removeprefix(n) for n in ("recall_latency", "http_latency") for k in results if k.startswith(n)}
+    )
+    if not suffixes:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, label in curves:
-        runs = sorted(results[name].get("runs", []), key=lambda r: r["offered_rps"])
-        rates = [r["offered_rps"] for r in runs]
-        for q, style in (("p50", "-o"), ("p99", "--s")):
-            ax.plot(rates, [r["latency_ms"].get(q) for r in runs], style, label=f"{label} {q}")
-    ax.set_xlabel("offered load (requests/s)")
-    ax.set_ylabel("latency (ms, from scheduled send)")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    names = [n for n, _ in curves]
-    items = results[names[0]].get("setup", {}).get("items", "?")
-    ax.set_title(f"Recall latency vs offered load ({items} items) - {_cores(results, *names)}{_quick(results, *names)}")
+    fig, axes = plt.subplots(1, len(suffixes), figsize=(7 * len(suffixes), 4.5), squeeze=False)
+    names_all: list[str] = []
+    for ax, suffix in zip(axes[0], suffixes, strict=True):
+        curves = [(n + suffix, lbl) for n, lbl in (("recall_latency", "Kafka"), ("http_latency", "HTTP"))]
+        curves = [(n, lbl) for n, lbl in curves if n in results]
+        names_all += [n for n, _ in curves]
+        for name, label in curves:
+            runs = sorted(results[name].get("runs", []), key=lambda r: r["offered_rps"])
+            rates = [r["offered_rps"] for r in runs]
+            for q, style in (("p50", "-o"), ("p99", "--s")):
+                ax.plot(rates, [r["latency_ms"].get(q) for r in runs], style, label=f"{label} {q}")
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_ylabel("latency (ms, from scheduled send)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        items = results[curves[0][0]].get("setup", {}).get("items", "?")
+        ax.set_title(f"Recall latency vs offered load ({items} items)")
+    fig.suptitle(f"{_cores(results, *names_all)}{_quick(results, *names_all)}")
     return fig
 
 
 def plot_freshness(results: Results, plt: Any) -> Any:
-    fr = results.get("freshness")
-    if not fr or not fr.get("cdf_click_to_live"):
+    """Click -> live CDF of every freshness run (default and tagged), recall CDF of the default run."""
+    runs = {k: r for k, r in sorted(results.items()) if k.startswith("freshness") and r.get("cdf_click_to_live")}
+    if not runs:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("cdf_click_to_live", "in the live collection"), ("cdf_click_to_recalled", "in a recall reply")):
-        points = fr.get(key) or []
-        if points:
-            ax.step([p[0] for p in points], [p[1] for p in points], where="post", marker=".", label=label)
-    goal = (fr.get("goal") or {}).get("p99_s")
+    for fr in runs.values():
+        s = fr.get("setup", {})
+        index = (s.get("index") or {}).get("type", "HNSW")
+        label = f"live: {s.get('items', '?')} items, {index}"
+        points = fr["cdf_click_to_live"]
+        ax.step([p[0] for p in points], [p[1] for p in points], where="post", marker=".", label=label)
+    recalled = (runs.get("freshness") or {}).get("cdf_click_to_recalled") or []
+    if recalled:
+        ax.step([p[0] for p in recalled], [p[1] for p in recalled], where="post", linestyle=":",
+                label="in a recall reply (default run)")  # fmt: skip
+    goal = (next(iter(runs.values())).get("goal") or {}).get("p99_s")
     if goal:
         ax.axvline(goal, color="red", linestyle=":", label=f"goal p99 {goal:g} s")
     ax.set_xlabel("seconds from a new item's first click")
     ax.set_ylabel("share of new items")
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    s = fr.get("setup", {})
+    ax.legend(loc="lower right", fontsize=8)
+    s = next(iter(runs.values())).get("setup", {})
     ax.set_title(
         f"Freshness CDF: {s.get('click_rate', '?'):g} clicks/s, refresh every {s.get('refresh_interval_s', '?'):g} s"
-        f" - {_cores(results, 'freshness')}{_quick(results, 'freshness')}",
+        f" - {_cores(results, *runs)}{_quick(results, *runs)}",
         fontsize=10,
     )
+    return fig
+
+
+def plot_ingest(results: Results, plt: Any) -> Any:
+    """Events/s over each tenth of the run against events stored: does the state store slow down?"""
+    runs = [(k, r) for k, r in sorted(results.items()) if k.startswith("ingest_") and r.get("curve")]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in runs:
+        curve = r["curve"]
+        via = "state path" if r.get("source") == "store" else "via the broker"
+        ax.plot([c["applied"] for c in curve], [c["events_per_s"] for c in curve], "-o", label=f"{name} ({via})")
+    ax.set_xscale("log")
+    ax.set_xlabel("events stored")
+    ax.set_ylabel("events/s over the last tenth")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    names = [n for n, _ in runs]
+    ax.set_title(f"Ingest throughput, one worker - {_cores(results, *names)}{_quick(results, *names)}")
     return fig
 
 
@@ -171,6 +206,7 @@ def plot_train_speed(results: Results, plt: Any) -> Any:
 PLOTS: dict[str, Callable[[Results, Any], Any]] = {
     "latency_vs_load": plot_latency,
     "freshness_cdf": plot_freshness,
+    "ingest_curve": plot_ingest,
     "swap_impact": plot_swap_impact,
     "quality": plot_quality,
     "train_speed": plot_train_speed,

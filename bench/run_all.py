@@ -84,7 +84,7 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
         Step("freshness", ["bench.freshness"], 1800),
         Step("freshness_flat", ["bench.freshness", "--index", "FLAT", "--tag", "flat"], 1800),
         Step("freshness_1m_ivf", ["bench.freshness", "--items", "1000000", "--index", "IVF_FLAT",
-                                  "--tag", "1m_ivf"], 3600),
+                                  "--duration", "90", "--drain", "500", "--tag", "1m_ivf"], 3600),
         Step("swap_impact", ["bench.swap_impact", "--http-rate", "10"], 2400),
         Step("memory", ["bench.memory"], 1200),
         Step("demo", ["workers.cli", "demo", "--retrain"], 3600, capture_json=True,

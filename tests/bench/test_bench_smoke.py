@@ -88,6 +88,15 @@ FIXTURES: dict[str, dict[str, Any]] = {
             }
         ],
     },
+    "ingest_store": {
+        "benchmark": "ingest_store",
+        "machine": MACHINE,
+        "source": "store",
+        "events": 2000,
+        "stored": 2000,
+        "events_per_s": 900,
+        "curve": [{"applied": 1000, "events_per_s": 1000}, {"applied": 2000, "events_per_s": 800}],
+    },
     "swap_impact": {
         "benchmark": "swap_impact",
         "machine": MACHINE,
@@ -150,6 +159,7 @@ def test_report_renders_a_table_with_ratios_goals_and_failures(results_dir: Path
     assert any(r.startswith("| freshness_flat |") and "100,000 items, FLAT" in r for r in rows)  # tagged run
     assert any(r.startswith("| freshness_flat |") and "p99" in r and "0.50x" in r for r in rows)
     assert any(r.startswith("| freshness_flat |") and "index 4.00, train 3.00, read 0.10" in r for r in rows)
+    assert any(r.startswith("| ingest_store |") and "1,000 -> 800" in r and "0.80x" in r for r in rows)
     assert any(r.startswith("| index_choice |") and "IVF_FLAT" in r and "5.00; 0.970; 3.00" in r for r in rows)
 
 
@@ -176,7 +186,8 @@ def test_plots_write_pngs_titled_with_the_core_count(results_dir: Path) -> None:
     pytest.importorskip("matplotlib")
     written = plots.render(plots.load_results(results_dir), results_dir)
     names = {p.name for p in written}
-    assert names == {"latency_vs_load.png", "freshness_cdf.png", "swap_impact.png", "quality.png", "train_speed.png"}
+    assert names == {"latency_vs_load.png", "freshness_cdf.png", "swap_impact.png", "quality.png", "train_speed.png",
+                     "ingest_curve.png"}  # fmt: skip
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
