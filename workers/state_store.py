@@ -9,7 +9,7 @@ Why this store (the full argument is in ``docs/state-store.md``):
   digests of its file in memory (``workers.digest_set``, rebuilt when the file is opened) and skips
   events already there: a redelivered or re-sent event never counts twice (the Kafka key is the user
   id, so copies share a partition file). The file itself has no unique index: a random-key index
-  costs a random page write per event at every commit (schema 1 had one; 3-5x slower at 1M events).
+  costs a random page write per event at every commit (schema 1 had one: ~2x the apply time at 1M events).
 * **Durable.** ``synchronous=FULL``: the WAL is fsynced at every commit, so a committed batch
   survives ``kill -9`` *and* power loss (NORMAL would survive ``kill -9`` only). One fsync per batch
   of thousands of events is cheap.
