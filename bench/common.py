@@ -9,7 +9,10 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.vector_store import VectorStore
 
 # MINDSTREAM_BENCH_RESULTS moves the output folder (``bench.run_all --quick`` writes smoke runs elsewhere).
 RESULTS = Path(os.environ.get("MINDSTREAM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -36,3 +39,11 @@ def emit(name: str, payload: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(text + "\n")
     sys.stdout.write(text + "\n")
+
+
+def index_and_load(store: VectorStore, name: str, poll_s: float = 0.2) -> None:
+    """Build the index of a flushed collection, wait until every row is indexed, load it."""
+    store.build_index(name)
+    while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
+        time.sleep(poll_s)
+    store.load(name)

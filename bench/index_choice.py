@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import emit, peak_rss_mb
+from bench.common import emit, index_and_load, peak_rss_mb
 from bench.stack import percentiles
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.tansu import free_port
@@ -66,10 +66,7 @@ def measure(uri: str, spec: str, items: np.ndarray, queries: np.ndarray, truth: 
         store.insert(name, np.arange(1, len(items) + 1, dtype=np.int64), items, "v1")
         store.flush(name)
         t1 = time.perf_counter()
-        store.build_index(name)
-        while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
-            time.sleep(0.2)
-        store.load(name)
+        index_and_load(store, name)
         t2 = time.perf_counter()
         latencies, hits = [], 0
         for lo in range(0, len(queries), 4):  # 4 queries per search: one user's K=4 interests

@@ -154,7 +154,7 @@ def run_store(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
             results = decode_values(values)
             parts: dict[int, list[Any]] = {}
             for (user, _), event in zip(replay + chunk, results, strict=True):
-                parts.setdefault(hash_partition(user, args.partitions), []).append(event)
+                parts.setdefault(user % args.partitions, []).append(event)  # as keyed by user
             inserted = 0
             for p, events in parts.items():
                 offsets[p] += len(events)
@@ -185,10 +185,6 @@ def run_store(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
         "state_mb": round(sum(f.stat().st_size for f in state_dir.rglob("*.sqlite*")) / 2**20, 1),
         "curve": curve.points,
     }
-
-
-def hash_partition(user: int, partitions: int) -> int:
-    return user % partitions
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from bench.common import emit, peak_rss_mb
+from bench.common import emit, index_and_load, peak_rss_mb
 from model.checkpoint import save_checkpoint
 from model.config import MindConfig
 from model.export import item_table
@@ -61,10 +61,7 @@ def publish(uri: str, settings: Settings, items: int, cfg: MindConfig) -> dict[s
         store.create_collection(name, cfg.dim)
         store.insert(name, np.arange(1, items + 1, dtype=np.int64), item_table(net)[1:], version)
         store.flush(name)
-        store.build_index(name)
-        while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
-            time.sleep(0.5)
-        store.load(name)
+        index_and_load(store, name)
         assert store.count(name) == items
         store.point_alias(alias, name)
     return {"publish_s": round(time.perf_counter() - started, 1)}

@@ -39,7 +39,7 @@ def split_digests(blob: bytes) -> tuple[U64Array, U64Array]:
     if len(blob) % DIGEST_BYTES:
         raise ValueError(f"{len(blob)} bytes is not a whole number of {DIGEST_BYTES}-byte digests")
     pairs = np.frombuffer(blob, dtype=_U64).reshape(-1, 2)
-    return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
+    return pairs[:, 0], pairs[:, 1]  # read-only views: runs index them into sorted copies
 
 
 class _Run:

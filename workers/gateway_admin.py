@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,19 +79,17 @@ class Admin:
         self.registry = registry or ModelRegistry(settings.models_dir, settings.milvus.alias)
         self.state_path: Path = settings.refresh_dir / "state.json"
         self.segments_path: Path = settings.refresh_dir / "segments.sqlite"
-        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        if not self._lock.acquire(blocking=False):
-            raise Busy("another insert_data or drop is running: try again when it has finished")
+        """The alias's publish lock: it excludes this gateway's other threads as well as other processes."""
         try:
             with publish_lock(lock_path(self.settings.refresh_dir, self.registry.alias), wait=False):
                 yield
         except PublishBusy:
-            raise Busy("a refresh round or another publisher is working on the alias: try again later") from None
-        finally:
-            self._lock.release()
+            raise Busy(
+                "a refresh round, insert_data or drop is already working on the alias: try again when it has finished"
+            ) from None
 
     def live(self) -> str | None:
         return self.store.resolve_alias(self.registry.alias)

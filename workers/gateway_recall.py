@@ -102,9 +102,8 @@ class RecallService:
         except Exception as exc:  # the engine turns failures into replies; this is the last line of defence
             log.exception("recall batch failed")
             replies = [ErrorReply(code=ErrorCode.INTERNAL, message=f"recall failed: {type(exc).__name__}")] * len(batch)
-        self.metrics.search_seconds.observe(time.perf_counter() - began)
-        self.metrics.batch_requests.observe(len(batch))
-        self.metrics.batch_users.observe(sum(job.request.n_users for job in batch))
+        users = sum(job.request.n_users for job in batch)
+        self.metrics.observe_batch(len(batch), users, time.perf_counter() - began)
         for job, reply in zip(batch, replies, strict=True):
             job.reply = reply
             job.done.set()

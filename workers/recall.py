@@ -121,9 +121,8 @@ class RecallWorker:
         answers = self.engine.answer([p.request for p in good if p.request is not None], started)
         for p, answer in zip(good, answers, strict=True):
             p.reply = answer
-        self.metrics.search_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_requests.observe(len(messages))
-        self.metrics.batch_users.observe(sum(p.request.n_users for p in good if p.request is not None))
+        users = sum(p.request.n_users for p in good if p.request is not None)
+        self.metrics.observe_batch(len(messages), users, time.perf_counter() - started)
         replies = [self._produce(p) for p in pending]
         self._flush()
         self._store_offsets(messages)

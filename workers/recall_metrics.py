@@ -65,6 +65,12 @@ class RecallMetrics:
         self.consumer_lag = consumer_lag_gauge(registry)
         self._served: tuple[str, str] | None = None
 
+    def observe_batch(self, requests: int, users: int, seconds: float) -> None:
+        """Shape and compute time of one micro-batch."""
+        self.search_seconds.observe(seconds)
+        self.batch_requests.observe(requests)
+        self.batch_users.observe(users)
+
     def record(self, replies: list[RecallReply | ErrorReply]) -> None:
         for reply in replies:
             status = OK if isinstance(reply, RecallReply) else reply.code.value

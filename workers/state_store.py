@@ -140,14 +140,15 @@ class PartitionStore:
     def _catch_up(self) -> None:
         """Add the digests of rows appended since ``_known_seq`` (all rows on open; a zombie's later)."""
         rows = self._conn.execute("SELECT seq, digest FROM events WHERE seq > ? ORDER BY seq", (self._known_seq,))
-        seqs: list[int] = []
-        digests: list[bytes] = []
+        last, digests = self._known_seq, []
         for seq, row_digest in rows:
-            seqs.append(seq)
             digests.append(row_digest)
-        if seqs:
-            self._seen.add(digests)
-            self._known_seq = seqs[-1]
+            last = seq
+        self._seen.add(digests)
+        self._known_seq = last
+
+    def _last_seq(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     @classmethod
     def open(cls, state_dir: Path, topic: str, partition: int) -> PartitionStore:
@@ -170,11 +171,9 @@ class PartitionStore:
             firsts.setdefault(event.event_id, event)
         digests = [digest(event_id) for event_id in firsts]
         with self._transaction():
-            last_seq = int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-            if last_seq != self._known_seq:
+            if self._last_seq() != self._known_seq:
                 self._catch_up()
             seen = self._seen.contains(digests)
-            fresh = [d for d, dup in zip(digests, seen, strict=True) if not dup]
             rows = [
                 (e.event_id, d, e.user_id, e.item_id, e.ts, e.segment)
                 for e, d, dup in zip(firsts.values(), digests, seen, strict=True)
@@ -182,9 +181,9 @@ class PartitionStore:
             ]
             if rows:
                 self._conn.executemany(_INSERT, rows)
-            new_seq = int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            new_seq = self._last_seq()
             self._conn.execute(_POSITION, (topic, partition, last_offset, int(time.time() * 1000)))
-        self._seen.add(fresh)  # only after COMMIT: a failed batch leaves the set as the file is
+        self._seen.add([row[1] for row in rows])  # only after COMMIT: a failed batch leaves the set as the file is
         self._known_seq = new_seq
         return len(rows)
 
