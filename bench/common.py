@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.vector_store import VectorStore
+    from workers.infra.vector_store import VectorStore
 
 # MINDSTREAM_BENCH_RESULTS moves the output folder (``bench.run_all --quick`` writes smoke runs elsewhere).
 RESULTS = Path(os.environ.get("MINDSTREAM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")

@@ -34,7 +34,7 @@ import numpy as np
 
 from bench.common import emit
 from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, percentiles, phase_summary
-from workers.recall_client import RecallClient
+from workers.recall.client import RecallClient
 
 GOAL_P99_S = 30.0
 

@@ -25,8 +25,8 @@ from bench.common import emit, index_and_load, peak_rss_mb
 from bench.stack import percentiles
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.tansu import free_port
+from workers.infra.vector_store import VectorStore
 from workers.settings import MilvusSettings
-from workers.vector_store import VectorStore
 
 
 def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:

@@ -37,13 +37,13 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, peak_rss_mb
+from workers.infra.kafka import ensure_topics, make_producer
 from workers.infra.tansu import EmbeddedBroker, free_port
-from workers.ingest import IngestWorker
-from workers.ingest_batch import decode_values
-from workers.kafka_admin import ensure_topics, make_producer
-from workers.metrics import IngestMetrics
-from workers.state_reader import StateReader
-from workers.state_store import PartitionStore
+from workers.ingest.batch import decode_values
+from workers.ingest.metrics import IngestMetrics
+from workers.ingest.state_reader import StateReader
+from workers.ingest.state_store import PartitionStore
+from workers.ingest.worker import IngestWorker
 
 
 def _events(events: int, users: int) -> Iterator[tuple[int, bytes]]:

@@ -25,7 +25,7 @@ from bench.common import emit
 from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average
 from bench.swap_impact import Recorder, http_load, kafka_load
 from schemas.messages import RecallRequest
-from workers.recall_client import RecallClient
+from workers.recall.client import RecallClient
 
 
 def main() -> None:

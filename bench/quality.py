@@ -17,7 +17,6 @@ import numpy as np
 from bench.common import emit, peak_rss_mb
 from model.checkpoint import open_checkpoint
 from model.config import MindConfig, TrainConfig
-from model.data import load_dataset
 from model.data.types import Dataset
 from model.evaluate import evaluate_model, evaluate_most_popular
 from model.export import UserTower, item_table
@@ -77,7 +76,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
         popular = []
         for seed in args.seeds:
-            ds = load_dataset(name, DataSettings(split_seed=seed))
+            ds = DataSettings(split_seed=seed).load(name)
             section["items"] = ds.item_count - 1
             section["truth"] = ds.test.truth_protocol
             cfg = TrainConfig(batches=args.batches, eval_every=max(args.batches // 6, 1), seed=seed)

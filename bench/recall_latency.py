@@ -1,5 +1,5 @@
 """Recall latency over Kafka, measured from the client: embedded broker + embedded Milvus (100k items,
-HNSW) + the recall worker as its own process (``python -m workers.recall``) + an open-loop load
+HNSW) + the recall worker as its own process (``python -m workers.recall.worker``) + an open-loop load
 generator at a fixed offered rate.
 
     python -m bench.recall_latency [--rates 200] [--duration 20] [--items 100000] [--top-k 50]
@@ -34,12 +34,12 @@ from model.config import MindConfig
 from model.export import item_table
 from model.net import MindNet
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from workers.infra.kafka import ensure_topics
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.tansu import EmbeddedBroker, free_port
-from workers.kafka_admin import ensure_topics
-from workers.recall_client import RecallClient
+from workers.infra.vector_store import VectorStore
+from workers.recall.client import RecallClient
 from workers.settings import KafkaSettings, MilvusSettings, Settings
-from workers.vector_store import VectorStore
 
 Outcome = tuple[float, float, RecallReply | ErrorReply | BaseException]
 
@@ -68,7 +68,7 @@ def publish(uri: str, settings: Settings, items: int, cfg: MindConfig) -> dict[s
 
 
 def start_worker(settings: Settings, bootstrap: str, uri: str, log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m workers.recall`` configured through the environment, like a deployment."""
+    """``python -m workers.recall.worker`` configured through the environment, like a deployment."""
     env = {
         **os.environ,
         "MINDSTREAM_STATE_DIR": str(settings.state_dir),
@@ -79,7 +79,7 @@ def start_worker(settings: Settings, bootstrap: str, uri: str, log_path: Path) -
         "MINDSTREAM_LOG_LEVEL": "WARNING",
     }
     with log_path.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "workers.recall"], env=env, stdout=out, stderr=out)
+        return subprocess.Popen([sys.executable, "-m", "workers.recall.worker"], env=env, stdout=out, stderr=out)
 
 
 def run_rate(client: RecallClient, rate: float, duration: float, reqs: list[RecallRequest]) -> dict[str, Any]:

@@ -32,12 +32,12 @@ import psutil
 from model.config import MindConfig, TrainConfig
 from model.data.synthetic import SyntheticSpec, synthetic_dataset
 from model.train import Trainer, train
+from workers.infra.kafka import ensure_topics
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.tansu import EmbeddedBroker, free_port
-from workers.kafka_admin import ensure_topics
+from workers.infra.vector_store import VectorStore
 from workers.offline import checkpoint_root
 from workers.settings import KafkaSettings, MilvusSettings, Settings
-from workers.vector_store import VectorStore
 
 WORKERS = ("refresh", "ingest", "recall", "gateway")
 _CLICK = '{"schema_version":1,"event_id":"%s%d","user_id":%d,"item_id":%d,"ts":%d}'  # a ClickEvent, fast
@@ -408,7 +408,7 @@ class ClickStreamer:
             yield from zip(chunk.user_ids.tolist(), chunk.item_ids.tolist(), strict=True)
 
     def _run(self) -> None:
-        from workers.kafka_admin import make_producer
+        from workers.infra.kafka import make_producer
 
         producer = make_producer(self.kafka.client_config(), {"linger.ms": 5})
         topic = self.kafka.clicks_topic

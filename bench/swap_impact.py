@@ -32,7 +32,7 @@ import numpy as np
 from bench.common import emit
 from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, percentiles, phase_summary
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
-from workers.recall_client import RecallClient
+from workers.recall.client import RecallClient
 
 
 @dataclass

@@ -15,7 +15,6 @@ from typing import Any
 
 from bench.common import emit, peak_rss_mb
 from model.config import MindConfig, TrainConfig
-from model.data import load_dataset
 from model.data.types import Sequences
 from model.train import Trainer, configure_threads
 from workers.settings import DataSettings
@@ -43,8 +42,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     threads = configure_threads(args.threads)
-    ml = load_dataset("ml-100k", DataSettings())
-    ab = load_dataset("amazonbook-demo", DataSettings())
+    ml = DataSettings().load("ml-100k")
+    ab = DataSettings().load("amazonbook-demo")
     report = {
         "threads": threads,
         "batch_size": 128,

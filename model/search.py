@@ -1,4 +1,4 @@
-"""Nearest-neighbour search backends for evaluation. Milvus has one too (workers.vector_store)."""
+"""Nearest-neighbour search backends for evaluation. Milvus has one too (workers.infra.vector_store)."""
 
 from __future__ import annotations
 

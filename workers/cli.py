@@ -18,7 +18,7 @@ from workers.runtime import configure_logging, metrics_registry
 from workers.settings import Settings
 
 if TYPE_CHECKING:
-    from workers.refresh import RefreshWorker
+    from workers.refresh.worker import RefreshWorker
 
 log = logging.getLogger("mindstream")
 
@@ -108,29 +108,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from workers.ingest import main as ingest_main
+    from workers.ingest.worker import main as ingest_main
 
     return ingest_main(args.rest)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from workers.gateway import main as gateway_main
+    from workers.gateway.app import main as gateway_main
 
     return gateway_main(args.rest)
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
-    from workers.recall import main as recall_main
+    from workers.recall.worker import main as recall_main
 
     return recall_main(args.rest)
 
 
 def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> RefreshWorker:
+    from workers.infra.vector_store import VectorStore
+    from workers.ingest.state_reader import StateReader
     from workers.offline import load
-    from workers.refresh import RefreshWorker
-    from workers.refresh_metrics import RefreshMetrics
-    from workers.state_reader import StateReader
-    from workers.vector_store import VectorStore
+    from workers.refresh.metrics import RefreshMetrics
+    from workers.refresh.worker import RefreshWorker
 
     registry = metrics_registry(settings.refresh.metrics_port)
     dataset = load(settings) if with_data else None
@@ -150,7 +150,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from model.checkpoint import open_checkpoint
     from workers.infra.milvus_server import open_milvus
     from workers.offline import checkpoint_root
-    from workers.refresh import request_refresh
+    from workers.refresh.worker import request_refresh
     from workers.runtime import StopFlag, stop_on_signals
 
     settings = _settings(args)

@@ -1,7 +1,8 @@
-"""Prometheus metrics: one class per worker kind, each built on an injected ``CollectorRegistry``.
+"""Metric helpers shared by the workers: bucket layouts and the consumer-lag gauge fed by librdkafka.
 
-Tests build fresh registries; a process serves one registry. Add a class per worker kind here
-(``IngestMetrics``, ...). Counter names are given without ``_total``: prometheus_client appends it.
+Each worker keeps its own metrics class next to it (``workers/ingest/metrics.py``,
+``workers/refresh/metrics.py``, ``workers/recall/metrics.py``), built on an injected
+``CollectorRegistry`` so tests can make fresh ones.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import logging
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -46,48 +47,3 @@ def observe_consumer_lag(gauge: Gauge, stats_json: str) -> None:
             if partition == "-1" or not isinstance(lag, int) or lag < 0:
                 continue
             gauge.labels(topic=topic, partition=partition).set(lag)
-
-
-class IngestMetrics:
-    """The ingest worker's metrics."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.consumed = Counter(
-            "mindstream_clicks_consumed", "Click messages read from the clicks topic", registry=registry
-        )
-        self.valid = Counter("mindstream_clicks_valid", "Click messages that validated", registry=registry)
-        self.invalid = Counter(
-            "mindstream_clicks_invalid", "Click messages that failed to decode or validate", registry=registry
-        )
-        self.dead_lettered = Counter(
-            "mindstream_dlq_messages",
-            "Messages delivered to a dead-letter topic, by reason category",
-            ["reason"],
-            registry=registry,
-        )
-        self.batch_size = Histogram(
-            "mindstream_ingest_batch_size",
-            "Messages per consumed batch",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.batch_seconds = Histogram(
-            "mindstream_ingest_batch_duration_seconds",
-            "Time to decode, dead-letter and durably apply one batch",
-            buckets=SECONDS_BUCKETS,
-            registry=registry,
-        )
-        self.applied = Counter(
-            "mindstream_ingest_events_applied", "New events written to the state store", registry=registry
-        )
-        self.duplicates = Counter(
-            "mindstream_ingest_duplicates",
-            "Valid events ignored: event_id already applied",
-            registry=registry,
-        )
-        self.consumer_lag = consumer_lag_gauge(registry)
-
-    def on_stats(self, stats_json: str) -> None:
-        """librdkafka ``stats_cb``."""
-        observe_consumer_lag(self.consumer_lag, stats_json)

@@ -12,15 +12,14 @@ import numpy as np
 
 from model.checkpoint import Checkpoint, open_checkpoint
 from model.config import MindConfig
-from model.data import load_dataset
 from model.data.types import Dataset, HeldOut
 from model.evaluate import EvalReport, evaluate_model, evaluate_most_popular
 from model.export import UserTower, item_table, iter_item_vectors
 from model.progress import Progress
 from model.search import ExactSearcher
 from model.train import Trainer, configure_threads, train
+from workers.infra.vector_store import MilvusSearcher, VectorStore
 from workers.settings import Settings
-from workers.vector_store import MilvusSearcher, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -170,4 +169,4 @@ def run_export(settings: Settings, *, dataset_name: str, which: str, out: Path) 
 
 
 def load(settings: Settings, name: str | None = None) -> Dataset:
-    return load_dataset(name or settings.data.dataset, settings.data)
+    return settings.data.load(name)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.config import MindConfig, TrainConfig
+from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
 
 
 class _Section(BaseModel):
@@ -87,10 +88,20 @@ class EvalSettings(_Section):
 
 class DataSettings(_Section):
     dataset: Literal["ml-100k", "amazonbook-demo", "synthetic"] = "ml-100k"
-    amazonbook_dir: Path = Path("../shared/data/amazonbook-demo")
+    amazonbook_dir: Path = AMAZONBOOK_DEMO_DIR
     split_seed: int = 2026
     core: int = Field(5, ge=1, description="k-core filter for MovieLens (items >= k, then users >= k)")
     history_share: float = Field(0.8, gt=0, lt=1, description="Held-out users: share of clicks used as history")
+
+    def load(self, name: str | None = None) -> Dataset:
+        """Load ``name`` (default: the configured data set) with these split parameters."""
+        return load_dataset(
+            name or self.dataset,
+            split_seed=self.split_seed,
+            core=self.core,
+            history_share=self.history_share,
+            amazonbook_dir=self.amazonbook_dir,
+        )
 
 
 class IngestSettings(_Section):

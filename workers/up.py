@@ -21,11 +21,11 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from model.checkpoint import open_checkpoint
+from workers.infra.kafka import ensure_topics, make_producer
 from workers.infra.milvus_server import open_milvus
 from workers.infra.tansu import open_kafka
-from workers.kafka_admin import ensure_topics, make_producer
 from workers.offline import checkpoint_root, load, run_train
-from workers.recall_client import RecallClient
+from workers.recall.client import RecallClient
 from workers.replay import Replayer, held_out_clicks
 from workers.runtime import StopFlag, stop_on_signals
 from workers.settings import Settings

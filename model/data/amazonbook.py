@@ -20,6 +20,8 @@ from model.data.errors import DataFormatError, ReadReport
 from model.data.types import Dataset, HeldOut, IntArray, Sequences
 
 TRAIN_FORMAT = "user,item,position"
+#: PaddleRec's demo slice, shipped with the package (Apache-2.0, see its NOTICE).
+AMAZONBOOK_DEMO_DIR = Path(__file__).resolve().parent / "files" / "amazonbook-demo"
 _EVAL_KEYS = ("target_item", "hist_item", "eval_item")
 
 

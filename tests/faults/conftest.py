@@ -27,9 +27,9 @@ from model.config import MindConfig, TrainConfig
 from model.export import item_table
 from model.net import MindNet
 from schemas.messages import ClickEvent
-from workers.registry import ModelRegistry
-from workers.state_store import PartitionStore
-from workers.vector_store import VectorStore
+from workers.infra.vector_store import VectorStore
+from workers.ingest.state_store import PartitionStore
+from workers.refresh.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)

@@ -22,11 +22,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import workers.publish
-import workers.refresh
+import workers.refresh.publish
+import workers.refresh.worker
 from workers.cli import main
-from workers.publish import Publisher
-from workers.vector_store import VectorStore
+from workers.infra.vector_store import VectorStore
+from workers.refresh.publish import Publisher
 
 PHASES = ("train", "export", "insert", "index", "verify", "swap", "after-swap")
 CRASH_CODE = 137
@@ -60,10 +60,10 @@ def arm(phase: str) -> None:
     if phase not in PHASES:
         raise SystemExit(f"MINDSTREAM_FAULT_CRASH_AT must be one of {', '.join(PHASES)}, not {phase!r}")
     if phase == "train":
-        workers.refresh.train = _crash_after(workers.refresh.train, phase)  # type: ignore[assignment]
+        workers.refresh.worker.train = _crash_after(workers.refresh.worker.train, phase)  # type: ignore[assignment]
         return
     targets: dict[str, tuple[Any, str, Callable[..., Any]]] = {
-        "export": (workers.publish, "item_table", _crash_before),
+        "export": (workers.refresh.publish, "item_table", _crash_before),
         "insert": (VectorStore, "insert", _crash_after),
         "index": (VectorStore, "load", _crash_before),
         "verify": (Publisher, "verify", _crash_before),
@@ -71,14 +71,14 @@ def arm(phase: str) -> None:
         "after-swap": (VectorStore, "point_alias", _crash_after),
     }
     owner, name, how = targets[phase]
-    original_round = workers.refresh.RefreshWorker.run_round
+    original_round = workers.refresh.worker.RefreshWorker.run_round
 
     @functools.wraps(original_round)
-    def run_round(self: workers.refresh.RefreshWorker, *args: Any, **kwargs: Any) -> Any:
+    def run_round(self: workers.refresh.worker.RefreshWorker, *args: Any, **kwargs: Any) -> Any:
         setattr(owner, name, how(getattr(owner, name), phase))
         return original_round(self, *args, **kwargs)
 
-    workers.refresh.RefreshWorker.run_round = run_round  # type: ignore[method-assign]
+    workers.refresh.worker.RefreshWorker.run_round = run_round  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

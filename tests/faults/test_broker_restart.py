@@ -17,9 +17,9 @@ import pytest
 from schemas.codec import encode
 from schemas.messages import ClickEvent
 from tests.faults.conftest import Names, Worker, wait_until, worker_env
+from workers.infra.kafka import ensure_topics, make_admin, make_producer
 from workers.infra.tansu import EmbeddedBroker, free_port
-from workers.kafka_admin import ensure_topics, make_admin, make_producer
-from workers.state_reader import Cursor, StateReader
+from workers.ingest.state_reader import Cursor, StateReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

@@ -12,9 +12,9 @@ import pytest
 from schemas.codec import encode
 from schemas.messages import ClickEvent
 from tests.faults.conftest import Names, Worker, kill_points, wait_until, worker_env
-from workers.kafka_admin import ensure_topics, make_producer
+from workers.infra.kafka import ensure_topics, make_producer
+from workers.ingest.state_reader import Cursor, StateReader
 from workers.settings import KafkaSettings
-from workers.state_reader import Cursor, StateReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

@@ -15,11 +15,11 @@ import pytest
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
 from tests.faults.conftest import Names, Worker, kill_points, publish_live, save_v1, wait_until, worker_env
 from tests.workers.model_fixtures import exact_recall
-from workers.kafka_admin import ensure_topics
-from workers.recall_client import RecallClient
-from workers.registry import ModelRegistry
+from workers.infra.kafka import ensure_topics
+from workers.infra.vector_store import VectorStore
+from workers.recall.client import RecallClient
+from workers.refresh.registry import ModelRegistry
 from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
-from workers.vector_store import VectorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

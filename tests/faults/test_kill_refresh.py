@@ -23,10 +23,10 @@ from tests.faults.conftest import (
     wait_until,
     worker_env,
 )
-from workers.refresh_state import RefreshState
-from workers.registry import ModelRegistry
+from workers.infra.vector_store import VectorStore
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings
-from workers.vector_store import VectorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

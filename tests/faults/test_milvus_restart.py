@@ -28,13 +28,13 @@ from tests.faults.conftest import (
     worker_env,
 )
 from tests.fixtures_milvus import free_port
+from workers.infra.kafka import ensure_topics
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.kafka_admin import ensure_topics
-from workers.recall_client import RecallClient
-from workers.refresh_state import RefreshState
-from workers.registry import ModelRegistry
+from workers.infra.vector_store import VectorStore
+from workers.recall.client import RecallClient
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.state import RefreshState
 from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
-from workers.vector_store import VectorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

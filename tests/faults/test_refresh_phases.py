@@ -21,10 +21,10 @@ from tests.faults.conftest import (
     worker_env,
 )
 from tests.faults.refresh_crash import CRASH_CODE
-from workers.refresh_state import RefreshState
-from workers.registry import ModelRegistry
+from workers.infra.vector_store import VectorStore
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings
-from workers.vector_store import VectorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

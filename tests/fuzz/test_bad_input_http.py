@@ -22,12 +22,12 @@ from pydantic import SecretStr
 
 from model.net import MindNet
 from schemas.codec import MAX_PAYLOAD_BYTES, DecodeError, decode_request, encode
-from workers.gateway import create_app
-from workers.live_model import LiveModel
-from workers.recall_core import RecallEngine
-from workers.registry import ModelRegistry
+from workers.gateway.app import create_app
+from workers.infra.vector_store import VectorStore
+from workers.recall.engine import RecallEngine
+from workers.recall.live_model import LiveModel
+from workers.refresh.registry import ModelRegistry
 from workers.settings import HttpSettings, MilvusSettings, Settings
-from workers.vector_store import VectorStore
 
 from ..workers.model_fixtures import exact_recall, publish_tiny
 from . import bad_request_shape, bad_requests, fuzz, huge_request, non_utf8, requests, truncated

@@ -23,19 +23,19 @@ from schemas.codec import DecodeError, decode_click, decode_reply, decode_reques
 from schemas.dlq import DLQ_HEADERS, DLQ_OFFSET, DLQ_REASON, DeadLetter
 from schemas.headers import CORRELATION_ID, REPLY_TO, get_header
 from schemas.messages import ClickEvent, ErrorCode, ErrorReply, RecallReply
-from workers.ingest import IngestWorker
-from workers.kafka_admin import Conf, ensure_topics, make_producer
-from workers.live_model import LiveModel
-from workers.metrics import IngestMetrics
-from workers.recall import RecallWorker
-from workers.recall_client import RecallClient
-from workers.recall_core import RecallEngine
-from workers.recall_metrics import RecallMetrics
-from workers.registry import ModelRegistry
+from workers.infra.kafka import Conf, ensure_topics, make_producer
+from workers.infra.vector_store import VectorStore
+from workers.ingest.metrics import IngestMetrics
+from workers.ingest.state_reader import Cursor, StateReader
+from workers.ingest.worker import IngestWorker
+from workers.recall.client import RecallClient
+from workers.recall.engine import RecallEngine
+from workers.recall.live_model import LiveModel
+from workers.recall.metrics import RecallMetrics
+from workers.recall.worker import RecallWorker
+from workers.refresh.registry import ModelRegistry
 from workers.runtime import StopFlag
 from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
-from workers.state_reader import Cursor, StateReader
-from workers.vector_store import VectorStore
 
 from ..workers.model_fixtures import exact_recall, publish_tiny
 from . import bad_clicks, bad_requests, clicks, generate, huge_array_click, requests, simple_clicks

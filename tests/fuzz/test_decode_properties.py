@@ -21,7 +21,7 @@ from schemas.codec import MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, DecodeError, dec
 from schemas.dlq import DLQ_REASON, DeadLetter
 from schemas.headers import get_header
 from schemas.messages import ClickEvent, ErrorCode, RecallRequest
-from workers.ingest_batch import decode_values, reason_category, split_batch
+from workers.ingest.batch import decode_values, reason_category, split_batch
 
 from . import (
     bad_clicks,

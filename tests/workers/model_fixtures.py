@@ -16,7 +16,7 @@ from model.config import MindConfig
 from model.export import UserTower, item_table
 from model.metrics import merge_interests
 from model.net import MindNet
-from workers.vector_store import VectorStore
+from workers.infra.vector_store import VectorStore
 
 __all__ = ["TINY", "exact_recall", "publish_tiny", "save_tiny"]
 

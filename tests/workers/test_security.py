@@ -23,12 +23,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-import workers.gateway as gateway
-import workers.gateway_auth as gateway_auth
+import workers.gateway.app as gateway
+import workers.gateway.auth as gateway_auth
 from workers import cli
-from workers.gateway import create_app
-from workers.gateway_admin import DropResult, InsertResult
-from workers.recall_core import RecallEngine
+from workers.gateway.admin import DropResult, InsertResult
+from workers.gateway.app import create_app
+from workers.recall.engine import RecallEngine
 from workers.settings import HttpSettings, KafkaSettings, MilvusSettings, Settings
 
 TOKEN = "admin-Tok3n-s3cr3t"
@@ -296,8 +296,8 @@ def test_gateway_main_binds_where_told_and_loopback_by_default(
     import uvicorn
 
     import workers.infra.milvus_server as milvus_server
-    import workers.live_model as live_model
-    import workers.state_reader as state_reader
+    import workers.ingest.state_reader as state_reader
+    import workers.recall.live_model as live_model
 
     monkeypatch.setenv("MINDSTREAM_STATE_DIR", str(tmp_path))
     if env_host:

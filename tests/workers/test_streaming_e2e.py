@@ -21,14 +21,16 @@ from model.data.types import Sequences
 from model.train import Trainer, train
 from schemas.codec import encode
 from schemas.messages import ClickEvent, RecallReply
-from workers.ingest import IngestWorker
-from workers.kafka_admin import ensure_topics, make_producer
-from workers.metrics import IngestMetrics
-from workers.recall import build_worker
-from workers.recall_client import RecallClient
-from workers.recall_metrics import RecallMetrics
-from workers.refresh import RefreshWorker
-from workers.refresh_metrics import RefreshMetrics
+from workers.infra.kafka import ensure_topics, make_producer
+from workers.infra.vector_store import VectorStore
+from workers.ingest.metrics import IngestMetrics
+from workers.ingest.state_reader import StateReader
+from workers.ingest.worker import IngestWorker
+from workers.recall.client import RecallClient
+from workers.recall.metrics import RecallMetrics
+from workers.recall.worker import build_worker
+from workers.refresh.metrics import RefreshMetrics
+from workers.refresh.worker import RefreshWorker
 from workers.runtime import StopFlag
 from workers.settings import (
     EvalSettings,
@@ -38,8 +40,6 @@ from workers.settings import (
     RefreshSettings,
     Settings,
 )
-from workers.state_reader import StateReader
-from workers.vector_store import VectorStore
 
 pytestmark = pytest.mark.integration
 

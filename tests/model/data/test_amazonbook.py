@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data.amazonbook import _fast_train, load_amazonbook_demo, read_eval_lines, read_train_lines
+from model.data.amazonbook import (
+    AMAZONBOOK_DEMO_DIR,
+    _fast_train,
+    load_amazonbook_demo,
+    read_eval_lines,
+    read_train_lines,
+)
 from model.data.errors import DataFormatError
 
-DEMO = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "amazonbook-demo"
+DEMO = AMAZONBOOK_DEMO_DIR
 TRAIN, VALID = DEMO / "train.txt", DEMO / "valid.txt"
-
-pytestmark = pytest.mark.skipif(not TRAIN.is_file(), reason=f"demo data not at {DEMO}")
 
 
 def _plain_train() -> list[tuple[int, int, int]]:

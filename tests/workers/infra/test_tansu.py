@@ -13,8 +13,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from workers.infra.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from workers.infra.tansu import BrokerError, EmbeddedBroker, free_port, open_kafka, tansu_binary
-from workers.kafka_admin import ensure_topics, make_admin, make_consumer, make_producer
 from workers.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,262 @@
+"""The HTTP gateway against the real embedded Milvus (fastapi.testclient, no network).
+
+One tiny model is live for the module; tests run in file order: the publish and drop tests come last.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from model.net import MindNet
+from schemas.codec import MAX_PAYLOAD_BYTES
+from tests.workers.model_fixtures import exact_recall, publish_tiny, save_tiny
+from workers.gateway.admin import Admin, CountResult
+from workers.gateway.app import create_app
+from workers.gateway.auth import NOT_CONFIGURED
+from workers.infra.vector_store import VectorStore
+from workers.recall.engine import HistorySource, RecallEngine
+from workers.recall.live_model import LiveModel
+from workers.refresh.publish_lock import lock_path, publish_lock
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.state import RefreshState
+from workers.settings import HttpSettings, MilvusSettings, Settings
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-admin-token"
+HISTORIES = [[3, 17, 42], [100, 101, 102, 103, 104, 105, 106], [7]]
+USERS = {11: [3, 17, 42], 12: [7]}
+
+
+class FakeHistory:
+    def history(self, user_id: int, maxlen: int) -> list[int]:
+        return USERS.get(user_id, [])[-maxlen:]
+
+
+@dataclass
+class Env:
+    settings: Settings
+    store: VectorStore
+    alias: str
+    nets: dict[str, MindNet]
+    registry: CollectorRegistry
+    client: TestClient
+
+
+def _settings(state_dir: Path, uri: str, alias: str, token: str | None = TOKEN) -> Settings:
+    return Settings(
+        state_dir=state_dir,
+        milvus=MilvusSettings(uri=uri, alias=alias, index_type="FLAT"),
+        http=HttpSettings(admin_token=SecretStr(token) if token else None),
+    )
+
+
+def _engine(settings: Settings, store: VectorStore, history: HistorySource | None = None) -> RecallEngine:
+    live = LiveModel(store, ModelRegistry(settings.models_dir, settings.milvus.alias), check_every_s=0.1)
+    return RecallEngine(live, store, history)
+
+
+def _app(settings: Settings, store: VectorStore, engine: RecallEngine | None = None, **kw: Any) -> FastAPI:
+    engine = engine or _engine(settings, store, FakeHistory())
+    return create_app(settings, store=store, engine=engine, registry=CollectorRegistry(), **kw)
+
+
+@pytest.fixture(scope="module")
+def env(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    alias = f"gw_{uuid.uuid4().hex[:8]}"
+    settings = _settings(tmp_path_factory.mktemp("gateway"), milvus_uri, alias)
+    store = VectorStore(milvus_uri, settings.milvus)
+    version, net = publish_tiny(store, settings.models_dir, alias, 200, seed=1)
+    registry = CollectorRegistry()
+    app = create_app(settings, store=store, engine=_engine(settings, store, FakeHistory()), registry=registry)
+    with TestClient(app) as client:
+        yield Env(settings, store, alias, {version: net}, registry, client)
+    for name in store.list_collections(alias):
+        if store.resolve_alias(alias) == name:
+            store.drop_alias(alias)
+        store.drop_collection(name)
+    store.close()
+
+
+def test_recall_returns_items_scores_and_version(env: Env) -> None:
+    r = env.client.post("/rec/recall", json={"top_k": 10, "hist_item": HISTORIES})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model_version"], body["collection"]) == ("v1", f"{env.alias}_v1")
+    assert body["items"] == exact_recall(env.nets["v1"], HISTORIES, 10)
+    assert [len(s) for s in body["scores"]] == [10, 10, 10]
+    assert all(s == sorted(s, reverse=True) for s in body["scores"])
+    assert body["took_ms"] >= 0
+    by_user = env.client.post("/rec/recall", json={"top_k": 10, "user_ids": [11, 12, 99]}).json()
+    assert by_user["items"] == [body["items"][0], body["items"][2], []]  # unknown user: empty, not an error
+
+
+LONG = [[1]] * 257
+BAD: dict[str, tuple[Any, str]] = {
+    "no-source": ({"top_k": 5}, "exactly one of hist_item or user_ids"),
+    "both-sources": ({"hist_item": [[1]], "user_ids": [1]}, "exactly one"),
+    "string-ids": ({"hist_item": [["1"]]}, "hist_item"),
+    "string-top-k": ({"hist_item": [[1]], "top_k": "5"}, "top_k"),
+    "top-k-0": ({"hist_item": [[1]], "top_k": 0}, "top_k"),
+    "top-k-5000": ({"hist_item": [[1]], "top_k": 5000}, "top_k"),
+    "no-users": ({"hist_item": []}, "hist_item"),
+    "empty-sequence": ({"hist_item": [[]]}, "hist_item"),
+    "item-id-0": ({"hist_item": [[0]]}, "hist_item"),
+    "too-many-users": ({"hist_item": LONG}, "hist_item"),
+    "too-many-user-ids": ({"user_ids": list(range(1, 258))}, "user_ids"),
+    "unknown-field": ({"hist_item": [[1]], "topk": 5}, "topk"),
+    "not-an-object": ([1, 2], "body"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_bodies_get_422_with_field_details(env: Env, case: str) -> None:
+    body, where = BAD[case]
+    r = env.client.post("/rec/recall", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail and all({"loc", "msg", "type"} <= set(d) for d in detail)
+    assert any(where in json.dumps([d["loc"], d["msg"]]) for d in detail), detail
+
+
+def test_malformed_json_and_oversized_bodies(env: Env) -> None:
+    r = env.client.post("/rec/recall", content=b'{"hist_item": [[1, 2]', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    big = b'{"hist_item": [[' + b"1," * (MAX_PAYLOAD_BYTES // 2) + b"1]]}"
+    r = env.client.post("/rec/recall", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
+        yield b'{"hist_item": [['
+        for _ in range(MAX_PAYLOAD_BYTES // 2**16 + 1):
+            yield b"1," * 2**15
+        yield b"1]]}"
+
+    r = env.client.post("/rec/recall", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_user_ids_without_a_history_source_is_400(env: Env) -> None:
+    app = _app(env.settings, env.store, _engine(env.settings, env.store, history=None))
+    with TestClient(app) as client:
+        r = client.post("/rec/recall", json={"user_ids": [11]})
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+
+
+def test_internal_errors_never_leak(env: Env) -> None:
+    class Broken:
+        def search(self, name_or_alias: str, queries: np.ndarray, top_k: int, *, with_versions: bool = True) -> Any:
+            raise RuntimeError("secret internals: connection to 10.1.2.3:19530 password=hunter2")
+
+    class BrokenAdmin(Admin):
+        def count(self) -> CountResult:
+            raise RuntimeError("secret internals in admin")
+
+    live = LiveModel(env.store, ModelRegistry(env.settings.models_dir, env.alias), check_every_s=0.1)
+    engine = RecallEngine(live, Broken())
+    app = _app(env.settings, env.store, engine, admin=BrokenAdmin(env.settings, env.store))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/rec/recall", json={"hist_item": [[1, 2]]})
+        assert r.status_code == 500 and r.json()["code"] == "internal"
+        assert "secret" not in r.text and "10.1.2.3" not in r.text
+        r = client.post("/rec/count")
+        assert r.status_code == 500 and "secret" not in r.text
+
+
+def test_count_health_and_readiness(env: Env) -> None:
+    r = env.client.post("/rec/count")
+    assert r.status_code == 200
+    assert r.json() == {"count": 199, "collection": f"{env.alias}_v1", "model_version": "v1"}
+    assert env.client.get("/healthz").json() == {"status": "ok"}
+    r = env.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["collection"] == f"{env.alias}_v1"
+
+
+def test_no_live_alias_is_503(env: Env, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, env.settings.milvus.uri or "", f"gw_none_{uuid.uuid4().hex[:8]}")
+    with TestClient(_app(settings, env.store)) as client:
+        r = client.post("/rec/recall", json={"hist_item": [[1, 2]]})
+        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+        assert client.get("/readyz").status_code == 503
+        assert client.post("/rec/count").status_code == 503
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/rec/insert_data", "/rec/drop"])
+def test_admin_endpoints_refuse_without_the_token(env: Env, path: str, tmp_path: Path) -> None:
+    r = env.client.post(path)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert env.client.post(path, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert env.client.post(path, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert env.client.post(path, headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 403
+    unconfigured = _settings(tmp_path, env.settings.milvus.uri or "", env.alias, token=None)
+    with TestClient(_app(unconfigured, env.store)) as client:
+        r = client.post(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 403 and r.json()["detail"] == NOT_CONFIGURED
+    assert env.store.resolve_alias(env.alias) == f"{env.alias}_v1"  # nothing happened
+
+
+def test_metrics_count_requests_by_endpoint_and_status(env: Env) -> None:
+    env.client.post("/rec/recall", json={"hist_item": [[1]]})
+    text = env.client.get("/metrics").text
+    assert 'mindstream_http_requests_total{endpoint="/rec/recall",method="POST",status="200"}' in text
+    assert 'mindstream_http_requests_total{endpoint="/rec/recall",method="POST",status="422"}' in text
+    assert 'mindstream_http_requests_total{endpoint="/rec/drop",method="POST",status="401"}' in text
+    assert 'mindstream_http_request_duration_seconds_bucket{endpoint="/rec/recall"' in text
+    assert 'mindstream_recall_requests_total{status="ok"}' in text
+    assert TOKEN not in text and "wrong" not in text
+
+
+def test_admin_endpoints_wait_for_no_refresh_round(env: Env) -> None:
+    """While another process (a refresh round) holds the alias's publish lock: 409, nothing touched."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with publish_lock(lock_path(env.settings.refresh_dir, env.alias), wait=True):
+        for path in ("/rec/insert_data", "/rec/drop"):
+            r = env.client.post(path, headers=auth)
+            assert r.status_code == 409, r.text
+            assert "refresh round" in r.json()["message"]
+    assert env.store.resolve_alias(env.alias) == f"{env.alias}_v1"
+
+
+def test_insert_data_publishes_the_newest_checkpoint_and_swaps(env: Env) -> None:
+    ckpt, net = save_tiny(env.settings.models_dir, 160, seed=2)
+    assert ckpt.manifest.version == "v2"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = env.client.post("/rec/insert_data", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model_version"], body["collection"], body["rows"]) == ("v2", f"{env.alias}_v2", 159)
+    assert body["swapped"] and body["previous"] == f"{env.alias}_v1"
+    assert env.store.resolve_alias(env.alias) == f"{env.alias}_v2"
+    state = RefreshState.load(env.settings.refresh_dir / "state.json")
+    assert [s.collection for s in state.superseded] == [f"{env.alias}_v1"]  # kept for rollback
+    r = env.client.post("/rec/recall", json={"top_k": 8, "hist_item": HISTORIES})
+    assert r.json()["model_version"] == "v2"
+    assert r.json()["items"] == exact_recall(net, HISTORIES, 8)
+    assert env.client.post("/rec/count").json()["count"] == 159
+    again = env.client.post("/rec/insert_data", headers=auth).json()
+    assert again["swapped"] is False and again["collection"] == f"{env.alias}_v2"  # idempotent
+
+
+def test_drop_removes_the_alias_and_our_collections(env: Env) -> None:
+    r = env.client.post("/rec/drop", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"alias_dropped": True, "dropped": [f"{env.alias}_v1", f"{env.alias}_v2"], "kept": []}
+    assert env.store.resolve_alias(env.alias) is None
+    assert env.store.list_collections(env.alias) == []
+    assert RefreshState.load(env.settings.refresh_dir / "state.json").superseded == []
+    r = env.client.post("/rec/recall", json={"hist_item": [[1, 2]]})
+    assert r.status_code == 503 and r.json()["code"] == "unavailable"
+    assert env.client.get("/readyz").status_code == 503
+    assert env.client.post("/rec/count").status_code == 503

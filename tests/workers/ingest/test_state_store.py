@@ -1,0 +1,161 @@
+"""The per-partition SQLite state and the read-only reader across partition files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from schemas.messages import ClickEvent
+from workers.ingest.state_reader import Cursor, StateReader
+from workers.ingest.state_store import SCHEMA_VERSION, PartitionStore, StoredClick, partition_path
+
+TOPIC = "clicks"
+
+
+def _click(n: int, user: int = 1, ts: int | None = None) -> ClickEvent:
+    return ClickEvent(event_id=f"e{n}", user_id=user, item_id=100 + n, ts=n if ts is None else ts)
+
+
+def test_file_layout(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 3)
+    store.close()
+    assert partition_path(tmp_path, TOPIC, 3) == tmp_path / "ingest" / "clicks-p3.sqlite"
+    assert (tmp_path / "ingest" / "clicks-p3.sqlite").is_file()
+
+
+def test_apply_is_idempotent_on_event_id(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    assert store.apply([_click(1), _click(2), _click(2)], TOPIC, 0, last_offset=2) == 2
+    assert store.apply([_click(2), _click(1), _click(3)], TOPIC, 0, last_offset=5) == 1
+    assert store.event_count() == 3
+    assert store.history(1, 10) == [101, 102, 103]
+    assert store.last_offset(TOPIC, 0) == 5
+    assert store.last_offset(TOPIC, 1) is None
+    store.close()
+
+
+def test_history_newest_last_by_event_time_and_maxlen(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    late_arrival = ClickEvent(event_id="late", user_id=7, item_id=999, ts=15)
+    events = [_click(n, user=7, ts=10 * n) for n in range(1, 6)] + [late_arrival, _click(9, user=8)]
+    store.apply(events, TOPIC, 0, last_offset=6)
+    assert store.history(7, 10) == [101, 999, 102, 103, 104, 105]
+    assert store.history(7, 3) == [103, 104, 105]
+    assert store.history(8, 3) == [109]
+    assert store.history(42, 3) == []
+    store.close()
+
+
+def test_events_since_cursor(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    store.apply([_click(1), _click(2)], TOPIC, 0, last_offset=1)
+    first, cursor = store.events_since(0)
+    assert [e.event_id for e in first] == ["e1", "e2"]
+    assert first[0] == StoredClick("e1", 1, 101, 1, None)
+    assert store.events_since(cursor) == ([], cursor)
+    store.apply([_click(2), _click(3)], TOPIC, 0, last_offset=3)
+    later, _ = store.events_since(cursor)
+    assert [e.event_id for e in later] == ["e3"]
+    limited, _ = store.events_since(0, limit=1)
+    assert [e.event_id for e in limited] == ["e1"]
+    store.close()
+
+
+def test_reopen_after_close_persists(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    store.apply([_click(1), _click(2)], TOPIC, 0, last_offset=41)
+    store.close()
+    again = PartitionStore.open(tmp_path, TOPIC, 0)
+    assert again.event_count() == 2
+    assert again.last_offset(TOPIC, 0) == 41
+    assert again.apply([_click(1)], TOPIC, 0, last_offset=42) == 0
+    again.close()
+
+
+def test_reader_across_partition_files(tmp_path: Path) -> None:
+    p0, p1 = PartitionStore.open(tmp_path, TOPIC, 0), PartitionStore.open(tmp_path, TOPIC, 1)
+    PartitionStore.open(tmp_path, "other", 0).close()
+    p0.apply([_click(1, user=1), _click(2, user=2)], TOPIC, 0, last_offset=1)
+    p1.apply([_click(3, user=3), _click(4, user=1, ts=0)], TOPIC, 1, last_offset=1)
+    with StateReader(tmp_path, TOPIC) as reader:  # writers still open: WAL readers do not block them
+        assert reader.event_count() == 4
+        assert reader.history(1, 5) == [104, 101]
+        events, cursor = reader.events_since(Cursor())
+        assert sorted(e.event_id for e in events) == ["e1", "e2", "e3", "e4"]
+        p1.apply([_click(5, user=3)], TOPIC, 1, last_offset=2)
+        more, cursor = reader.events_since(cursor)
+        assert [e.event_id for e in more] == ["e5"]
+        assert Cursor.from_json(cursor.to_json()) == cursor
+        capped, _ = reader.events_since(Cursor(), limit=3)
+        assert len(capped) == 3
+    p0.close()
+    p1.close()
+    with StateReader(tmp_path, TOPIC) as reader:  # closed writers: read-only open still works
+        assert reader.event_count() == 5
+        assert reader.history(3, 1) == [105]
+
+
+def test_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = partition_path(tmp_path, TOPIC, 0)
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, "
+        "user_id INTEGER NOT NULL, item_id INTEGER NOT NULL, ts INTEGER NOT NULL, segment TEXT)"
+    )
+    conn.execute("CREATE INDEX events_by_user ON events (user_id, ts)")
+    conn.execute(
+        "CREATE TABLE positions (topic TEXT NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL, "
+        "updated_ms INTEGER NOT NULL, PRIMARY KEY (topic, partition))"
+    )
+    conn.executemany(
+        "INSERT INTO events (seq, event_id, user_id, item_id, ts, segment) VALUES (?, ?, ?, ?, ?, ?)",
+        [(5, "old-a", 1, 11, 1, None), (9, "old-b", 1, 12, 2, "eu")],
+    )
+    conn.execute("INSERT INTO positions VALUES (?, 0, 17, 0)", (TOPIC,))
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    assert store.last_offset(TOPIC, 0) == 17
+    assert store.events_since(0)[0] == [StoredClick("old-a", 1, 11, 1, None), StoredClick("old-b", 1, 12, 2, "eu")]
+    assert store.apply([ClickEvent(event_id="old-b", user_id=1, item_id=12, ts=2), _click(1)], TOPIC, 0, 18) == 1
+    events, cursor = store.events_since(9)
+    assert [e.event_id for e in events] == ["e1"] and cursor == 10, "append order continues after the old seq"
+    store.close()
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+
+
+def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    path = partition_path(tmp_path, TOPIC, 0)
+    path.parent.mkdir(parents=True)
+    sqlite3.connect(path).execute("PRAGMA user_version=99")
+    with pytest.raises(RuntimeError, match="state schema 99"):
+        PartitionStore.open(tmp_path, TOPIC, 0)
+
+
+def test_dedupe_survives_reopen_of_a_bigger_file(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    for batch in range(10):
+        store.apply([_click(batch * 100 + n, user=n % 7 + 1) for n in range(100)], TOPIC, 0, batch)
+    store.close()
+    again = PartitionStore.open(tmp_path, TOPIC, 0)
+    redelivered = [_click(n) for n in range(0, 1000, 37)]
+    assert again.apply([*redelivered, _click(5000)], TOPIC, 0, 11) == 1
+    assert again.event_count() == 1001
+    again.close()
+
+
+def test_two_writers_on_one_file_never_duplicate(tmp_path: Path) -> None:
+    """A zombie consumer (paused past its session timeout) may commit after the partition moved."""
+    owner = PartitionStore.open(tmp_path, TOPIC, 0)
+    zombie = PartitionStore.open(tmp_path, TOPIC, 0)
+    assert owner.apply([_click(1), _click(2)], TOPIC, 0, 1) == 2
+    assert zombie.apply([_click(2), _click(3)], TOPIC, 0, 2) == 1, "the zombie saw the owner's rows"
+    assert owner.apply([_click(3), _click(4)], TOPIC, 0, 3) == 1, "the owner saw the zombie's rows"
+    assert owner.event_count() == 4
+    owner.close()
+    zombie.close()

@@ -1,0 +1,217 @@
+"""HTTP gateway (``mindstream gateway``): the baseline's candidate-generation API on FastAPI.
+
+Endpoints (interactive docs at ``/docs``, served offline):
+
+* ``POST /rec/recall`` — body :class:`RecallRequest` -> :class:`RecallReply` (200); 422 for invalid
+  bodies (FastAPI's field details), 413 for bodies over ``MAX_PAYLOAD_BYTES``, 400 for ``user_ids``
+  without a history source, 503 when nothing is live, 500 (no internals) otherwise.
+* ``POST /rec/count`` — rows of the live collection, its name and model version; 503 when nothing is live.
+* ``POST /rec/insert_data`` — publish the registry's newest checkpoint and swap the alias (admin).
+* ``POST /rec/drop`` — drop the live alias and our collections (admin).
+* ``GET /healthz`` (process up), ``GET /readyz`` (live alias resolves), ``GET /metrics`` (Prometheus).
+
+Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>`` (see ``gateway_auth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Final
+
+import uvicorn
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from schemas.codec import MAX_PAYLOAD_BYTES
+from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from workers.gateway.admin import Admin, Busy, CountResult, DropResult, InsertResult, NoModel, NotLive
+from workers.gateway.auth import admin_guard
+from workers.gateway.docs import mount_docs
+from workers.gateway.middleware import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
+from workers.gateway.recall import INTERNAL_MESSAGE, RecallService
+from workers.infra.vector_store import VectorStore
+from workers.recall.engine import RecallEngine
+from workers.recall.metrics import RecallMetrics
+from workers.settings import Settings
+
+__all__ = ["create_app", "main"]
+
+log = logging.getLogger(__name__)
+
+TITLE: Final = "mindstream candidate generation"
+GRACEFUL_SHUTDOWN_S: Final = 10
+DESCRIPTION: Final = (
+    "Candidate generation (recall) for the MIND model: item vectors in Milvus, live alias swapped on refresh.\n\n"
+    "`/rec/insert_data` and `/rec/drop` need the admin token: use **Authorize** (HTTP Bearer)."
+)
+RECALL_EXAMPLE: Final = {"top_k": 10, "hist_item": [[43, 23, 65], [675, 3456]]}
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    code: {"model": ErrorReply, "description": text}
+    for code, text in {413: "Body too large", 500: "Internal error", 503: "No live collection"}.items()
+}
+
+
+_ADMIN_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    **_ERRORS,
+    401: {"description": "No bearer token"},
+    403: {"description": "Wrong token, or no admin token configured"},
+    409: {"model": ErrorReply, "description": "Another publish/drop is running, or no checkpoint to publish"},
+}
+
+
+def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    return JSONResponse(ErrorReply(code=code, message=message).model_dump(mode="json"), status_code=status)
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 with its field details; an echoed ``input`` that strict JSON cannot carry (NaN,
+    Infinity, non-UTF-8 bytes) is left out instead of failing the response with a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    try:
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    except ValueError:  # UnicodeDecodeError included
+        slim = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+        return JSONResponse({"detail": jsonable_encoder(slim)}, status_code=422)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: VectorStore,
+    engine: RecallEngine,
+    registry: CollectorRegistry | None = None,
+    admin: Admin | None = None,
+) -> FastAPI:
+    """The gateway app on an open ``store`` and a ready ``engine``; metrics go to ``registry``."""
+    registry = registry if registry is not None else CollectorRegistry()
+    admin = admin or Admin(settings, store)
+    recall = RecallService(
+        engine,
+        store,
+        settings.milvus.alias,
+        RecallMetrics(registry),
+        max_batch=settings.recall.max_batch,
+        timeout_s=settings.recall.client_timeout_s,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        recall.close()
+
+    require_admin = Depends(admin_guard(settings.http.admin_token))
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION, lifespan=lifespan)
+    mount_docs(app, TITLE)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _unhandled)
+
+    @app.post("/rec/recall", response_model=RecallReply, responses={400: {"model": ErrorReply}, **_ERRORS})
+    def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])]) -> Any:
+        """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry)."""
+        status, reply = recall.answer(request)
+        return reply if status == 200 else JSONResponse(reply.model_dump(mode="json"), status_code=status)
+
+    @app.post("/rec/count", response_model=CountResult, responses=_ERRORS)
+    def count() -> Any:
+        """Item vectors stored in the live collection."""
+        try:
+            return admin.count()
+        except NotLive as exc:
+            return _error(503, ErrorCode.UNAVAILABLE, f"no live collection: {exc}")
+
+    @app.post("/rec/insert_data", response_model=InsertResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
+    def insert_data() -> Any:
+        """Publish the newest model's item vectors as ``<alias>_v<N>``, verify it, swap the live alias."""
+        try:
+            result = admin.insert_data()
+        except (Busy, NoModel) as exc:
+            return _error(409, ErrorCode.BAD_REQUEST, str(exc))
+        recall.refresh_live()
+        return result
+
+    @app.post("/rec/drop", response_model=DropResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
+    def drop() -> Any:
+        """Drop the live alias and every ``<alias>_v<N>`` collection (destructive)."""
+        try:
+            result = admin.drop()
+        except Busy as exc:
+            return _error(409, ErrorCode.BAD_REQUEST, str(exc))
+        recall.refresh_live()
+        return result
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "No live collection"}})
+    def readyz() -> Any:
+        try:
+            collection = admin.live()
+        except Exception as exc:
+            log.warning("readiness check failed: %s", exc)
+            collection = None
+        if collection is None:
+            return JSONResponse({"status": "not ready", "collection": None}, status_code=503)
+        return {"status": "ready", "collection": collection}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mindstream gateway", description="Serve recall over HTTP (FastAPI).")
+    p.add_argument("--host", help="bind address (default: settings.http.host, loopback)")
+    p.add_argument("--port", type=int, help="port (default: settings.http.port)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mindstream gateway``: serve until SIGTERM/SIGINT (uvicorn finishes in-flight requests)."""
+    from workers.infra.milvus_server import open_milvus
+    from workers.ingest.state_reader import StateReader
+    from workers.recall.live_model import LiveModel
+    from workers.refresh.registry import ModelRegistry
+    from workers.runtime import StopFlag, configure_logging, stop_on_signals
+
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    host, port = args.host or settings.http.host, args.port or settings.http.port
+    with contextlib.ExitStack() as stack:
+        uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
+        store = stack.enter_context(VectorStore(uri, settings.milvus))
+        history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+        registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
+        engine = RecallEngine(live, store, history, higher_is_better=settings.milvus.metric_type != "L2")
+        engine.warm_up()
+        app = create_app(settings, store=store, engine=engine, admin=Admin(settings, store, registry))
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+        )
+        # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the handler
+        # it found: with the default one the process would die here and orphan the embedded Milvus.
+        with stop_on_signals(StopFlag()) as stop:
+            uvicorn.Server(config).run()
+    log.info("gateway stopped (%s)", stop.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

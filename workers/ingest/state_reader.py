@@ -1,0 +1,90 @@
+"""Read-only view over every partition file of the ingest state (for the refresh and recall workers).
+
+Opening files read-only never blocks the ingest writer (WAL). New partition files are picked up on
+each call. A cursor is the last ``seq`` read per file; persist it with ``Cursor.to_json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from workers.ingest.state_store import StoredClick, event_total, events_after, history_rows, ingest_dir
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in the training buffer: file name -> last seq read (absent = nothing read yet)."""
+
+    positions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_json(self) -> str:
+        return json.dumps(dict(sorted(self.positions.items())))
+
+    @classmethod
+    def from_json(cls, text: str) -> Cursor:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+            raise ValueError("a cursor is a JSON object of file name -> integer")
+        return cls(MappingProxyType({str(k): v for k, v in raw.items()}))
+
+
+class StateReader:
+    """``history(user_id, maxlen)``, ``events_since(cursor)``, ``event_count()`` across partition files."""
+
+    def __init__(self, state_dir: Path, topic: str) -> None:
+        self.directory = ingest_dir(state_dir)
+        self.topic = topic
+        self._conns: dict[str, sqlite3.Connection] = {}
+
+    def _connections(self) -> dict[str, sqlite3.Connection]:
+        for path in sorted(self.directory.glob(f"{self.topic}-p*.sqlite")):
+            if path.name not in self._conns:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # writer still creating it
+                    conn.close()
+                    continue
+                self._conns[path.name] = conn
+        return self._conns
+
+    def history(self, user_id: int, maxlen: int) -> list[int]:
+        """The user's last ``maxlen`` item ids by event time, newest last (looks in every file)."""
+        rows = [row for conn in self._connections().values() for row in history_rows(conn, user_id, maxlen)]
+        rows.sort(key=lambda r: (r.ts, r.seq))
+        return [r.item_id for r in rows[-maxlen:]] if maxlen > 0 else []
+
+    def events_since(self, cursor: Cursor, limit: int | None = None) -> tuple[list[StoredClick], Cursor]:
+        """Events appended after ``cursor`` (file by file, append order within a file) and the new cursor.
+
+        ``limit`` caps the events returned in total; call again with the new cursor for the rest.
+        """
+        events: list[StoredClick] = []
+        positions = dict(cursor.positions)
+        for name, conn in self._connections().items():
+            left = None if limit is None else limit - len(events)
+            if left is not None and left <= 0:
+                break
+            got, last = events_after(conn, positions.get(name, 0), left)
+            events.extend(got)
+            if got:
+                positions[name] = last
+        return events, Cursor(MappingProxyType(positions))
+
+    def event_count(self) -> int:
+        return sum(event_total(conn) for conn in self._connections().values())
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def __enter__(self) -> StateReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

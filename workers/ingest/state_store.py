@@ -1,0 +1,221 @@
+"""Ingest state: SQLite (WAL), one file per Kafka partition: ``<state_dir>/ingest/<topic>-p<N>.sqlite``.
+
+Why this store (the full argument is in ``docs/state-store.md``):
+
+* **Atomic with the position.** One transaction per batch writes the events *and* the partition's
+  last applied offset; Kafka offsets are stored only after ``COMMIT`` returned, so a crash can only
+  redeliver, never lose. On (re)assignment the worker resumes from the offset kept here.
+* **Idempotent.** Every row carries the 128-bit digest of its ``event_id``; the writer keeps the
+  digests of its file in memory (``workers.ingest.digest_set``, rebuilt when the file is opened) and skips
+  events already there: a redelivered or re-sent event never counts twice (the Kafka key is the user
+  id, so copies share a partition file). The file itself has no unique index: a random-key index
+  costs a random page write per event at every commit (schema 1 had one: ~2x the apply time at 1M events).
+* **Durable.** ``synchronous=FULL``: the WAL is fsynced at every commit, so a committed batch
+  survives ``kill -9`` *and* power loss (NORMAL would survive ``kill -9`` only). One fsync per batch
+  of thousands of events is cheap.
+* **Scales by partition.** Exactly one consumer owns a partition, so each file has one writer and
+  no lock contention; readers (refresh, recall) open every file read-only and never block it (WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from schemas.messages import ClickEvent
+from workers.ingest.digest_set import DigestSet, digest
+
+SCHEMA_VERSION: Final = 2
+_EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        digest BLOB NOT NULL,
+        user_id INTEGER NOT NULL,
+        item_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        segment TEXT
+    )"""
+_SCHEMA: Final = (
+    _EVENTS.format(name="events"),
+    "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts)",
+    """CREATE TABLE IF NOT EXISTS positions (
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        last_offset INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (topic, partition)
+    )""",
+)
+_INSERT: Final = "INSERT INTO events (event_id, digest, user_id, item_id, ts, segment) VALUES (?, ?, ?, ?, ?, ?)"
+# Schema 1 -> 2: drop the UNIQUE index on event_id, add the digest column (seq, hence append order, kept).
+_MIGRATE_1_TO_2: Final = (
+    _EVENTS.format(name="events_v2"),
+    "INSERT INTO events_v2 (seq, event_id, digest, user_id, item_id, ts, segment) "
+    "SELECT seq, event_id, mindstream_digest(event_id), user_id, item_id, ts, segment FROM events ORDER BY seq",
+    "DROP TABLE events",
+    "ALTER TABLE events_v2 RENAME TO events",
+)
+_POSITION: Final = (
+    "INSERT INTO positions (topic, partition, last_offset, updated_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (topic, partition) DO UPDATE SET last_offset = excluded.last_offset, "
+    "updated_ms = excluded.updated_ms"
+)
+_HISTORY: Final = "SELECT ts, seq, item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
+_SINCE: Final = "SELECT seq, event_id, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq"
+_CACHE_KIB: Final = 65_536  # page cache per connection; random event_id inserts need it
+
+
+class StoredClick(NamedTuple):
+    """A click as the training buffer returns it."""
+
+    event_id: str
+    user_id: int
+    item_id: int
+    ts: int
+    segment: str | None
+
+
+class HistoryRow(NamedTuple):
+    ts: int
+    seq: int
+    item_id: int
+
+
+def ingest_dir(state_dir: Path) -> Path:
+    return state_dir / "ingest"
+
+
+def partition_path(state_dir: Path, topic: str, partition: int) -> Path:
+    """The file that partition ``partition`` of ``topic`` is applied to (Kafka topic names are path-safe)."""
+    return ingest_dir(state_dir) / f"{topic}-p{partition}.sqlite"
+
+
+def history_rows(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[HistoryRow]:
+    """The user's ``maxlen`` newest clicks in one file, newest first."""
+    return [HistoryRow(*row) for row in conn.execute(_HISTORY, (user_id, maxlen))]
+
+
+def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[list[StoredClick], int]:
+    """Events appended after ``seq`` (in append order) and the seq of the last one returned."""
+    sql = _SINCE if limit is None else f"{_SINCE} LIMIT {int(limit)}"
+    rows = conn.execute(sql, (seq,)).fetchall()
+    if not rows:
+        return [], seq
+    return [StoredClick(*row[1:]) for row in rows], int(rows[-1][0])
+
+
+def event_total(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+class PartitionStore:
+    """The single writer of one partition's file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version not in (0, 1, SCHEMA_VERSION):
+            self._conn.close()
+            raise RuntimeError(f"{path}: state schema {version}, this code reads {SCHEMA_VERSION}")
+        with self._transaction():
+            if version == 1:
+                self._conn.create_function("mindstream_digest", 1, digest, deterministic=True)
+                for statement in _MIGRATE_1_TO_2:
+                    self._conn.execute(statement)
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._seen = DigestSet()
+        self._known_seq = 0  # the digests of every row up to this seq are in ``_seen``
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Add the digests of rows appended since ``_known_seq`` (all rows on open; a zombie's later)."""
+        rows = self._conn.execute("SELECT seq, digest FROM events WHERE seq > ? ORDER BY seq", (self._known_seq,))
+        last, digests = self._known_seq, []
+        for seq, row_digest in rows:
+            digests.append(row_digest)
+            last = seq
+        self._seen.add(digests)
+        self._known_seq = last
+
+    def _last_seq(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+    @classmethod
+    def open(cls, state_dir: Path, topic: str, partition: int) -> PartitionStore:
+        return cls(partition_path(state_dir, topic, partition))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    def apply(self, events: Sequence[ClickEvent], topic: str, partition: int, last_offset: int) -> int:
+        """Append new events and record ``last_offset`` in one durable transaction; returns rows inserted.
+
+        An event whose ``event_id`` is already in the file (or earlier in ``events``) is skipped. The
+        file normally has one writer, but a consumer the group gave up on (a "zombie" that was paused
+        past its session timeout) may still commit a batch after the partition moved: ``BEGIN
+        IMMEDIATE`` serialises writers, and inside it any rows appended by someone else are read
+        into the set before this batch is filtered, so de-duplication stays exact.
+        """
+        firsts: dict[str, ClickEvent] = {}
+        for event in events:
+            firsts.setdefault(event.event_id, event)
+        digests = [digest(event_id) for event_id in firsts]
+        with self._transaction():
+            if self._last_seq() != self._known_seq:
+                self._catch_up()
+            seen = self._seen.contains(digests)
+            rows = [
+                (e.event_id, d, e.user_id, e.item_id, e.ts, e.segment)
+                for e, d, dup in zip(firsts.values(), digests, seen, strict=True)
+                if not dup
+            ]
+            if rows:
+                self._conn.executemany(_INSERT, rows)
+            new_seq = self._last_seq()
+            self._conn.execute(_POSITION, (topic, partition, last_offset, int(time.time() * 1000)))
+        self._seen.add([row[1] for row in rows])  # only after COMMIT: a failed batch leaves the set as the file is
+        self._known_seq = new_seq
+        return len(rows)
+
+    def last_offset(self, topic: str, partition: int) -> int | None:
+        """The offset of the last message applied (valid or dead-lettered), None before the first batch."""
+        row = self._conn.execute(
+            "SELECT last_offset FROM positions WHERE topic = ? AND partition = ?", (topic, partition)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def history(self, user_id: int, maxlen: int) -> list[int]:
+        """The user's last ``maxlen`` item ids, newest last."""
+        return [r.item_id for r in reversed(history_rows(self._conn, user_id, maxlen))]
+
+    def events_since(self, cursor: int, limit: int | None = None) -> tuple[list[StoredClick], int]:
+        return events_after(self._conn, cursor, limit)
+
+    def event_count(self) -> int:
+        return event_total(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block raises."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,241 @@
+"""Ingest worker: clicks topic -> (dead-letter topic | per-partition SQLite state), at-least-once, idempotent.
+
+Per batch (closed on ``batch_size`` messages or ``batch_timeout_s``): decode every message; send the
+invalid ones to the DLQ with their original bytes and wait for the broker's acknowledgement; apply
+the valid ones and the partition's last offset in one SQLite transaction per partition; only then
+store the Kafka offsets (librdkafka commits stored offsets in the background and on close). On
+assignment the consumer resumes from the offset kept in the state file, which is always at or past
+Kafka's committed offset; redeliveries are skipped by ``event_id`` (see ``workers.ingest.state_store``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from workers.infra.kafka import Conf, ensure_topics, make_consumer, make_producer
+from workers.ingest.batch import reason_category, split_batch
+from workers.ingest.dead_letters import DeadLetterSink
+from workers.ingest.metrics import IngestMetrics
+from workers.ingest.state_store import PartitionStore
+from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Tansu reports the high watermark as the base offset of the last batch + 1, so it can trail the real
+# log end by up to one produce batch: only a stored offset further beyond it means a lost log.
+_WATERMARK_SLACK = 100_000
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One ``run_once``: ``consumed == valid + dead_lettered``, ``valid == applied + duplicates``."""
+
+    consumed: int = 0
+    valid: int = 0
+    dead_lettered: int = 0
+    applied: int = 0
+    duplicates: int = 0
+
+
+def _with_stats_cb(interval_ms: int, callback: Callable[[str], None]) -> Conf:
+    # librdkafka takes the callback in the config dict; make_consumer's Conf type only names scalars.
+    if interval_ms <= 0:
+        return {}
+    return cast(Conf, {"statistics.interval.ms": interval_ms, "stats_cb": callback})
+
+
+class IngestWorker:
+    """``run(stop)`` until stopped, or ``run_once()`` batch by batch (tests); ``close()`` when done."""
+
+    def __init__(
+        self,
+        conf: Conf,
+        *,
+        topic: str,
+        dlq_topic: str,
+        group_id: str,
+        session_timeout_ms: int,
+        state_dir: Path,
+        batch_size: int,
+        batch_timeout_s: float,
+        dlq_flush_timeout_s: float,
+        stats_interval_ms: int,
+        metrics: IngestMetrics,
+    ) -> None:
+        self.topic = topic
+        self.state_dir = state_dir
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.metrics = metrics
+        self._stores: dict[tuple[str, int], PartitionStore] = {}
+        self._dlq = DeadLetterSink(make_producer(conf), dlq_topic, dlq_flush_timeout_s)
+        self._consumer = make_consumer(
+            conf,
+            group_id,
+            session_timeout_ms=session_timeout_ms,
+            overrides=_with_stats_cb(stats_interval_ms, metrics.on_stats),
+        )
+        self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._closed = False
+
+    def _store(self, topic: str, partition: int) -> PartitionStore:
+        store = self._stores.get((topic, partition))
+        if store is None:
+            store = self._stores[(topic, partition)] = PartitionStore.open(self.state_dir, topic, partition)
+        return store
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            last = self._store(tp.topic, tp.partition).last_offset(tp.topic, tp.partition)
+            if last is None:
+                continue
+            _, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+            if high == 0 or last - high > _WATERMARK_SLACK:
+                # The log is shorter than what we applied: the topic was recreated (or the in-memory
+                # embedded broker restarted). Our position means nothing there: start from the group's
+                # committed offset (or the earliest); event_id dedupe makes any re-read harmless.
+                log.warning(
+                    "%s[%d]: stored offset %d beyond the log end %d; ignoring it", tp.topic, tp.partition, last, high
+                )
+                continue
+            tp.offset = last + 1  # the state file is the source of truth for the position
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer)
+        for tp in partitions:
+            store = self._stores.pop((tp.topic, tp.partition), None)
+            if store is not None:
+                store.close()
+        log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    @staticmethod
+    def _commit(consumer: Consumer) -> None:
+        """Commit the stored offsets (only ever those of finished batches)."""
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed: %s", exc)
+
+    def run_once(self) -> BatchOutcome:
+        """Consume one batch (size or time, whichever comes first) and make it durable."""
+        messages = self._consumer.consume(self.batch_size, self.batch_timeout_s)
+        if not messages:
+            return BatchOutcome()
+        started = time.perf_counter()
+        batch = split_batch(messages)
+        self.metrics.consumed.inc(batch.consumed)
+        self.metrics.batch_size.observe(batch.consumed)
+        for msg, error in batch.rejected:
+            self._dlq.send(msg, error.reason)
+        self._dlq.flush()  # raises before any offset moves if a letter was not acknowledged
+        applied = 0
+        offsets = []
+        for part in batch.partitions.values():
+            applied += self._store(part.topic, part.partition).apply(
+                part.events, part.topic, part.partition, part.last_offset
+            )
+            offsets.append(TopicPartition(part.topic, part.partition, part.last_offset + 1))
+        if offsets:
+            try:
+                self._consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:  # partition lost meanwhile: its next owner resumes from the state
+                log.warning("could not store offsets: %s", exc)
+        valid, rejected = batch.valid, len(batch.rejected)
+        outcome = BatchOutcome(batch.consumed, valid, rejected, applied, valid - applied)
+        self._record(outcome, [reason_category(e) for _, e in batch.rejected], time.perf_counter() - started)
+        return outcome
+
+    def _record(self, outcome: BatchOutcome, categories: list[str], seconds: float) -> None:
+        self.metrics.valid.inc(outcome.valid)
+        self.metrics.invalid.inc(outcome.dead_lettered)
+        for category in categories:
+            self.metrics.dead_lettered.labels(reason=category).inc()
+        self.metrics.applied.inc(outcome.applied)
+        self.metrics.duplicates.inc(outcome.duplicates)
+        self.metrics.batch_seconds.observe(seconds)
+
+    def run(self, stop: StopFlag) -> None:
+        """Batches until ``stop`` is set; then commit and close. A failure closes without a final commit."""
+        failed = True
+        try:
+            run_until_stopped(self.run_once, stop)
+            failed = False
+        finally:
+            self.close(commit=not failed)
+
+    def close(self, commit: bool = True) -> None:
+        """Idempotent. Only finished batches have stored offsets: closing never commits unfinished work."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if commit:
+                self._commit(self._consumer)
+            self._consumer.close()
+        finally:
+            self._dlq.producer.flush(self._dlq.flush_timeout_s)
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mindstream ingest", description="Apply clicks to the ingest state.")
+    p.add_argument("--bootstrap", help="bootstrap servers (default: settings.kafka.bootstrap_servers)")
+    p.add_argument("--state-dir", type=Path, help="default: settings.state_dir")
+    p.add_argument("--topic", help="default: settings.kafka.clicks_topic")
+    p.add_argument("--dlq-topic", help="default: settings.kafka.clicks_dlq_topic")
+    p.add_argument("--group", help="default: settings.kafka.ingest_group")
+    p.add_argument("--session-timeout-ms", type=int, help="default: settings.kafka.session_timeout_ms")
+    p.add_argument("--batch-size", type=int, help="default: settings.ingest.batch_size")
+    p.add_argument("--batch-timeout-s", type=float, help="default: settings.ingest.batch_timeout_s")
+    p.add_argument("--dlq-flush-timeout-s", type=float, help="default: settings.ingest.dlq_flush_timeout_s")
+    p.add_argument("--stats-interval-ms", type=int, help="0 = no librdkafka statistics")
+    p.add_argument("--metrics-port", type=int, help="default: settings.ingest.metrics_port")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mindstream ingest``: run until SIGTERM/SIGINT; exit 0 after a clean stop."""
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    kafka = settings.kafka
+    conf = kafka.client_config(args.bootstrap)
+    topic, dlq_topic = args.topic or kafka.clicks_topic, args.dlq_topic or kafka.clicks_dlq_topic
+    ensure_topics(conf, [topic, dlq_topic])
+    ingest = settings.ingest
+    registry = metrics_registry(args.metrics_port if args.metrics_port is not None else ingest.metrics_port)
+    worker = IngestWorker(
+        conf,
+        topic=topic,
+        dlq_topic=dlq_topic,
+        group_id=args.group or kafka.ingest_group,
+        session_timeout_ms=args.session_timeout_ms or kafka.session_timeout_ms,
+        state_dir=args.state_dir or settings.state_dir,
+        batch_size=args.batch_size or ingest.batch_size,
+        batch_timeout_s=args.batch_timeout_s or ingest.batch_timeout_s,
+        dlq_flush_timeout_s=args.dlq_flush_timeout_s or ingest.dlq_flush_timeout_s,
+        stats_interval_ms=ingest.stats_interval_ms if args.stats_interval_ms is None else args.stats_interval_ms,
+        metrics=IngestMetrics(registry),
+    )
+    with stop_on_signals(StopFlag()) as stop:
+        worker.run(stop)
+    log.info("ingest stopped (%s)", stop.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

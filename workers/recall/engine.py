@@ -1,0 +1,227 @@
+"""Recall logic without Kafka: a micro-batch of requests -> one Milvus search -> one reply per request.
+
+Per batch: the live model is read ONCE (``live.current()``), so every reply of the batch names the
+same ``model_version`` and ``collection`` and all of its users were embedded by that version's tower.
+All users of all requests go into one search (``nq = K x users``, ``top_k`` = the batch's largest);
+each user's ``K`` lists are then merged with its own request's ``top_k``. Merging the top-``N`` lists
+down to ``n <= N`` gives exactly what a search with ``top_k = n`` would have given.
+
+Choices:
+
+* ``hist_item`` is used as given (the tower keeps the last ``maxlen`` clicks and ignores ids it does
+  not know); ``user_ids`` are resolved through a :class:`HistorySource`.
+* A user with no usable history (unknown user, or only unknown items) gets an **empty list**, not an
+  error: it is a valid question with no personalised answer (callers fall back to popular items).
+* An :class:`ErrorReply` is only for requests that cannot be served: ``user_ids`` without a history
+  source or a failing one (``bad_request`` / ``internal``), no live model or Milvus down
+  (``unavailable``), anything else (``internal``).
+* If the search fails, the alias is re-resolved at once (``current(force=True)``); when it now points
+  elsewhere (a swap dropped the collection we held), the whole batch is recomputed once on the new
+  model. Otherwise the error stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from workers.infra.vector_store import PAD_ID, SearchResult, is_transient
+
+__all__ = ["HistorySource", "RecallEngine", "Reply", "merge_scored"]
+
+log = logging.getLogger(__name__)
+
+Reply = RecallReply | ErrorReply
+
+
+class HistorySource(Protocol):
+    def history(self, user_id: int, maxlen: int) -> list[int]: ...
+
+
+class Tower(Protocol):
+    @property
+    def maxlen(self) -> int: ...
+
+    def interests(self, histories: Sequence[Sequence[int]]) -> np.ndarray: ...
+
+
+class ServedModel(Protocol):
+    @property
+    def version(self) -> str: ...
+    @property
+    def collection(self) -> str: ...
+    @property
+    def tower(self) -> Tower: ...
+
+
+class Live(Protocol):
+    def current(self, *, force: bool = False) -> ServedModel | None: ...
+
+
+class Searcher(Protocol):
+    def search(
+        self, name_or_alias: str, queries: np.ndarray, top_k: int, *, with_versions: bool = ...
+    ) -> SearchResult: ...
+
+
+def merge_scored(ids: np.ndarray, scores: np.ndarray, top_n: int) -> tuple[list[int], list[float]]:
+    """One user's ``K x n`` candidates -> best ``top_n`` unique ids (id 0 dropped) with their best score.
+
+    Same order as ``model.metrics.merge_interests`` (stable sort by score, first occurrence kept),
+    plus the scores. Higher scores are better: negate L2 distances before calling.
+    """
+    flat_ids, flat_scores = ids.reshape(-1), scores.reshape(-1)
+    order = np.argsort(-flat_scores, kind="stable")
+    ranked_ids, ranked_scores = flat_ids[order], flat_scores[order]
+    _, first = np.unique(ranked_ids, return_index=True)
+    keep = np.sort(first)
+    keep = keep[ranked_ids[keep] != PAD_ID][:top_n]
+    return ranked_ids[keep].tolist(), ranked_scores[keep].astype(float).tolist()
+
+
+class _RequestError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.reply = ErrorReply(code=code, message=message)
+
+
+class RecallEngine:
+    """``answer(requests) -> replies`` (same order, same length); thread-compatible, not thread-safe."""
+
+    def __init__(
+        self,
+        live: Live,
+        store: Searcher,
+        history: HistorySource | None = None,
+        *,
+        higher_is_better: bool = True,
+    ) -> None:
+        self.live = live
+        self.store = store
+        self.history = history
+        self._sign = 1.0 if higher_is_better else -1.0
+        self.last_version: str | None = None  # version that answered the last served batch
+
+    def warm_up(self) -> str | None:
+        """Resolve the live model and run its tower once (first Paddle calls are slow); its version."""
+        try:
+            served = self.live.current(force=True)
+            if served is not None:
+                served.tower.interests([[1]])
+        except Exception as exc:
+            log.warning("warm-up failed (will retry per batch): %s", exc)
+            return None
+        if served is None:
+            log.warning("no live model yet: requests get 'unavailable' until the alias exists")
+            return None
+        return served.version
+
+    def answer(self, requests: Sequence[RecallRequest], started: float | None = None) -> list[Reply]:
+        """One reply per request; ``started`` (``time.perf_counter()``) is when the batch was received."""
+        started = time.perf_counter() if started is None else started
+        if not requests:
+            return []
+        try:
+            served = self.live.current()
+        except Exception as exc:
+            log.warning("cannot resolve the live model: %s", exc)
+            return [_error(ErrorCode.UNAVAILABLE, f"live model unavailable: {exc}")] * len(requests)
+        if served is None:
+            return [_error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet")] * len(requests)
+        try:
+            return self._serve(served, requests, started)
+        except Exception as first:
+            retry = self._after_failure(served, first)
+            if retry is None:
+                return [_failure(first)] * len(requests)
+            try:
+                return self._serve(retry, requests, started)
+            except Exception as second:
+                return [_failure(second)] * len(requests)
+
+    def _after_failure(self, served: ServedModel, exc: Exception) -> ServedModel | None:
+        """The model to retry with when the alias moved since ``served`` was read, else None."""
+        try:
+            fresh = self.live.current(force=True)
+        except Exception:
+            return None
+        if fresh is None or fresh.collection == served.collection:
+            log.error("recall search on %s failed: %s", served.collection, exc)
+            return None
+        log.info("search on %s failed (%s); alias moved to %s: retrying", served.collection, exc, fresh.collection)
+        return fresh
+
+    def _histories(self, request: RecallRequest, maxlen: int) -> list[list[int]]:
+        if request.hist_item is not None:
+            return [list(h) for h in request.hist_item]
+        if self.history is None:
+            raise _RequestError(ErrorCode.BAD_REQUEST, "user_ids need a history source: send hist_item")
+        try:
+            return [self.history.history(user, maxlen) for user in request.user_ids or ()]
+        except Exception as exc:
+            log.exception("history lookup failed")
+            raise _RequestError(ErrorCode.INTERNAL, f"history lookup failed: {exc}") from exc
+
+    def _serve(self, served: ServedModel, requests: Sequence[RecallRequest], started: float) -> list[Reply]:
+        tower = served.tower
+        replies: list[Reply | None] = [None] * len(requests)
+        spans: list[tuple[int, int, int]] = []  # (request index, first user row, user count)
+        histories: list[list[int]] = []
+        for index, request in enumerate(requests):
+            try:
+                users = self._histories(request, tower.maxlen)
+            except _RequestError as err:
+                replies[index] = err.reply
+                continue
+            spans.append((index, len(histories), len(users)))
+            histories.extend(users)
+        if spans:
+            top_k = max(requests[i].top_k for i, _, _ in spans)
+            items, scores = self._search(served, histories, top_k)
+            took_ms = (time.perf_counter() - started) * 1000
+            for index, lo, n in spans:
+                cut = requests[index].top_k
+                replies[index] = RecallReply(
+                    items=[i[:cut] for i in items[lo : lo + n]],
+                    scores=[s[:cut] for s in scores[lo : lo + n]],
+                    model_version=served.version,
+                    collection=served.collection,
+                    took_ms=took_ms,
+                )
+        self.last_version = served.version
+        return [r for r in replies if r is not None]
+
+    def _search(
+        self, served: ServedModel, histories: list[list[int]], top_k: int
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Merged candidates (up to ``top_k``) per user; empty lists for users without history."""
+        interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
+        users, k, dim = interests.shape
+        active = np.flatnonzero(np.any(interests.reshape(users, -1) != 0, axis=1))
+        items: list[list[int]] = [[] for _ in range(users)]
+        scores: list[list[float]] = [[] for _ in range(users)]
+        if active.size == 0:
+            return items, scores
+        queries = interests[active].reshape(-1, dim)
+        result = self.store.search(served.collection, queries, top_k, with_versions=False)
+        ids = result.ids.reshape(active.size, k, -1)
+        signed = result.scores.reshape(active.size, k, -1) * self._sign
+        for row, user in enumerate(active.tolist()):
+            got_ids, got_scores = merge_scored(ids[row], signed[row], top_k)
+            items[user] = got_ids
+            scores[user] = [s * self._sign for s in got_scores]
+        return items, scores
+
+
+def _error(code: ErrorCode, message: str) -> ErrorReply:
+    return ErrorReply(code=code, message=message)
+
+
+def _failure(exc: Exception) -> ErrorReply:
+    code = ErrorCode.UNAVAILABLE if is_transient(exc) else ErrorCode.INTERNAL
+    return _error(code, f"recall failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,201 @@
+"""Publishing a model version to Milvus with the swap discipline:
+shadow ``<alias>_v<N>`` -> insert -> flush -> index -> load -> verify (row count, probe, quality)
+-> ``alter_alias`` -> previous kept for rollback -> dropped after the grace period.
+
+A failure at any step leaves the alias (live) untouched; the half-built shadow is an orphan that
+the next round's :meth:`Publisher.cleanup` drops. Only one publisher may run per alias."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.checkpoint import Checkpoint, version_number
+from model.data.types import HeldOut
+from model.evaluate import evaluate_model
+from model.export import UserTower, item_table
+from model.net import MindNet
+from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, VectorStore
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.segments import SegmentMap
+from workers.refresh.state import RefreshState, Superseded
+from workers.settings import RefreshSettings
+
+log = logging.getLogger(__name__)
+
+
+class VerifyError(RuntimeError):
+    """The shadow collection failed verification; live stays as it is."""
+
+
+@dataclass
+class PublishReport:
+    version: str
+    collection: str
+    rows: int = 0
+    previous: str | None = None
+    swapped: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: VectorStore,
+        registry: ModelRegistry,
+        settings: RefreshSettings,
+        *,
+        segments: SegmentMap | None = None,
+        top_n: int = 50,
+        seed: int = 0,
+        on_phase: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.segments = segments
+        self.top_n = top_n
+        self.rng = np.random.default_rng(seed)
+        self._on_phase = on_phase
+
+    def _timed(self, report: PublishReport, phase: str, began: float) -> None:
+        took = time.perf_counter() - began
+        report.phases[phase] = round(took, 4)
+        if self._on_phase is not None:
+            self._on_phase(phase, took)
+
+    def publish(self, ckpt: Checkpoint, state: RefreshState, quality: HeldOut | None = None) -> PublishReport:
+        version = ckpt.manifest.version
+        collection = self.registry.collection_for(version)
+        report = PublishReport(version, collection)
+        net = ckpt.load_net()
+        t = time.perf_counter()
+        table = item_table(net)
+        ids = np.arange(1, table.shape[0], dtype=np.int64)
+        self._timed(report, "export", t)
+
+        t = time.perf_counter()
+        if self.store.has_collection(collection):  # leftover of a crashed round with this version
+            self.store.drop_collection(collection)
+        self.store.create_collection(collection, net.cfg.dim)
+        groups = self.segments.group(ids) if self.segments is not None else {DEFAULT_SEGMENT: ids}
+        for part, part_ids in groups.items():
+            report.rows += self.store.insert(collection, part_ids, table[part_ids], version, segment=part)
+        self.store.flush(collection)
+        self._timed(report, "insert", t)
+
+        t = time.perf_counter()
+        self.store.build_index(collection)
+        self.store.load(collection)
+        self._timed(report, "index", t)
+
+        t = time.perf_counter()
+        self.verify(collection, version, net, table, report, quality)
+        self._timed(report, "verify", t)
+
+        t = time.perf_counter()
+        report.previous = self.store.point_alias(self.registry.alias, collection)
+        report.swapped = True
+        if report.previous and report.previous != collection:
+            state.superseded.append(Superseded(report.previous, time.time()))
+        self._timed(report, "swap", t)
+        log.info(
+            "swapped %s -> %s (previous %s) %s",
+            self.registry.alias,
+            collection,
+            report.previous,
+            report.phases,
+        )
+        return report
+
+    def verify(
+        self,
+        collection: str,
+        version: str,
+        net: MindNet,
+        table: np.ndarray,
+        report: PublishReport,
+        quality: HeldOut | None,
+    ) -> None:
+        expected = table.shape[0] - 1
+        count = self.store.count(collection)
+        if count != expected:
+            raise VerifyError(f"{collection} holds {count} rows, expected {expected}")
+        n_probe = min(self.settings.probe_items, expected)
+        probe_ids = np.sort(self.rng.choice(np.arange(1, expected + 1), size=n_probe, replace=False))
+        probe = self.store.probe(collection, probe_ids, table[probe_ids], model_version=version)
+        if not probe.ok:
+            raise VerifyError(f"probe of {collection} failed: {probe}")
+        live = self.store.resolve_alias(self.registry.alias)
+        if quality is None or quality.num_users == 0 or live is None or live == collection:
+            return
+        live_version = self.registry.version_of(live)
+        if live_version is None:
+            return
+        live_net = self.registry.checkpoint(live_version).load_net()
+        new = evaluate_model(UserTower(net, version), MilvusSearcher(self.store, collection), quality, top_n=self.top_n)
+        old = evaluate_model(
+            UserTower(live_net, live_version), MilvusSearcher(self.store, live), quality, top_n=self.top_n
+        )
+        report.quality = {"candidate": new.metrics.recall, "live": old.metrics.recall}
+        if new.metrics.recall < old.metrics.recall - self.settings.quality_margin:
+            raise VerifyError(
+                f"quality gate: Recall@{self.top_n} {new.metrics.recall:.4f} < live {old.metrics.recall:.4f} "
+                f"- margin {self.settings.quality_margin}"
+            )
+
+    def cleanup(self, state: RefreshState, now: float | None = None) -> list[str]:
+        """Drop orphans (shadows of crashed or rejected rounds) and superseded collections past the
+        grace period, keeping the newest ``keep_previous`` for rollback. Aliased ones are never dropped."""
+        now = time.time() if now is None else now
+        live = self.store.resolve_alias(self.registry.alias)
+        state.superseded = [s for s in state.superseded if s.collection != live]
+        self._adopt_unrecorded_previous(state, live, now)
+        recent = sorted(state.superseded, key=lambda s: s.since, reverse=True)
+        keep = {live} | {s.collection for s in recent[: self.settings.keep_previous]}
+        keep |= {s.collection for s in recent if now - s.since < self.settings.grace_period_s}
+        dropped = []
+        for name in self.store.list_collections(self.registry.alias + "_v"):
+            if name in keep or self.registry.version_of(name) is None or self.store.aliases_of(name):
+                continue
+            self.store.drop_collection(name)
+            dropped.append(name)
+        state.superseded = [s for s in state.superseded if s.collection not in dropped]
+        return dropped
+
+    def _adopt_unrecorded_previous(self, state: RefreshState, live: str | None, now: float) -> None:
+        """Record as superseded our collections older than live that the state does not know.
+
+        Shadows of crashed rounds are always newer than live (versions only grow, and every round
+        cleans up before it publishes), so an older unrecorded one is a previous live whose record was
+        lost: the worker died between ``alter_alias`` and the state write. Keep it for rollback."""
+        live_version = self.registry.version_of(live) if live else None
+        if live_version is None:
+            return
+        recorded = {s.collection for s in state.superseded}
+        older = [
+            name
+            for name in self.store.list_collections(self.registry.alias + "_v")
+            if name not in recorded
+            and (version := self.registry.version_of(name)) is not None
+            and version_number(version) < version_number(live_version)
+        ]
+        for name in sorted(older, key=lambda n: version_number(self.registry.version_of(n) or "v0"), reverse=True):
+            log.warning("%s is older than live %s but not recorded: kept as superseded", name, live)
+            state.superseded.append(Superseded(name, now))
+
+    def rollback(self, state: RefreshState) -> tuple[str, str | None]:
+        """Point the alias back at the most recently superseded collection that still exists."""
+        for entry in sorted(state.superseded, key=lambda s: s.since, reverse=True):
+            if self.store.has_collection(entry.collection):
+                previous = self.store.point_alias(self.registry.alias, entry.collection)
+                state.superseded = [s for s in state.superseded if s.collection != entry.collection]
+                if previous:
+                    state.superseded.append(Superseded(previous, time.time()))
+                return entry.collection, previous
+        raise RuntimeError("nothing to roll back to: no superseded collection is left")

@@ -1,0 +1,284 @@
+"""The refresh worker: quasi-real-time embeddings with a dual store.
+
+Every ``interval_s`` (or as soon as ``min_new_events`` arrived, or on command) it reads the new
+clicks from the ingest state, trains the live model further on them (plus a replay sample of older
+users), saves the result as model ``v<N+1>`` and publishes it through :class:`Publisher` (shadow
+collection, verification, alias swap). Nothing new -> nothing built."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.checkpoint import Checkpoint, Manifest, next_version, open_checkpoint
+from model.data.types import HeldOut, Sequences
+from model.train import Trainer, train
+from workers.infra.vector_store import VectorStore
+from workers.ingest.state_reader import StateReader
+from workers.refresh.metrics import RefreshMetrics
+from workers.refresh.publish import Publisher, PublishReport, VerifyError
+from workers.refresh.publish_lock import lock_path, publish_lock
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.segments import SegmentMap
+from workers.refresh.state import RefreshState
+from workers.runtime import StopFlag
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_USER_HISTORY = 200  # clicks per streamed user fed to a refresh
+
+
+@dataclass
+class RoundReport:
+    events: int
+    users: int
+    published: PublishReport | None = None
+    error: str | None = None
+    train_seconds: float = 0.0
+    dropped: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # read, prepare, train (publish adds its own)
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.published
+        return {
+            "events": self.events,
+            "users": self.users,
+            "version": p.version if p else None,
+            "swapped": bool(p and p.swapped),
+            "phases": {**self.phases, **(p.phases if p else {})},
+            "quality": p.quality if p else {},
+            "error": self.error,
+            "dropped": self.dropped,
+        }
+
+
+def import_checkpoint(src: Checkpoint, registry: ModelRegistry) -> Checkpoint:
+    """Copy a trained checkpoint into the registry as its next version (the first served model)."""
+    registry.root.mkdir(parents=True, exist_ok=True)
+    version = next_version(registry.root)
+    tmp = registry.root / f".{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src.path, tmp)
+    manifest = Manifest(**{**src.manifest.__dict__, "version": version, "parent": str(src.path)})
+    (tmp / "manifest.json").write_text(manifest.to_json())
+    tmp.rename(registry.root / version)
+    return open_checkpoint(registry.root, version)
+
+
+class RefreshWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorStore,
+        reader: StateReader,
+        *,
+        replay: Sequences | None = None,
+        quality: HeldOut | None = None,
+        metrics: RefreshMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.refresh
+        self.store = store
+        self.reader = reader
+        self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        self.state_path = settings.refresh_dir / "state.json"
+        self.trigger_path = trigger_file(settings)
+        self.segments = SegmentMap(settings.refresh_dir / "segments.sqlite")
+        self.replay = replay
+        self.quality = quality
+        self.metrics = metrics
+        self.publisher = Publisher(
+            store,
+            self.registry,
+            self.cfg,
+            segments=self.segments,
+            top_n=settings.eval.top_n,
+            seed=settings.train.seed,
+            on_phase=metrics.observe_phase if metrics else None,
+        )
+        self.rng = np.random.default_rng(settings.train.seed)
+        self._last_round = time.monotonic()
+
+    # -- bootstrap and triggers -------------------------------------------------------------
+
+    def live_checkpoint(self) -> Checkpoint | None:
+        live = self.store.resolve_alias(self.registry.alias)
+        version = self.registry.version_of(live) if live else None
+        return self.registry.checkpoint(version) if version else None
+
+    def bootstrap(self, base: Checkpoint | None) -> PublishReport | None:
+        """Make sure something is live: publish the newest served model, or import ``base`` as v1."""
+        if self.live_checkpoint() is not None:
+            return None
+        ckpt = self.registry.latest()
+        if ckpt is None:
+            if base is None:
+                raise RuntimeError("no model to serve: train one first (mindstream train)")
+            ckpt = import_checkpoint(base, self.registry)
+        with self._publishing():
+            state = RefreshState.load(self.state_path)
+            report = self.publisher.publish(ckpt, state)
+            state.save(self.state_path)
+        self._set_live(ckpt)
+        return report
+
+    def _publishing(self) -> contextlib.AbstractContextManager[None]:
+        """The cross-process publish lock of the alias (waits for a gateway insert_data or drop)."""
+        return publish_lock(lock_path(self.settings.refresh_dir, self.registry.alias), wait=True)
+
+    def request(self) -> None:
+        """Ask the running loop for a refresh now (what ``mindstream refresh --now`` does)."""
+        request_refresh(self.settings)
+
+    def due(self, state: RefreshState) -> tuple[bool, bool]:
+        """``(run, forced)``: forced by the trigger file; else new events and interval or volume."""
+        if self.trigger_path.exists():
+            self.trigger_path.unlink(missing_ok=True)
+            return True, True
+        new = self.reader.event_count() - state.events_seen
+        if new <= 0:
+            return False, False
+        waited = time.monotonic() - self._last_round
+        return waited >= self.cfg.interval_s or new >= self.cfg.min_new_events, False
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def training_set(self, users: list[int], item_count: int) -> Sequences:
+        """Touched users' recent histories, oversampled to about half of the users, plus replay.
+
+        The id space grows to the largest item in those histories: they are read after the round's
+        events and may already hold clicks the round has not taken (a later slice of a backlog, or
+        events appended meanwhile), including brand-new items.
+        """
+        seqs = [self.reader.history(u, MAX_USER_HISTORY) for u in users]
+        item_count = max([item_count] + [max(s) + 1 for s in seqs if s])
+        fresh = [(u, s) for u, s in zip(users, seqs, strict=True) if len(s) >= self.settings.train.min_clicks]
+        replay: list[tuple[int, list[int]]] = []
+        if self.replay is not None and self.cfg.replay_users:
+            n = min(self.cfg.replay_users, self.replay.num_users)
+            for i in self.rng.choice(self.replay.num_users, size=n, replace=False).tolist():
+                replay.append((int(self.replay.user_ids[i]), self.replay.sequence(i).tolist()))
+        repeat = max(1, len(replay) // max(len(fresh), 1))
+        rows = fresh * repeat + replay
+        if not rows:
+            raise ValueError("no user with enough clicks to train on")
+        return Sequences.from_lists([u for u, _ in rows], [s for _, s in rows], item_count=item_count)
+
+    def run_round(self, *, force: bool = False) -> RoundReport | None:
+        with self._publishing():
+            return self._round(force)
+
+    def _round(self, force: bool) -> RoundReport | None:
+        state = RefreshState.load(self.state_path)
+        dropped = self.publisher.cleanup(state)
+        if self.metrics and dropped:
+            self.metrics.orphans_dropped.inc(len(dropped))
+        began = time.perf_counter()
+        events, cursor = self.reader.events_since(state.get_cursor(), limit=self.cfg.max_events_per_round)
+        read_s = time.perf_counter() - began
+        self._last_round = time.monotonic()
+        if not events and not force:
+            state.save(self.state_path)
+            return None
+        live = self.live_checkpoint()
+        if live is None:
+            raise RuntimeError("nothing is live: bootstrap first")
+        users = sorted({e.user_id for e in events})
+        report = RoundReport(len(events), len(users), dropped=dropped)
+        self._phase(report, "read", read_s)
+        if self.metrics:
+            self.metrics.rounds.inc()
+        try:
+            t0 = time.perf_counter()
+            item_count = max([live.manifest.item_count] + [e.item_id + 1 for e in events])
+            if self.replay is not None:
+                item_count = max(item_count, self.replay.item_count)
+            cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
+            sequences = self.training_set(users, item_count)
+            item_count = sequences.item_count
+            trainer = Trainer(sequences, self.settings.mind, cfg, item_count=item_count, init=live)
+            self.segments.update((e.item_id, e.segment) for e in events)
+            t1 = time.perf_counter()
+            self._phase(report, "prepare", t1 - t0)
+            train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
+            ckpt = trainer.checkpoint(self.registry.root, {"events": len(events), "users": len(users)}, best=False)
+            report.train_seconds = time.perf_counter() - t1
+            self._phase(report, "train", report.train_seconds)
+            report.published = self.publisher.publish(ckpt, state, quality=self.quality)
+        except VerifyError as exc:
+            report.error = str(exc)
+            log.error("refresh aborted, live unchanged: %s", exc)
+            if self.metrics:
+                self.metrics.failures.labels(reason="verify").inc()
+            state.rounds += 1
+            state.save(self.state_path)  # the cursor stays: the next round retries with these events
+            return report
+        state.cursor = cursor.to_json()
+        state.events_seen += len(events)
+        state.rounds += 1
+        state.swaps += 1
+        state.save(self.state_path)
+        self._set_live(ckpt)
+        if self.metrics:
+            self.metrics.swaps.inc()
+            self.metrics.events_trained.inc(len(events))
+        return report
+
+    def _phase(self, report: RoundReport, phase: str, seconds: float) -> None:
+        report.phases[phase] = round(seconds, 4)
+        if self.metrics:
+            self.metrics.observe_phase(phase, seconds)
+
+    def _set_live(self, ckpt: Checkpoint) -> None:
+        if self.metrics:
+            self.metrics.set_live(ckpt.manifest.version, ckpt.manifest.created_at)
+
+    def rollback(self) -> tuple[str, str | None]:
+        with self._publishing():
+            state = RefreshState.load(self.state_path)
+            target, previous = self.publisher.rollback(state)
+            state.save(self.state_path)
+        return target, previous
+
+    def run(self, stop: StopFlag) -> None:
+        """Poll the triggers until asked to stop; a failed round is logged and counted, not fatal."""
+        live = self.live_checkpoint()
+        if live is not None:
+            self._set_live(live)
+        while not stop.is_set():
+            state = RefreshState.load(self.state_path)
+            run, forced = self.due(state)
+            if run:
+                try:
+                    report = self.run_round(force=forced)
+                    if report is not None:
+                        log.info("refresh round: %s", report.as_dict())
+                except Exception:
+                    log.exception("refresh round failed; live unchanged, retrying next round")
+                    if self.metrics:
+                        self.metrics.failures.labels(reason="error").inc()
+            stop.wait(self.cfg.poll_s)
+
+    def close(self) -> None:
+        self.segments.close()
+
+
+def trigger_file(settings: Settings) -> Path:
+    """The file whose presence asks the refresh loop for a round now."""
+    return settings.refresh_dir / "trigger"
+
+
+def request_refresh(settings: Settings) -> Path:
+    """Ask a running refresh loop (any process sharing the state directory) for a round now."""
+    path = trigger_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
