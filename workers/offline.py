@@ -31,6 +31,14 @@ def checkpoint_root(settings: Settings, dataset: str) -> Path:
     return settings.checkpoint_dir / f"{dataset}{suffix}"
 
 
+def reusable_checkpoint(settings: Settings, dataset: str) -> dict[str, Any] | None:
+    """The summary of the best checkpoint of ``dataset`` already on disk, or None if there is none."""
+    root = checkpoint_root(settings, dataset)
+    if not (root / "BEST").exists():
+        return None
+    return {"dataset": dataset, "reused": open_checkpoint(root, "best").manifest.version, "checkpoints": str(root)}
+
+
 def run_train(settings: Settings, *, dataset: Dataset, resume: bool, quiet: bool = False) -> dict[str, Any]:
     """Train (or continue training) MIND on ``dataset``; checkpoints under the state directory."""
     threads = configure_threads(settings.train.threads)

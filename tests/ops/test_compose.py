@@ -400,7 +400,7 @@ def test_pending_lists_are_current() -> None:
 
 def test_dockerfile() -> None:
     text = DOCKERFILE.read_text()
-    base = re.search(r"^FROM\s+(\S+)", text, re.M)
+    base = re.search(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", text, re.M)
     assert base and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base.group(1)), base
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert 'ENTRYPOINT ["mindstream"]' in text and "mindstream" in scripts

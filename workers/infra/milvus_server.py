@@ -39,7 +39,6 @@ import atexit
 import contextlib
 import logging
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -48,101 +47,31 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from milvus import MilvusServer, MilvusServerConfig
 from pymilvus import MilvusClient, MilvusException
 
 from workers.settings import MilvusSettings
+
+if TYPE_CHECKING:
+    # The ``milvus`` package is the extra "embedded" (dev, tests), not in the production image:
+    # imported only when an embedded server starts, so an external Milvus needs only pymilvus.
+    from milvus import MilvusServer
 
 __all__ = ["EmbeddedMilvus", "open_milvus"]
 
 log = logging.getLogger(__name__)
 
 _START_LOCK = threading.Lock()
-_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 _START_ATTEMPTS = 2
 # Milvus' graceful shutdown often hangs once data was written; the process is then killed and its
 # coordinator sessions stay in etcd until their lease expires: a restart on the same base dir
 # waits for that (default TTL 30 s, ~55 s restarts). A shorter lease shortens that wait.
 _SESSION_TTL_S = 10
-_GRACEFUL_STOP_S = 3  # Milvus' own deadline after SIGTERM (default 1800 s; its shutdown can hang)
 
 
 class _ExitedDuringStartup(RuntimeError):
     pass
-
-
-class _ServerConfig(MilvusServerConfig):
-    """The package's config plus our own ports for the embedded etcd.
-
-    Milvus' embedded etcd ignores ``etcd.endpoints`` and listens on etcd's defaults (2379 client,
-    2380 peer) unless ``etcd.config.path`` names an etcd config file, so a second server would
-    die at start-up with "bind: address already in use". We resolve a free client and peer port
-    and write that file next to ``milvus.yaml``.
-    """
-
-    def __init__(self, base_dir: Path, port: int, host: str) -> None:
-        super().__init__(data_dir=str(base_dir), proxy_port=port)
-        for component in _COMPONENTS:
-            self.set(f"{component}.ip", host)
-        self.set("common.gracefulStopTimeout", _GRACEFUL_STOP_S)
-        self.set("common.session.ttl", _SESSION_TTL_S)
-        self.etcd_peer_port = 0
-
-    def resolve_port(self, port_start: int) -> tuple[int | None, socket.socket | None]:
-        """Internal ports: let the OS pick free ones.
-
-        The package probes upwards from Milvus' defaults (19529, 9091, 2379, ...), so a second
-        server squats on well-known ports such as 19530 that a later server may be configured for.
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port: int = sock.getsockname()[1]
-        return port, sock
-
-    def try_bind_port(self, port: int) -> socket.socket | None:
-        """The package's free-port probe, with SO_REUSEADDR.
-
-        Without it, a port whose old connections sit in TIME_WAIT (every restart on the same
-        port, for a minute) reads as busy, although Milvus itself (Go, SO_REUSEADDR) can listen.
-        """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
-        except OSError:
-            sock.close()
-            return None
-        return sock
-
-    def resolve_all_listen_ports(self) -> None:
-        super().resolve_all_listen_ports()
-        peer_port, sock = self.resolve_port(0)
-        self.listen_ports["etcd_peer_port"] = (peer_port, sock)  # released with the others
-        self.etcd_peer_port = int(peer_port or 0)
-
-    def write_config(self) -> None:
-        super().write_config()
-        configs = Path(self.base_data_dir) / "configs"
-        client_url = f"http://127.0.0.1:{self.get('etcd_port')}"
-        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
-        etcd_yaml = configs / "embed-etcd.yaml"
-        etcd_yaml.write_text(
-            f"name: default\n"
-            f"listen-client-urls: {client_url}\nadvertise-client-urls: {client_url}\n"
-            f"listen-peer-urls: {peer_url}\ninitial-advertise-peer-urls: {peer_url}\n"
-            f"initial-cluster: default={peer_url}\n",
-            encoding="utf-8",
-        )
-        milvus_yaml = configs / "milvus.yaml"
-        text = milvus_yaml.read_text(encoding="utf-8")
-        patched = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
-        if patched == text:
-            raise RuntimeError(f"no top-level etcd section in {milvus_yaml}")
-        milvus_yaml.write_text(patched, encoding="utf-8")
 
 
 class EmbeddedMilvus:
@@ -261,7 +190,12 @@ class EmbeddedMilvus:
         return proc
 
     def _start_once(self) -> None:
-        server = MilvusServer(_ServerConfig(self.base_dir, self.port, self.host), wait_for_started=False)
+        from milvus import MilvusServer
+
+        from workers.infra.milvus_config import EmbeddedConfig
+
+        config = EmbeddedConfig(self.base_dir, self.port, self.host, session_ttl_s=_SESSION_TTL_S)
+        server = MilvusServer(config, wait_for_started=False)
         self._server = server
         log.info("starting embedded Milvus at %s with data under %s", self.uri, self.base_dir)
         with _START_LOCK:

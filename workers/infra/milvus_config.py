@@ -1,0 +1,89 @@
+"""Configuration of the embedded Milvus server: the PyPI ``milvus`` package, extra "embedded".
+
+The production image does not install that package (compose runs Milvus as a service), so
+:mod:`workers.infra.milvus_server` imports this module only when it starts an embedded server.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from milvus import MilvusServerConfig
+
+__all__ = ["EmbeddedConfig"]
+
+_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+_GRACEFUL_STOP_S = 3  # Milvus' own deadline after SIGTERM (default 1800 s; its shutdown can hang)
+
+
+class EmbeddedConfig(MilvusServerConfig):
+    """The package's config plus our own ports for the embedded etcd.
+
+    Milvus' embedded etcd ignores ``etcd.endpoints`` and listens on etcd's defaults (2379 client,
+    2380 peer) unless ``etcd.config.path`` names an etcd config file, so a second server would
+    die at start-up with "bind: address already in use". We resolve a free client and peer port
+    and write that file next to ``milvus.yaml``.
+    """
+
+    def __init__(self, base_dir: Path, port: int, host: str, *, session_ttl_s: int) -> None:
+        super().__init__(data_dir=str(base_dir), proxy_port=port)
+        for component in _COMPONENTS:
+            self.set(f"{component}.ip", host)
+        self.set("common.gracefulStopTimeout", _GRACEFUL_STOP_S)
+        self.set("common.session.ttl", session_ttl_s)
+        self.etcd_peer_port = 0
+
+    def resolve_port(self, port_start: int) -> tuple[int | None, socket.socket | None]:
+        """Internal ports: let the OS pick free ones.
+
+        The package probes upwards from Milvus' defaults (19529, 9091, 2379, ...), so a second
+        server squats on well-known ports such as 19530 that a later server may be configured for.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        return port, sock
+
+    def try_bind_port(self, port: int) -> socket.socket | None:
+        """The package's free-port probe, with SO_REUSEADDR.
+
+        Without it, a port whose old connections sit in TIME_WAIT (every restart on the same
+        port, for a minute) reads as busy, although Milvus itself (Go, SO_REUSEADDR) can listen.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def resolve_all_listen_ports(self) -> None:
+        super().resolve_all_listen_ports()
+        peer_port, sock = self.resolve_port(0)
+        self.listen_ports["etcd_peer_port"] = (peer_port, sock)  # released with the others
+        self.etcd_peer_port = int(peer_port or 0)
+
+    def write_config(self) -> None:
+        super().write_config()
+        configs = Path(self.base_data_dir) / "configs"
+        client_url = f"http://127.0.0.1:{self.get('etcd_port')}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        etcd_yaml = configs / "embed-etcd.yaml"
+        etcd_yaml.write_text(
+            f"name: default\n"
+            f"listen-client-urls: {client_url}\nadvertise-client-urls: {client_url}\n"
+            f"listen-peer-urls: {peer_url}\ninitial-advertise-peer-urls: {peer_url}\n"
+            f"initial-cluster: default={peer_url}\n",
+            encoding="utf-8",
+        )
+        milvus_yaml = configs / "milvus.yaml"
+        text = milvus_yaml.read_text(encoding="utf-8")
+        patched = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
+        if patched == text:
+            raise RuntimeError(f"no top-level etcd section in {milvus_yaml}")
+        milvus_yaml.write_text(patched, encoding="utf-8")
