@@ -1,6 +1,7 @@
 """Properties of the wire codec and of ingest's batch split under hostile input (pure, no broker).
 
-* ``decode_click`` / ``decode_request`` raise nothing but ``DecodeError``, whatever the bytes;
+* ``decode_click`` / ``decode_request`` raise nothing but ``DecodeError``, whatever the bytes, and
+  accept exactly what the independent oracle (``tests.fuzz.oracle``) calls valid;
 * a ``DecodeError`` reason is short (at most ``MAX_REASON_LENGTH``) and never echoes the payload;
 * generated valid messages round-trip ``encode -> decode``;
 * ``split_batch`` puts every consumed message either among the valid events or among the dead
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +38,7 @@ from . import (
     huge_request,
     non_finite_click,
     non_utf8,
+    oracle,
     requests,
     simple_clicks,
     truncated,
@@ -76,22 +79,47 @@ def _norm(result: ClickEvent | DecodeError) -> tuple[str, Any, Any]:
 @fuzz(300)
 @given(raw=bad_clicks | huge_array_click() | st.none())
 def test_decode_click_raises_only_decode_error_with_a_short_reason(raw: bytes | None) -> None:
+    assert not oracle.valid_click(raw)
     result = _outcome(decode_click, raw)
-    if isinstance(result, DecodeError):
-        _check_reason(result, raw)
-        assert reason_category(result) in CATEGORIES
-    else:
-        assert isinstance(result, ClickEvent)  # e.g. duplicate keys: the last value wins, as in json.loads
+    assert isinstance(result, DecodeError), (raw[:200] if raw else raw, result)
+    _check_reason(result, raw)
+    assert reason_category(result) in CATEGORIES
 
 
 @fuzz(300)
 @given(raw=bad_requests | st.none())
 def test_decode_request_raises_only_decode_error_with_a_short_reason(raw: bytes | None) -> None:
+    assert not oracle.valid_request(raw)
     result = _outcome(decode_request, raw)
-    if isinstance(result, DecodeError):
-        _check_reason(result, raw)
-    else:
-        assert isinstance(result, RecallRequest)
+    assert isinstance(result, DecodeError), (raw[:200] if raw else raw, result)
+    _check_reason(result, raw)
+
+
+@fuzz(300)
+@given(raw=bad_clicks | clicks.map(encode) | simple_clicks.map(encode) | duplicate_keys().map(lambda p: p[0]))
+def test_decode_click_accepts_exactly_what_the_oracle_calls_valid(raw: bytes) -> None:
+    result = _outcome(decode_click, raw)
+    assert isinstance(result, ClickEvent) == oracle.valid_click(raw), (raw[:200], result)
+    if isinstance(result, ClickEvent):  # and it holds the values the body says (the last of repeated keys)
+        body = json.loads(raw)
+        assert (result.event_id, result.user_id, result.item_id, result.ts, result.segment) == (
+            body["event_id"],
+            body["user_id"],
+            body["item_id"],
+            body["ts"],
+            body.get("segment"),
+        )
+
+
+@fuzz(300)
+@given(raw=bad_requests | requests.map(encode))
+def test_decode_request_accepts_exactly_what_the_oracle_calls_valid(raw: bytes) -> None:
+    result = _outcome(decode_request, raw)
+    assert isinstance(result, RecallRequest) == oracle.valid_request(raw), (raw[:200], result)
+    if isinstance(result, RecallRequest):
+        body = json.loads(raw)
+        assert (result.hist_item, result.user_ids) == (body.get("hist_item"), body.get("user_ids"))
+        assert result.top_k == body.get("top_k", 50)
 
 
 @fuzz(60)
@@ -146,7 +174,9 @@ def test_non_integers_and_out_of_range_ids_are_invalid_fields(raw: bytes) -> Non
 @given(pair=duplicate_keys())
 def test_duplicate_keys_mean_the_last_value(pair: tuple[bytes, bytes]) -> None:
     raw, last_wins = pair
+    assert raw.count(b'":') > last_wins.count(b'":'), "no key was repeated"
     got, expected = _outcome(decode_click, raw), _outcome(decode_click, last_wins)
+    assert isinstance(got, ClickEvent) == oracle.valid_click(last_wins)
     assert type(got) is type(expected)
     if isinstance(got, ClickEvent):
         assert got == expected
