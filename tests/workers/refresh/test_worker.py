@@ -110,13 +110,22 @@ def test_refresh_round_learns_new_items_and_swaps(
         # A shadow left by a crashed round is an orphan: the next round drops it.
         store.create_collection(f"{alias}_v99", MIND.dim)
         worker.request()
+        before_forced = store.resolve_alias(alias)
         forced = worker.run_round(force=worker.due(RefreshState.load(worker.state_path))[1])
         assert forced is not None and f"{alias}_v99" in forced.dropped
         assert not store.has_collection(f"{alias}_v99")
+        assert forced.published is not None and forced.published.swapped, forced
+        newest = store.resolve_alias(alias)
+        assert before_forced == f"{alias}_v2" and newest is not None and newest != before_forced
 
+        # Rollback: the alias goes back to the collection live before the last swap (read from Milvus
+        # above, not from the worker), and the newer one is kept, superseded, for a roll forward.
         target, previous = worker.rollback()
-        assert previous == store.list_collections(alias)[-1] or previous is not None
-        assert store.resolve_alias(alias) == target
+        assert (target, previous) == (before_forced, newest)
+        assert store.resolve_alias(alias) == before_forced
+        assert store.has_collection(newest) and store.count(newest) == store.count(before_forced)
+        superseded = {s.collection for s in RefreshState.load(worker.state_path).superseded}
+        assert newest in superseded and before_forced not in superseded, superseded
         worker.close()
 
 
