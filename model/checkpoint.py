@@ -1,4 +1,9 @@
-"""Checkpoints with a manifest: ``<dir>/<version>/{net.pdparams, opt.pdopt, manifest.json}``.
+"""Checkpoints with a manifest: ``<dir>/<version>/{net.pdparams, opt.pdopt, items.npz, manifest.json}``.
+
+``items.npz`` is the version's item vocabulary (external item id <-> table row, see
+:mod:`model.vocab`), written in the same temporary directory as the weights, so a version's table
+and vocabulary are saved, renamed into place and loaded together. Checkpoints written before the
+vocabulary existed have none: their ids were rows, so they load with the identity vocabulary.
 
 Versions are ``v1, v2, ...`` (monotonic within a checkpoint directory). ``LATEST`` and ``BEST``
 files name the newest and the best-by-validation version. Every write goes to a temporary
@@ -16,10 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paddle
 
 from model.config import MindConfig
 from model.net import MindNet
+from model.vocab import ItemVocab
+
+VOCAB_FILE = "items.npz"
 
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -55,6 +64,23 @@ class Checkpoint:
         net.set_state_dict(paddle.load(str(self.path / "net.pdparams")))
         net.eval()
         return net
+
+    def vocab(self) -> ItemVocab:
+        """The version's item vocabulary (identity for checkpoints older than the vocabulary).
+
+        An item with no recorded click time (``last_seen`` 0: it came from offline training data)
+        counts as seen when this version was created."""
+        path = self.path / VOCAB_FILE
+        if not path.exists():
+            return ItemVocab.identity(self.manifest.item_count, seen_at=self.manifest.created_at)
+        vocab = ItemVocab.load(path)
+        if len(vocab) != self.manifest.item_count:
+            raise ValueError(f"{path}: {len(vocab)} rows for a table of {self.manifest.item_count}")
+        unseen = vocab.last_seen == 0
+        unseen[0] = False
+        if unseen.any():
+            vocab = ItemVocab(vocab.ids, np.where(unseen, self.manifest.created_at, vocab.last_seen))
+        return vocab
 
     def optimizer_state(self, net: MindNet) -> dict[str, Any] | None:
         """The saved optimiser state, keyed for ``net``'s parameters (see :func:`_rekey`)."""
@@ -120,7 +146,11 @@ def save_checkpoint(
     metrics: dict[str, Any],
     rng_state: dict[str, Any] | None = None,
     best: bool = False,
+    vocab: ItemVocab | None = None,
 ) -> Checkpoint:
+    """Write the next version under ``root``; ``vocab`` (default: identity) must have one row per table row."""
+    if vocab is not None and len(vocab) != net.item_count:
+        raise ValueError(f"vocabulary has {len(vocab)} rows, the item table {net.item_count}")
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root)
     manifest = Manifest(
@@ -142,6 +172,9 @@ def save_checkpoint(
     if optimizer is not None:
         structured = {p.name: name for name, p in net.named_parameters()}
         paddle.save(_rekey(optimizer.state_dict(), structured), str(tmp / "opt.pdopt"))
+    (vocab if vocab is not None else ItemVocab.identity(net.item_count, seen_at=manifest.created_at)).save(
+        tmp / VOCAB_FILE
+    )
     (tmp / "manifest.json").write_text(manifest.to_json())
     os.replace(tmp, root / version)
     _write_pointer(root, "LATEST", version)

@@ -1,4 +1,7 @@
-"""Export: item vectors in batches, and the batched user tower used for serving and evaluation."""
+"""Export: item vectors in batches, and the batched user tower used for serving and evaluation.
+
+Both speak rows (the training space) by default; given the version's :class:`ItemVocab` they speak
+the catalogue's external item ids, as everything outside the model does."""
 
 from __future__ import annotations
 
@@ -9,16 +12,17 @@ import numpy as np
 import numpy.typing as npt
 import paddle
 
-from model.data.types import IntArray
+from model.data.types import HeldOut, IntArray
 from model.net import MindNet
 from model.sampling import pad_histories
+from model.vocab import ItemVocab
 
 FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
 class ItemVectorBatch:
-    ids: IntArray  # [n], never 0
+    ids: IntArray  # [n], never 0: rows, or external ids when exported with a vocabulary
     vectors: FloatArray  # [n, dim]
     model_version: str
 
@@ -29,26 +33,38 @@ def item_table(net: MindNet) -> FloatArray:
 
 
 def iter_item_vectors(
-    net: MindNet, model_version: str, *, batch_size: int = 10_000, ids: IntArray | None = None
+    net: MindNet,
+    model_version: str,
+    *,
+    batch_size: int = 10_000,
+    ids: IntArray | None = None,
+    vocab: ItemVocab | None = None,
 ) -> Iterator[ItemVectorBatch]:
-    """Yield ``(id, vector)`` batches for every real item (or just ``ids``), tagged with the version."""
+    """Yield ``(id, vector)`` batches for every real item (or just the rows ``ids``), tagged with the
+    version; with ``vocab`` the batches carry the items' external ids."""
     table = item_table(net)
     wanted = np.arange(1, table.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     for lo in range(0, wanted.shape[0], batch_size):
         chunk = wanted[lo : lo + batch_size]
-        yield ItemVectorBatch(ids=chunk, vectors=table[chunk], model_version=model_version)
+        out = chunk if vocab is None else vocab.external(chunk)
+        yield ItemVectorBatch(ids=out, vectors=table[chunk], model_version=model_version)
 
 
 class UserTower:
     """``interests(hist_item lists) -> [B, K, dim]`` for serving: any history length, newest last.
 
-    Histories are cut to the last ``maxlen`` clicks; ids outside the item table (items the model
-    has not learnt yet) are ignored rather than crashing; an empty history yields zero vectors.
+    Histories are external item ids when the tower has the version's ``vocab`` (serving), rows
+    otherwise (training and offline evaluation). Ids the version does not know (items it has not
+    learnt yet) are ignored rather than crashing; histories are cut to the last ``maxlen`` known
+    clicks; an empty history yields zero vectors.
     """
 
-    def __init__(self, net: MindNet, model_version: str, *, batch_size: int = 1024) -> None:
+    def __init__(
+        self, net: MindNet, model_version: str, *, batch_size: int = 1024, vocab: ItemVocab | None = None
+    ) -> None:
         self.net = net
         self.model_version = model_version
+        self.vocab = vocab
         self.maxlen = net.cfg.maxlen
         self.k_max = net.cfg.k_max
         self.dim = net.cfg.dim
@@ -72,4 +88,21 @@ class UserTower:
 
     def _known(self, history: Sequence[int] | IntArray) -> IntArray:
         h = np.asarray(history, dtype=np.int64)
+        if self.vocab is not None:
+            h = self.vocab.rows(h)
         return h[(h > 0) & (h < self.net.item_count)]
+
+
+def external_heldout(heldout: HeldOut, vocab: ItemVocab) -> HeldOut:
+    """Held-out users in external ids (rows -> ids; unknown truth items, negative, stay unhittable)."""
+
+    def ext(rows: IntArray) -> IntArray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.where(rows > 0, vocab.ids[np.maximum(rows, 0)], rows)
+
+    return HeldOut(
+        heldout.user_ids,
+        [ext(h) for h in heldout.histories],
+        [ext(t) for t in heldout.truths],
+        heldout.truth_protocol,
+    )

@@ -14,7 +14,7 @@ import paddle
 
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import MindConfig, TrainConfig
-from model.data.types import HeldOut, Sequences
+from model.data.types import HeldOut, IntArray, Sequences
 from model.evaluate import EvalReport, evaluate_model
 from model.export import UserTower, item_table
 from model.loss import logit_bias, sampled_softmax_loss
@@ -23,6 +23,7 @@ from model.net import MindNet
 from model.progress import Progress
 from model.sampling import ReferenceSampler
 from model.search import ExactSearcher
+from model.vocab import ItemVocab
 
 
 @dataclass
@@ -58,6 +59,22 @@ def grow_item_table(net: MindNet, item_count: int, seed: int = 0) -> MindNet:
     return bigger
 
 
+def select_item_rows(net: MindNet, keep: IntArray, seed: int = 0) -> MindNet:
+    """A net whose table is row 0 (padding) then the rows ``keep`` of ``net``'s table, in that order
+    (a compaction); rows of ``keep`` beyond ``net``'s table are initialised fresh."""
+    keep = np.asarray(keep, dtype=np.int64)
+    smaller = MindNet(net.cfg, int(keep.shape[0]) + 1, seed=seed)
+    state = net.state_dict()
+    old = state["item_emb.weight"].numpy()
+    new = smaller.item_emb.weight.numpy()
+    new[0] = old[0]
+    inside = keep < old.shape[0]
+    new[1:][inside] = old[keep[inside]]
+    state["item_emb.weight"] = paddle.to_tensor(new)
+    smaller.set_state_dict(state)
+    return smaller
+
+
 class Trainer:
     """One model, one optimiser, one seeded stream of examples and negatives."""
 
@@ -69,7 +86,12 @@ class Trainer:
         *,
         item_count: int | None = None,
         init: Checkpoint | None = None,
+        vocab: ItemVocab | None = None,
+        keep_rows: IntArray | None = None,
     ) -> None:
+        """``vocab`` maps the rows of ``seqs`` to item ids (default: ``init``'s, else identity); the
+        table gets one row per vocabulary row, and the checkpoints this trainer writes carry it.
+        ``keep_rows``: compact ``init``'s table to these rows first (``vocab`` is then the compacted one)."""
         self.cfg = cfg
         self.seqs = seqs
         self.rng = np.random.default_rng(cfg.seed)
@@ -79,6 +101,8 @@ class Trainer:
         self.step = 0
         if init is not None:
             net = init.load_net()
+            if keep_rows is not None:
+                net = select_item_rows(net, keep_rows, seed=cfg.seed)
             count = max(count, net.item_count)
             self.parent = init.manifest.version
             self.step = init.manifest.step
@@ -86,7 +110,15 @@ class Trainer:
                 self.rng.bit_generator.state = init.manifest.rng_state
         else:
             net = MindNet(mind, count, seed=cfg.seed)
-        grown = count > net.item_count
+        if vocab is None:
+            vocab = init.vocab() if init is not None else ItemVocab.identity(count)
+            if len(vocab) < count:  # a dense caller grew the id space: new rows are their own ids
+                vocab = vocab.extend(np.arange(len(vocab), count, dtype=np.int64))
+        count = max(count, len(vocab))
+        if len(vocab) != count:
+            raise ValueError(f"vocabulary has {len(vocab)} rows for a table of {count}")
+        self.vocab = vocab
+        grown = count > net.item_count or keep_rows is not None
         self.net = grow_item_table(net, count, seed=cfg.seed)
         self.net.train()
         self.optimizer = paddle.optimizer.Adam(learning_rate=cfg.lr, parameters=self.net.parameters(), lazy_mode=True)
@@ -134,6 +166,7 @@ class Trainer:
             metrics=metrics,
             rng_state=dict(self.rng.bit_generator.state),
             best=best,
+            vocab=self.vocab,
         )
         self.parent = ckpt.manifest.version
         return ckpt

@@ -132,6 +132,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
 
 def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> RefreshWorker:
+    from model.export import external_heldout
     from workers.infra.vector_store import VectorStore
     from workers.ingest.state_reader import StateReader
     from workers.offline import load
@@ -140,12 +141,15 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
 
     registry = metrics_registry(settings.refresh.metrics_port)
     dataset = load(settings) if with_data else None
-    quality = dataset.valid.head(settings.refresh.quality_users) if dataset is not None else None
+    quality = None
+    if dataset is not None:  # the quality gate searches Milvus, which speaks external item ids
+        quality = external_heldout(dataset.valid.head(settings.refresh.quality_users), dataset.vocab)
     return RefreshWorker(
         settings,
         VectorStore(uri, settings.milvus),
         StateReader(settings.state_dir, settings.kafka.clicks_topic),
         replay=dataset.train if dataset is not None else None,
+        replay_vocab=dataset.vocab if dataset is not None else None,
         quality=quality,
         metrics=RefreshMetrics(registry),
     )

@@ -14,7 +14,7 @@ from model.checkpoint import Checkpoint, open_checkpoint
 from model.config import MindConfig
 from model.data.types import Dataset, HeldOut
 from model.evaluate import EvalReport, evaluate_model, evaluate_most_popular
-from model.export import UserTower, item_table, iter_item_vectors
+from model.export import UserTower, external_heldout, item_table, iter_item_vectors
 from model.progress import Progress
 from model.search import ExactSearcher
 from model.train import Trainer, configure_threads, train
@@ -47,7 +47,9 @@ def run_train(settings: Settings, *, dataset: Dataset, resume: bool, quiet: bool
     if resume and (root / "LATEST").exists():
         init = open_checkpoint(root, "latest")
         log.info("resuming from %s (step %d)", init.manifest.version, init.manifest.step)
-    trainer = Trainer(dataset.train, settings.mind, settings.train, item_count=dataset.item_count, init=init)
+    trainer = Trainer(
+        dataset.train, settings.mind, settings.train, item_count=dataset.item_count, init=init, vocab=dataset.vocab
+    )
     result = train(
         trainer,
         batches=settings.train.batches,
@@ -83,7 +85,8 @@ def load_into_milvus(store: VectorStore, ckpt: Checkpoint, collection: str) -> f
         store.drop_collection(collection)
     store.create_collection(collection, ckpt.manifest.mind["dim"])
     net = ckpt.load_net()
-    for batch in iter_item_vectors(net, ckpt.manifest.version, batch_size=store.settings.insert_batch):
+    vocab = ckpt.vocab()
+    for batch in iter_item_vectors(net, ckpt.manifest.version, batch_size=store.settings.insert_batch, vocab=vocab):
         store.insert(collection, batch.ids, batch.vectors, batch.model_version)
     store.flush(collection)
     store.build_index(collection)
@@ -115,8 +118,14 @@ def evaluate_checkpoint(
         with VectorStore(milvus_uri, settings.milvus) as store:
             load_into_milvus(store, ckpt, collection)
             try:
+                # Milvus speaks external ids: the same users, their histories and truths as catalogue ids.
+                vocab = ckpt.vocab()
+                ext_tower = UserTower(net, ckpt.manifest.version, vocab=vocab)
                 searcher_m = MilvusSearcher(store, collection)
-                reports.append(evaluate_model(tower, searcher_m, heldout, top_n=top_n, name=name, backend="milvus"))
+                ext_heldout = external_heldout(heldout, vocab)
+                reports.append(
+                    evaluate_model(ext_tower, searcher_m, ext_heldout, top_n=top_n, name=name, backend="milvus")
+                )
             finally:
                 store.drop_collection(collection)
     return reports
@@ -163,7 +172,7 @@ def run_export(settings: Settings, *, dataset_name: str, which: str, out: Path) 
     """Write the checkpoint's item vectors to an ``.npz`` file (ids, vectors, model_version)."""
     ckpt = open_checkpoint(checkpoint_root(settings, dataset_name), which)
     net = ckpt.load_net()
-    batches = list(iter_item_vectors(net, ckpt.manifest.version))
+    batches = list(iter_item_vectors(net, ckpt.manifest.version, vocab=ckpt.vocab()))
     ids = np.concatenate([b.ids for b in batches])
     vectors = np.concatenate([b.vectors for b in batches])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,12 @@ class RefreshSettings(_Section):
     quality_margin: float = Field(0.02, ge=0, description="Abort the swap if Recall@N drops more than this")
     quality_users: int = Field(200, ge=0, description="Held-out users (last click) for the quality gate")
     probe_items: int = Field(20, ge=1, le=1000, description="Items probed in the shadow before the swap")
+    item_ttl_s: float | None = Field(
+        None, gt=0, description="An item not clicked for this long leaves the next published version; unset = never"
+    )
+    compact_share: float = Field(
+        0.25, gt=0, le=1, description="Compact the item table (drop expired rows) once this share of rows expired"
+    )
     grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
     keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
     poll_s: float = Field(0.5, gt=0, description="How often the refresh loop checks its triggers")

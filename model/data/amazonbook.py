@@ -10,7 +10,6 @@ counted in the :class:`ReadReport`. Blank lines are ignored.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from model.data.errors import DataFormatError, ReadReport
 from model.data.types import Dataset, HeldOut, IntArray, Sequences
+from model.vocab import ItemVocab, map_truth
 
 TRAIN_FORMAT = "user,item,position"
 #: PaddleRec's demo slice, shipped with the package (Apache-2.0, see its NOTICE).
@@ -204,17 +204,25 @@ def _subset(held: HeldOut, idx: IntArray, truth_limit: int | None) -> HeldOut:
 
 def load_amazonbook_demo(directory: Path | str, *, seed: int, truth_limit: int | None = None) -> Dataset:
     """Train from ``train.txt``; the users of ``valid.txt`` split 50/50 (seeded shuffle) into
-    valid and test. Ids are kept as they are: ``item_count`` = max item id over all files + 1."""
+    valid and test.
+
+    The vocabulary holds the items that occur in training or in a held-out history (first
+    appearance order): the table has a row per item the model can learn or read, never one per id
+    up to the largest. Truth items outside it stay in the truth sets (they count in |truth|) but can
+    never be recalled, as for any item the model has not seen."""
     directory = Path(directory)
     train, _ = read_train_lines(directory / "train.txt")
-    held, _ = read_eval_lines(directory / "valid.txt")  # full truths: the id space covers them
-    item_count = (
-        max([int(train.items.max()) if train.items.size else 0] + [int(a.max()) for a in held.histories + held.truths])
-        + 1
+    held, _ = read_eval_lines(directory / "valid.txt")
+    vocab = ItemVocab.from_ids(np.concatenate([train.items, *held.histories]))
+    train = Sequences(train.user_ids, train.offsets, vocab.rows(train.items), len(vocab))
+    held = HeldOut(
+        held.user_ids,
+        [vocab.rows(h) for h in held.histories],
+        [map_truth(vocab, t) for t in held.truths],
+        held.truth_protocol,
     )
     perm = np.random.default_rng(seed).permutation(held.num_users)
     half = held.num_users // 2
     valid = _subset(held, np.sort(perm[:half]), truth_limit)
     test = _subset(held, np.sort(perm[half:]), truth_limit)
-    train = dataclasses.replace(train, item_count=item_count)
-    return Dataset("amazonbook-demo", train, valid, test, item_count)
+    return Dataset("amazonbook-demo", train, valid, test, len(vocab), vocab)

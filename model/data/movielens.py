@@ -13,6 +13,7 @@ import numpy as np
 from model.data.errors import DataFormatError
 from model.data.split import split_users
 from model.data.types import Dataset, IntArray, Sequences
+from model.vocab import ItemVocab
 
 INSTALL_HINT = "pip install --no-deps recbole==1.2.1"
 _INTER = Path("dataset_example") / "ml-100k" / "ml-100k.inter"
@@ -98,7 +99,8 @@ def comirec_split(
 
     The k-core filter is ONE pass, as ComiRec does it: keep items with >= ``core`` clicks, then
     users with >= ``core`` clicks among what is left (an item may end below ``core`` afterwards).
-    Surviving item ids are remapped to 1..N in ascending order of the original id (0 = padding).
+    Surviving items become rows 1..N in ascending order of the original id (0 = padding); the
+    data set's vocabulary maps the rows back to MovieLens' item ids.
     Each user's clicks are sorted by (timestamp, item id), since timestamps tie. Users are split
     80/10/10 by a seeded shuffle; held-out users keep the first ``int(len * history_share)``
     clicks (at least 1) as history and the rest as truth.
@@ -118,7 +120,8 @@ def comirec_split(
     user_ids, starts = np.unique(user, return_index=True)
     offsets = np.append(starts, user.size).astype(np.int64)
     seqs = Sequences(user_ids.astype(np.int64), offsets, new_item, int(catalogue.size) + 1)
-    return split_users(seqs, seed=seed, history_share=history_share, name=name)
+    vocab = ItemVocab(np.concatenate([[0], catalogue]).astype(np.int64), np.zeros(catalogue.size + 1))
+    return split_users(seqs, seed=seed, history_share=history_share, name=name, vocab=vocab)
 
 
 def load_ml100k(*, seed: int, core: int = 5, history_share: float = 0.8) -> Dataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.data.types import Dataset, HeldOut, IntArray, Sequences
+from model.vocab import ItemVocab
 
 HELDOUT_PROTOCOL = "all remaining items"
 
@@ -39,6 +40,7 @@ def split_users(
     seed: int,
     history_share: float,
     name: str,
+    vocab: ItemVocab | None = None,
     valid_share: float = 0.1,
     test_share: float = 0.1,
 ) -> Dataset:
@@ -65,4 +67,5 @@ def split_users(
         valid=hold_out(seqs, rows[part == 1], history_share),
         test=hold_out(seqs, rows[part == 2], history_share),
         item_count=seqs.item_count,
+        vocab=vocab if vocab is not None else ItemVocab.identity(seqs.item_count),
     )

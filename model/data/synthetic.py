@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from model.data.split import split_users
 from model.data.types import Dataset, IntArray, Sequences
+from model.vocab import ItemVocab
 
 _USERS_PER_BATCH = 4096
 
@@ -35,6 +36,7 @@ class SyntheticSpec:
     max_gap_ms: int = 50  # gap between consecutive events of the stream: uniform in [1, max_gap_ms]
     seed: int = 0
     start_ts_ms: int = 1_700_000_000_000
+    sparse_ids: bool = False  # item ids drawn uniformly from 1..2^63-1 instead of 1..num_items
 
     def __post_init__(self) -> None:
         lo, hi = self.interests_per_user
@@ -82,6 +84,19 @@ def _catalogue(spec: SyntheticSpec) -> _Catalogue:
     return _Catalogue(ids[order], cum, start.astype(np.int64))
 
 
+def external_item_ids(spec: SyntheticSpec) -> IntArray:
+    """``out[i]`` is the catalogue id of dense item ``i`` (``out[0] = 0``, padding): ``i`` itself, or
+    with ``sparse_ids`` distinct seeded draws from 1..2^63-1 (hashed or 64-bit catalogue keys)."""
+    if not spec.sparse_ids:
+        return np.arange(spec.num_items + 1, dtype=np.int64)
+    rng = np.random.default_rng((spec.seed, 2))
+    drawn = np.unique(rng.integers(1, np.iinfo(np.int64).max, size=spec.num_items, endpoint=True, dtype=np.int64))
+    while drawn.size < spec.num_items:  # collisions are astronomically rare; top up if one happens
+        more = rng.integers(1, np.iinfo(np.int64).max, size=spec.num_items - drawn.size, endpoint=True, dtype=np.int64)
+        drawn = np.unique(np.concatenate([drawn, more]))
+    return np.concatenate([[0], rng.permutation(drawn)]).astype(np.int64)
+
+
 def item_clusters(spec: SyntheticSpec) -> IntArray:
     """Cluster of every item id (index 0, the padding id, gets -1); for tests and diagnostics."""
     cat = _catalogue(spec)
@@ -121,11 +136,19 @@ def _batch(spec: SyntheticSpec, cat: _Catalogue, first_user: int, n_users: int, 
 def iter_events(spec: SyntheticSpec, *, chunk_size: int = 100_000) -> Iterator[EventChunk]:
     """The spec's click stream in chunks of ``chunk_size`` events (the last may be shorter).
 
-    User ids are 1..num_users, item ids 1..num_items. The events do not depend on ``chunk_size``;
+    User ids are 1..num_users, item ids 1..num_items (or their sparse 64-bit ids with
+    ``sparse_ids``, see :func:`external_item_ids`). The events do not depend on ``chunk_size``;
     at most one batch of users plus one chunk is in memory at a time.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    for chunk in _dense_events(spec, chunk_size):
+        if spec.sparse_ids:
+            chunk = EventChunk(chunk.user_ids, external_item_ids(spec)[chunk.item_ids], chunk.ts_ms)
+        yield chunk
+
+
+def _dense_events(spec: SyntheticSpec, chunk_size: int) -> Iterator[EventChunk]:
     cat = _catalogue(spec)
     clock = spec.start_ts_ms
     buffer: EventChunk | None = None
@@ -155,9 +178,10 @@ def _concat(x: EventChunk, y: EventChunk) -> EventChunk:
 def synthetic_dataset(spec: SyntheticSpec, *, history_share: float = 0.8, seed: int) -> Dataset:
     """The whole stream of a small spec as a :class:`Dataset` (80/10/10 users, as MovieLens).
 
-    Each user's sequence is their clicks in time order; ``item_count`` = num_items + 1.
+    Each user's sequence is their clicks in time order; rows are the dense items 1..num_items
+    (``item_count`` = num_items + 1) and the vocabulary maps them to the catalogue ids.
     """
-    chunks = list(iter_events(spec))
+    chunks = list(_dense_events(spec, 100_000))
     user = np.concatenate([c.user_ids for c in chunks])
     item = np.concatenate([c.item_ids for c in chunks])
     ts = np.concatenate([c.ts_ms for c in chunks])
@@ -165,4 +189,6 @@ def synthetic_dataset(spec: SyntheticSpec, *, history_share: float = 0.8, seed: 
     user_ids, starts = np.unique(user[order], return_index=True)
     offsets = np.append(starts, user.size).astype(np.int64)
     seqs = Sequences(user_ids.astype(np.int64), offsets, item[order], spec.num_items + 1)
-    return split_users(seqs, seed=seed, history_share=history_share, name="synthetic")
+    ids = external_item_ids(spec)
+    vocab = ItemVocab(ids, np.zeros(ids.shape[0]))
+    return split_users(seqs, seed=seed, history_share=history_share, name="synthetic", vocab=vocab)

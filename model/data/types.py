@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from model.vocab import ItemVocab
 
 IntArray = npt.NDArray[np.int64]
 
@@ -16,8 +20,9 @@ class Sequences:
     """Users' click sequences in CSR form (chronological, oldest first).
 
     ``items[offsets[i]:offsets[i + 1]]`` are the clicks of ``user_ids[i]``.
-    Item ids are >= 1; 0 is the padding id. ``item_count`` is the size of the id space
-    (max id + 1), i.e. the number of rows an embedding table needs.
+    Items are embedding *rows* (>= 1; 0 is padding), not external ids: a data set's
+    :class:`~model.vocab.ItemVocab` maps them to the catalogue's ids. ``item_count`` is the number
+    of rows an embedding table needs (max row + 1).
     """
 
     user_ids: IntArray
@@ -93,10 +98,20 @@ class HeldOut:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A training set plus validation and test users over one item id space."""
+    """A training set plus validation and test users over one row space, and the vocabulary that
+    maps those rows to the catalogue's item ids (identity when the data's ids are already dense)."""
 
     name: str
     train: Sequences
     valid: HeldOut
     test: HeldOut
     item_count: int
+    vocab: ItemVocab = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        from model.vocab import ItemVocab
+
+        if self.vocab is None:
+            object.__setattr__(self, "vocab", ItemVocab.identity(self.item_count))
+        if len(self.vocab) != self.item_count:
+            raise ValueError(f"vocabulary has {len(self.vocab)} rows, the data set {self.item_count}")

@@ -74,7 +74,8 @@ class LiveModel:
             if version is None:
                 log.error("alias %s points at %s, which is not a model collection", self._registry.alias, collection)
                 return served
-            net = self._registry.checkpoint(version).load_net()
-            self._served = Served(version, collection, UserTower(net, version), time.time())
+            ckpt = self._registry.checkpoint(version)
+            tower = UserTower(ckpt.load_net(), version, vocab=ckpt.vocab())  # histories are external ids
+            self._served = Served(version, collection, tower, time.time())
             log.info("serving %s from %s", version, collection)
             return self._served

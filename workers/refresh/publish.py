@@ -1,4 +1,5 @@
-"""Publishing a model version to Milvus with the swap discipline:
+"""Publishing a model version to Milvus with the swap discipline (rows keyed by external item id,
+items past the TTL left out):
 shadow ``<alias>_v<N>`` -> insert -> flush -> index -> load -> verify (row count, probe, quality)
 -> ``alter_alias`` -> previous kept for rollback -> dropped after the grace period.
 
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.checkpoint import Checkpoint, version_number
-from model.data.types import HeldOut
+from model.data.types import HeldOut, IntArray
 from model.evaluate import evaluate_model
 from model.export import UserTower, item_table
 from model.net import MindNet
+from model.vocab import ItemVocab
 from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, VectorStore
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
@@ -76,7 +78,10 @@ class Publisher:
         net = ckpt.load_net()
         t = time.perf_counter()
         table = item_table(net)
-        ids = np.arange(1, table.shape[0], dtype=np.int64)
+        vocab = ckpt.vocab()
+        rows = vocab.active_rows(now=time.time(), ttl_s=self.settings.item_ttl_s)  # expired items leave
+        ids = vocab.external(rows)  # the Milvus primary key is the catalogue's item id
+        vectors = table[rows]
         self._timed(report, "export", t)
 
         t = time.perf_counter()
@@ -84,8 +89,10 @@ class Publisher:
             self.store.drop_collection(collection)
         self.store.create_collection(collection, net.cfg.dim)
         groups = self.segments.group(ids) if self.segments is not None else {DEFAULT_SEGMENT: ids}
+        position = {int(i): n for n, i in enumerate(ids.tolist())}
         for part, part_ids in groups.items():
-            report.rows += self.store.insert(collection, part_ids, table[part_ids], version, segment=part)
+            at = np.fromiter((position[int(i)] for i in part_ids), dtype=np.int64, count=len(part_ids))
+            report.rows += self.store.insert(collection, part_ids, vectors[at], version, segment=part)
         self.store.flush(collection)
         self._timed(report, "insert", t)
 
@@ -95,7 +102,7 @@ class Publisher:
         self._timed(report, "index", t)
 
         t = time.perf_counter()
-        self.verify(collection, version, net, table, report, quality)
+        self.verify(collection, version, net, ids, vectors, report, quality, vocab)
         self._timed(report, "verify", t)
 
         t = time.perf_counter()
@@ -118,17 +125,23 @@ class Publisher:
         collection: str,
         version: str,
         net: MindNet,
-        table: np.ndarray,
+        ids: IntArray,
+        vectors: np.ndarray,
         report: PublishReport,
         quality: HeldOut | None,
+        vocab: ItemVocab,
     ) -> None:
-        expected = table.shape[0] - 1
+        """Row count, a probe of random rows (each found by its own vector), then the quality gate:
+        ``quality`` users (external ids) recalled by candidate and live, each with its own tower."""
+        expected = int(ids.shape[0])
+        if expected == 0:
+            raise VerifyError(f"{collection}: no item to publish (every item expired?)")
         count = self.store.count(collection)
         if count != expected:
             raise VerifyError(f"{collection} holds {count} rows, expected {expected}")
         n_probe = min(self.settings.probe_items, expected)
-        probe_ids = np.sort(self.rng.choice(np.arange(1, expected + 1), size=n_probe, replace=False))
-        probe = self.store.probe(collection, probe_ids, table[probe_ids], model_version=version)
+        picked = np.sort(self.rng.choice(expected, size=n_probe, replace=False))
+        probe = self.store.probe(collection, ids[picked], vectors[picked], model_version=version)
         if not probe.ok:
             raise VerifyError(f"probe of {collection} failed: {probe}")
         live = self.store.resolve_alias(self.registry.alias)
@@ -137,11 +150,11 @@ class Publisher:
         live_version = self.registry.version_of(live)
         if live_version is None:
             return
-        live_net = self.registry.checkpoint(live_version).load_net()
-        new = evaluate_model(UserTower(net, version), MilvusSearcher(self.store, collection), quality, top_n=self.top_n)
-        old = evaluate_model(
-            UserTower(live_net, live_version), MilvusSearcher(self.store, live), quality, top_n=self.top_n
-        )
+        live_ckpt = self.registry.checkpoint(live_version)
+        live_tower = UserTower(live_ckpt.load_net(), live_version, vocab=live_ckpt.vocab())
+        new_tower = UserTower(net, version, vocab=vocab)
+        new = evaluate_model(new_tower, MilvusSearcher(self.store, collection), quality, top_n=self.top_n)
+        old = evaluate_model(live_tower, MilvusSearcher(self.store, live), quality, top_n=self.top_n)
         report.quality = {"candidate": new.metrics.recall, "live": old.metrics.recall}
         if new.metrics.recall < old.metrics.recall - self.settings.quality_margin:
             raise VerifyError(

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from model.checkpoint import Checkpoint, Manifest, next_version, open_checkpoint
-from model.data.types import HeldOut, Sequences
+from model.data.types import HeldOut, IntArray, Sequences
 from model.train import Trainer, train
+from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
+from workers.ingest.state_store import StoredClick
 from workers.refresh.metrics import RefreshMetrics
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
@@ -81,9 +83,12 @@ class RefreshWorker:
         reader: StateReader,
         *,
         replay: Sequences | None = None,
+        replay_vocab: ItemVocab | None = None,
         quality: HeldOut | None = None,
         metrics: RefreshMetrics | None = None,
     ) -> None:
+        """``replay``: older users mixed into each round, in the rows of ``replay_vocab`` (default:
+        rows are item ids); ``quality``: held-out users in external item ids for the quality gate."""
         self.settings = settings
         self.cfg = settings.refresh
         self.store = store
@@ -93,6 +98,7 @@ class RefreshWorker:
         self.trigger_path = trigger_file(settings)
         self.segments = SegmentMap(settings.refresh_dir / "segments.sqlite")
         self.replay = replay
+        self.replay_vocab = replay_vocab
         self.quality = quality
         self.metrics = metrics
         self.publisher = Publisher(
@@ -151,26 +157,42 @@ class RefreshWorker:
 
     # -- one round ----------------------------------------------------------------------------
 
-    def training_set(self, users: list[int], item_count: int) -> Sequences:
-        """Touched users' recent histories, oversampled to about half of the users, plus replay.
-
-        The id space grows to the largest item in those histories: they are read after the round's
-        events and may already hold clicks the round has not taken (a later slice of a backlog, or
-        events appended meanwhile), including brand-new items.
-        """
+    def training_set(self, users: list[int], vocab: ItemVocab) -> tuple[Sequences, ItemVocab]:
+        """Touched users' recent histories, oversampled to about half of the users, plus replay, in
+        the rows of the returned vocabulary: ``vocab`` grown by every item of those histories (they
+        are read after the round's events and may hold clicks the round has not taken, including
+        brand-new items)."""
         seqs = [self.reader.history(u, MAX_USER_HISTORY) for u in users]
-        item_count = max([item_count] + [max(s) + 1 for s in seqs if s])
-        fresh = [(u, s) for u, s in zip(users, seqs, strict=True) if len(s) >= self.settings.train.min_clicks]
+        seen = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
+        vocab = vocab.extend(seen, seen_at=time.time())
+        fresh = [(u, vocab.rows(s).tolist()) for u, s in zip(users, seqs, strict=True)]
+        fresh = [(u, s) for u, s in fresh if len(s) >= self.settings.train.min_clicks]
         replay: list[tuple[int, list[int]]] = []
         if self.replay is not None and self.cfg.replay_users:
             n = min(self.cfg.replay_users, self.replay.num_users)
             for i in self.rng.choice(self.replay.num_users, size=n, replace=False).tolist():
-                replay.append((int(self.replay.user_ids[i]), self.replay.sequence(i).tolist()))
+                seq = self.replay.sequence(i)
+                ids = self.replay_vocab.external(seq) if self.replay_vocab is not None else seq
+                known = vocab.rows(ids)
+                replay.append((int(self.replay.user_ids[i]), known[known > 0].tolist()))  # expired items left out
         repeat = max(1, len(replay) // max(len(fresh), 1))
-        rows = fresh * repeat + replay
+        rows = fresh * repeat + [r for r in replay if r[1]]
         if not rows:
             raise ValueError("no user with enough clicks to train on")
-        return Sequences.from_lists([u for u, _ in rows], [s for _, s in rows], item_count=item_count)
+        return Sequences.from_lists([u for u, _ in rows], [s for _, s in rows], item_count=len(vocab)), vocab
+
+    def round_vocab(self, live: Checkpoint, events: list[StoredClick]) -> tuple[ItemVocab, IntArray | None]:
+        """The live vocabulary grown by the round's items, with their clicks recorded; and, when
+        expired rows reached ``compact_share`` of the table, the rows to keep (a compaction)."""
+        now = time.time()
+        items = np.fromiter((e.item_id for e in events), dtype=np.int64, count=len(events))
+        vocab = live.vocab().extend(items, seen_at=now).touch(items, np.full(items.shape[0], now))
+        if self.cfg.item_ttl_s is None:
+            return vocab, None
+        active = vocab.active_rows(now=now, ttl_s=self.cfg.item_ttl_s)
+        if vocab.items - active.shape[0] < self.cfg.compact_share * max(vocab.items, 1):
+            return vocab, None
+        return vocab, active
 
     def run_round(self, *, force: bool = False) -> RoundReport | None:
         with self._publishing():
@@ -198,13 +220,13 @@ class RefreshWorker:
             self.metrics.rounds.inc()
         try:
             t0 = time.perf_counter()
-            item_count = max([live.manifest.item_count] + [e.item_id + 1 for e in events])
-            if self.replay is not None:
-                item_count = max(item_count, self.replay.item_count)
             cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
-            sequences = self.training_set(users, item_count)
-            item_count = sequences.item_count
-            trainer = Trainer(sequences, self.settings.mind, cfg, item_count=item_count, init=live)
+            vocab, keep = self.round_vocab(live, events)
+            if keep is not None:
+                vocab, _ = vocab.compact(keep)
+                log.info("compacting the item table: %d expired rows dropped", live.manifest.item_count - len(vocab))
+            sequences, vocab = self.training_set(users, vocab)
+            trainer = Trainer(sequences, self.settings.mind, cfg, init=live, vocab=vocab, keep_rows=keep)
             self.segments.update((e.item_id, e.segment) for e in events)
             t1 = time.perf_counter()
             self._phase(report, "prepare", t1 - t0)

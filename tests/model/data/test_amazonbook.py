@@ -83,11 +83,33 @@ def test_eval_lines() -> None:
     assert [t.tolist() for t in limited.truths] == [t[:2].tolist() for t in held.truths]
 
 
+def _plain_eval_users() -> dict[int, tuple[list[int], list[int]]]:
+    out = {}
+    with VALID.open() as f:
+        for line in f:
+            toks = [t.split(":") for t in line.split()]
+            user = int(toks[0][1])
+            out[user] = ([int(v) for k, v in toks if k == "hist_item"], [int(v) for k, v in toks if k == "eval_item"])
+    return out
+
+
 def test_load_demo() -> None:
     data = load_amazonbook_demo(DEMO, seed=2026)
-    expected_max = max(max(r[1] for r in _plain_train()), max(_plain_eval_items()))
-    assert data.item_count == expected_max + 1 == 367892
+    train_items = [r[1] for r in _plain_train()]
+    evals = _plain_eval_users()
+    readable = set(train_items) | {i for hist, _ in evals.values() for i in hist}
+    # a row per item the model can learn or read, not one per id up to the largest (367,891)
+    assert data.item_count == len(readable) + 1 == data.vocab.items + 1 < max(train_items)
     assert data.train.item_count == data.item_count
+    assert data.vocab.external(data.train.items).tolist() == train_items  # rows map back to the file's ids
+    for held in (data.valid, data.test):
+        for user, hist, truth in zip(held.user_ids.tolist(), held.histories, held.truths, strict=True):
+            want_hist, want_truth = evals[user]
+            assert data.vocab.external(hist).tolist() == want_hist
+            assert truth.size == len(want_truth)  # |truth| keeps items the model never saw ...
+            unknown = [i for i in want_truth if i not in readable]
+            assert int((truth < 0).sum()) == len(unknown)  # ... as ids no recommendation can hit
+            assert data.vocab.external(truth[truth > 0]).tolist() == [i for i in want_truth if i in readable]
     assert (data.valid.num_users, data.test.num_users) == (249, 250)
     all_users = set(data.valid.user_ids.tolist()) | set(data.test.user_ids.tolist())
     assert len(all_users) == 499
