@@ -128,3 +128,16 @@ def test_recommend_and_evaluate_agree(clustered_seqs: Sequences, tiny_cfg: MindC
     assert all(len(r) == 10 and 0 not in r and len(set(r.tolist())) == 10 for r in recs)
     report = evaluate_model(tower, searcher, held, top_n=10)
     assert report.metrics.users == clustered_seqs.num_users
+    # the metrics of exactly these lists, computed here from the README's definitions
+    recall, ndcg, hits = [], [], []
+    for rec, truth in zip(recs, held.truths, strict=True):
+        wanted = set(np.asarray(truth).tolist())
+        ranks = [rank for rank, item in enumerate(rec.tolist()) if item in wanted]
+        recall.append(len(ranks) / len(wanted))
+        hits.append(bool(ranks))
+        ideal = sum(1 / np.log2(r + 2) for r in range(len(ranks)))
+        ndcg.append(sum(1 / np.log2(r + 2) for r in ranks) / ideal if ranks else 0.0)
+    assert any(hits), "no hit at all: the comparison would not look at ranks"
+    assert report.metrics.recall == pytest.approx(np.mean(recall))
+    assert report.metrics.hitrate == pytest.approx(np.mean(hits))
+    assert report.metrics.ndcg == pytest.approx(np.mean(ndcg))
