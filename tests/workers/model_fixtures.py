@@ -18,7 +18,7 @@ from model.metrics import merge_interests
 from model.net import MindNet
 from workers.infra.vector_store import VectorStore
 
-__all__ = ["TINY", "exact_recall", "publish_tiny", "save_tiny"]
+__all__ = ["TINY", "exact_recall", "exact_recall_of", "publish_tiny", "save_tiny"]
 
 TINY = MindConfig(dim=8, k_max=2, maxlen=5)
 
@@ -53,3 +53,16 @@ def exact_recall(net: MindNet, histories: list[list[int]], top_k: int) -> list[l
     scores = interests @ table.T
     order = np.argsort(-scores, axis=2, kind="stable")[:, :, :top_k]
     return [m.tolist() for m in merge_interests(order + 1, np.take_along_axis(scores, order, axis=2), top_k)]
+
+
+def exact_recall_of(ckpt: Checkpoint, histories: list[list[int]], top_k: int) -> list[list[int]]:
+    """:func:`exact_recall` of a saved version through its item vocabulary: external ids in and out,
+    every item of the version (no TTL), i.e. what a reply naming that version must hold."""
+    vocab = ckpt.vocab()
+    net = ckpt.load_net()
+    interests = UserTower(net, ckpt.manifest.version, vocab=vocab).interests(histories)
+    rows = vocab.active_rows(now=0.0, ttl_s=None)
+    scores = interests @ item_table(net)[rows].T
+    order = np.argsort(-scores, axis=2, kind="stable")[:, :, :top_k]
+    ids = vocab.external(rows)[order]
+    return [m.tolist() for m in merge_interests(ids, np.take_along_axis(scores, order, axis=2), top_k)]

@@ -1,6 +1,7 @@
 """The streaming core end to end on the real embedded broker and Milvus: clicks -> ingest -> refresh
 (train, shadow, verify, swap) -> recall over Kafka. Brand-new items become recallable, and recall
-load keeps answering, error-free and version-consistent, through several swaps."""
+load keeps answering, error-free, through several swaps, each reply exactly the answer of the model
+version it names."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from model.data.types import Sequences
 from model.train import Trainer, train
 from schemas.codec import encode
 from schemas.messages import ClickEvent, RecallReply
+from tests.workers.model_fixtures import exact_recall_of
 from workers.infra.kafka import ensure_topics, make_producer
 from workers.infra.vector_store import VectorStore
 from workers.ingest.metrics import IngestMetrics
@@ -46,6 +48,7 @@ pytestmark = pytest.mark.integration
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)
 TRAIN = TrainConfig(batch_size=32, negatives=16, lr=0.02, seed=5)
 NEW_ITEMS = range(41, 46)
+LOAD_HISTORIES = [[1, 2, 3, 4], [11, 12, 13]]
 
 
 def _base(root: Path) -> tuple[Checkpoint, Sequences]:
@@ -180,10 +183,13 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
     def load() -> None:  # steady recall load through every swap below
         while not load_stop.is_set():
             try:
-                replies.append(stack.client.recall(hist_item=[[1, 2, 3, 4], [11, 12, 13]], top_k=10))
+                replies.append(stack.client.recall(hist_item=LOAD_HISTORIES, top_k=10))
             except Exception as exc:
                 errors.append(repr(exc))
             time.sleep(0.02)
+
+    def replied_by(version: str) -> bool:
+        return any(r.model_version == version for r in list(replies))
 
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
@@ -206,14 +212,24 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
     for n, first_user in ((3, 2000), (4, 3000)):
         stack.produce(_cluster_zero_clicks(first_user, 10, n * 10_000, rng))
         stack.wait_for_live(f"{alias}_v{n}")
-    time.sleep(1.0)  # replies in flight after the last swap
+    deadline = time.monotonic() + 30  # the load has been answered by the last version
+    while not replied_by("v4") and time.monotonic() < deadline and loader.is_alive():
+        time.sleep(0.1)
     load_stop.set()
     loader.join(timeout=30)
 
     assert not errors, errors[:5]
     assert len(replies) > 20
     assert all(len(r.items) == 2 and all(r.items) for r in replies), "an empty reply"
-    assert all(r.collection == f"{alias}_{r.model_version}" for r in replies), "a reply mixed versions"
+    assert all(r.collection == f"{alias}_{r.model_version}" for r in replies), "a reply names a foreign collection"
     seen = [r.model_version for r in replies]
     assert {"v1", "v4"} <= set(seen)
     assert seen == sorted(seen, key=lambda v: int(v[1:])), "versions went backwards"
+    # Never mixed: every reply is exactly the answer of the version it names (user tower and item
+    # vectors of that one checkpoint, brute force in numpy: FLAT search is exact).
+    exact = {
+        version: exact_recall_of(open_checkpoint(stack.settings.models_dir, version), LOAD_HISTORIES, 10)
+        for version in set(seen)
+    }
+    wrong = [(r.model_version, r.items) for r in replies if r.items != exact[r.model_version]]
+    assert not wrong, f"{len(wrong)} of {len(replies)} replies differ from their version's exact answer: {wrong[:2]}"
