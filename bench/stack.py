@@ -127,7 +127,7 @@ def write_base_model(settings: Settings, spec: SyntheticSpec, batches: int) -> d
     began = time.perf_counter()
     root = checkpoint_root(settings, "synthetic")
     data = synthetic_dataset(spec, seed=settings.data.split_seed)
-    trainer = Trainer(data.train, settings.mind, settings.train, item_count=spec.num_items + 1)
+    trainer = Trainer(data.train, settings.mind, settings.train, vocab=data.vocab)
     if batches > 0:
         train(trainer, batches=batches, checkpoint_dir=None)
     trainer.checkpoint(root, {}, best=True)

@@ -17,9 +17,10 @@ from workers.runtime import StopFlag
 
 def held_out_clicks(*sets: HeldOut) -> Iterator[tuple[int, int]]:
     """``(user_id, item_id)`` of every held-out user's whole sequence (history then truth),
-    interleaved across users in order, the way a live stream of many users looks."""
+    interleaved across users in order, the way a live stream of many users looks. Truth items no
+    vocabulary knows (negative placeholders, see :func:`model.vocab.map_truth`) are left out."""
     sequences = [
-        (int(uid), np.concatenate([hist, truth]))
+        (int(uid), (seq := np.concatenate([hist, truth]))[seq > 0])
         for held in sets
         for uid, hist, truth in zip(held.user_ids, held.histories, held.truths, strict=True)
     ]

@@ -21,6 +21,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from model.checkpoint import open_checkpoint
+from model.export import external_heldout
 from workers.infra.kafka import ensure_topics, make_producer
 from workers.infra.milvus_server import open_milvus
 from workers.infra.tansu import open_kafka
@@ -127,14 +128,16 @@ def run_up(settings: Settings, *, rate: float, recall_rate: float, retrain: bool
         producer: Producer = make_producer(conf)
         client = stack.enter_context(RecallClient(kafka, settings.recall, bootstrap=bootstrap))
         replayer = Replayer(producer, kafka.clicks_topic, rate)
-        histories = [h.tolist() for h in dataset.test.histories if len(h)]
+        # the stream and the requests speak the catalogue's item ids, not the model's rows
+        valid, test = (external_heldout(h, dataset.vocab) for h in (dataset.valid, dataset.test))
+        histories = [h.tolist() for h in test.histories if len(h)]
         probe = _RecallProbe(client, histories, recall_rate)
         print_urls(settings)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
         live = threading.Event()
         threads = [
             threading.Thread(
-                target=replayer.run, args=(held_out_clicks(dataset.valid, dataset.test), stop), daemon=True
+                target=replayer.run, args=(held_out_clicks(valid, test), stop), daemon=True
             ),
             threading.Thread(target=probe.run, args=(stop, live), daemon=True),
         ]
