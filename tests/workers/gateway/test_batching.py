@@ -25,10 +25,12 @@ class SlowEngine:
         self.fail_on = fail_on
         self.batches: list[int] = []
         self.lock = threading.Lock()
+        self.entered = threading.Event()  # set when the first batch reaches the engine
 
     def answer(self, requests: Sequence[RecallRequest], started: float | None = None) -> list[Reply]:
         with self.lock:
             self.batches.append(len(requests))
+        self.entered.set()
         time.sleep(self.delay_s)
         if any(r.hist_item and r.hist_item[0][-1] == self.fail_on for r in requests):
             raise RuntimeError("boom: secret detail")
@@ -106,7 +108,7 @@ def test_requests_whose_callers_timed_out_are_not_searched() -> None:
     service = _service(engine, max_batch=8, timeout_s=0.2)
     with ThreadPoolExecutor(max_workers=4) as pool:
         first = pool.submit(service.answer, _request(2))  # occupies the engine for 0.5 s
-        time.sleep(0.05)
+        assert engine.entered.wait(5), "the first request never reached the engine"
         late = [pool.submit(service.answer, _request(n)) for n in (3, 4, 5)]  # queued; give up after 0.2 s
         assert all(f.result()[0] == 504 for f in late)
         assert first.result()[0] == 504  # its own wait (0.2 s) was shorter than the search

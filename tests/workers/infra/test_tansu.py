@@ -63,7 +63,7 @@ def test_start_stop_leaves_no_process(tmp_path: Path) -> None:
         started_in = broker.started_in_s
     assert not broker.running and broker.pid is None
     assert not Path(f"/proc/{pid}").exists(), "the broker process was not reaped"
-    assert started_in is not None and started_in < 5
+    assert started_in is not None and started_in < 60  # a liveness bound (it came up), not a speed claim
     assert "tansu broker" in log.read_text()
     broker.stop()  # idempotent
 

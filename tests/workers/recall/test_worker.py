@@ -229,7 +229,8 @@ def test_client_times_out_without_a_worker(env: Env) -> None:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             client.recall(hist_item=[[1]], timeout=0.5)
-        assert 0.4 < time.monotonic() - started < 2.0
+        # not before its timeout; the upper bound is liveness (the deadline fires), not a speed claim
+        assert 0.4 < time.monotonic() - started < 10.0
         assert client.pending() == 0
 
 
@@ -250,14 +251,18 @@ def test_swap_is_picked_up_and_never_mixes_versions(env: Env) -> None:
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
-    time.sleep(0.5)
+    wait = time.monotonic() + 20
+    while len(seen) < 3 and not errors and time.monotonic() < wait:  # v1 is answering under load
+        time.sleep(0.02)
     version, net = publish(env.store, env.root, env.alias, 160, seed=2)
     env.nets[version] = net
     env.store.drop_collection(f"{env.alias}_v1")  # in-flight batches on v1 must retry on v2
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (seen and seen[-1][1].model_version == "v2"):
         time.sleep(0.05)
-    time.sleep(ALIAS_CHECK_S * 2)
+    first_v2 = len(seen)
+    while time.monotonic() < deadline and len(seen) < first_v2 + 5:  # a few more replies after the swap
+        time.sleep(0.02)
     done.set()
     thread.join(15)
     assert errors == []
