@@ -33,7 +33,7 @@ from workers.settings import HttpSettings, MilvusSettings, Settings
 from ..workers.model_fixtures import exact_recall, publish_tiny
 from . import bad_request_shape, bad_requests, fuzz, huge_request, non_utf8, oracle, requests, truncated
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "fuzz-admin-token"
 JSON_TYPES = ["application/json", "application/json; charset=utf-8", "application/vnd.api+json"]
 OTHER_TYPES = [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"]

@@ -43,7 +43,7 @@ from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
 from ..workers.model_fixtures import exact_recall, publish_tiny
 from . import bad_clicks, bad_requests, clicks, generate, huge_array_click, oracle, requests, simple_clicks
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CLICKS = 300
 REQUESTS = 120
 RESENT = 15

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.required_tools import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
 GRAFANA_DIR = ROOT / "ops" / "grafana"
@@ -33,7 +35,9 @@ SEVERITIES = {"critical", "warning", "info"}
 def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool not on PATH (CI installs it: apt-get install --no-install-recommends prometheus)")
+        missing_tool(
+            "promtool", "promtool not on PATH (CI installs it: apt-get install --no-install-recommends prometheus)"
+        )
     return path
 
 

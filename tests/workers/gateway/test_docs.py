@@ -3,7 +3,8 @@
 A recall made THROUGH Swagger UI ("Try it out" -> body -> Execute) must show item ids, and the page
 must not have requested anything from a non-loopback host. Needs Debian's ``chromium`` and
 ``chromium-driver`` (``apt-get install -y --no-install-recommends chromium chromium-driver``) and
-``selenium``; skipped when they are absent. A screenshot is left at ``/tmp/docs.png``.
+``selenium``; skipped when they are absent, failed when ``.ci/run`` installed them
+(``MINDSTREAM_REQUIRE_TOOLS`` names ``chromium``). A screenshot is left at ``/tmp/docs.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures_milvus import free_port
+from tests.required_tools import missing_tool
 from tests.workers.model_fixtures import exact_recall, publish_tiny
 from workers.gateway.app import create_app
 from workers.infra.vector_store import VectorStore
@@ -33,12 +35,15 @@ from workers.settings import MilvusSettings, Settings
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
+    missing_tool(
+        "chromium",
         "needs /usr/bin/chromium and /usr/bin/chromedriver: "
         "apt-get install -y --no-install-recommends chromium chromium-driver",
-        allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+try:
+    from selenium import webdriver
+except ImportError:
+    missing_tool("chromium", "needs selenium (pip install selenium)")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402

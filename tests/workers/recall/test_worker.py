@@ -38,7 +38,7 @@ from workers.refresh.registry import ModelRegistry
 from workers.runtime import StopFlag
 from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CFG = MindConfig(dim=8, k_max=2, maxlen=5)
 ALIAS_CHECK_S = 0.3
 HISTORIES = [[3, 17, 42], [100, 101, 102, 103, 104, 105, 106], [7]]
