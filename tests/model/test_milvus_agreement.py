@@ -9,8 +9,12 @@ import pytest
 from model.checkpoint import open_checkpoint
 from model.config import MindConfig, TrainConfig
 from model.data.types import HeldOut, Sequences
+from model.evaluate import recommend
+from model.export import UserTower, external_heldout, item_table
+from model.search import ExactSearcher
 from model.train import Trainer, train
-from workers.offline import agreement, evaluate_checkpoint
+from workers.infra.vector_store import MilvusSearcher, VectorStore
+from workers.offline import agreement, eval_collection_name, evaluate_checkpoint, load_into_milvus
 from workers.settings import MilvusSettings, Settings
 
 
@@ -38,3 +42,19 @@ def test_exact_and_milvus_backends_agree(
     assert exact.metrics.users == milvus.metrics.users == clustered_seqs.num_users
     diff = agreement(exact, milvus)
     assert diff["recall"] < 1e-6 and diff["hitrate"] < 1e-6 and diff["ndcg"] < 1e-4
+
+    # Stronger than equal means: every user's list is the same, item for item and in order.
+    net, vocab = ckpt.load_net(), ckpt.vocab()
+    rows = recommend(UserTower(net, "x"), ExactSearcher(item_table(net)), held.histories, 10)
+    collection = eval_collection_name(settings, "tiny_lists", ckpt.manifest.version)
+    with VectorStore(milvus_uri, settings.milvus) as store:
+        load_into_milvus(store, ckpt, collection)
+        try:
+            external = external_heldout(held, vocab)
+            tower = UserTower(net, "x", vocab=vocab)
+            lists = recommend(tower, MilvusSearcher(store, collection), external.histories, 10)
+        finally:
+            store.drop_collection(collection)
+    assert len(lists) == len(rows) == clustered_seqs.num_users
+    for user, (exact_rows, got) in enumerate(zip(rows, lists, strict=True)):
+        assert vocab.external(exact_rows).tolist() == got.tolist(), f"user {user}"
