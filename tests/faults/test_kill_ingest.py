@@ -16,7 +16,7 @@ from workers.infra.kafka import ensure_topics, make_producer
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.settings import KafkaSettings
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 KILLS = kill_points(seed=11, n=5, low=0.05, high=1.2)
 
@@ -77,7 +77,6 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
         ids = [e.event_id for e in events]
         assert len(ids) == len(set(ids)) == total, "an event was applied twice or got lost"
         assert set(ids) == set(produced)
-        assert worker.starts == len(KILLS) + 1
     finally:
         feeding.clear()
         reader.close()

@@ -1,6 +1,8 @@
-"""``kill -9`` of the recall worker at seeded random points under request load: replies keep coming
-after every restart, a request sent while the worker is down is answered after the restart (within
-the client timeout) or times out cleanly, and no reply is ever wrong (exact FLAT top-k of v1)."""
+"""``kill -9`` of the recall worker at seeded random points under request load. The promise: every
+request, sent while the worker was up or while it was down, is answered once the worker is back,
+within the client timeout (a restart takes a few seconds, the timeout is 20 s): a request consumed
+but not answered before a kill is redelivered, because offsets are stored only after the reply. No
+request is lost, none times out, and every reply is the exact FLAT top-k of v1."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from workers.recall.client import RecallClient
 from workers.refresh.registry import ModelRegistry
 from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 ITEMS = 60
 HISTORIES = [[1, 2, 3, 4], [11, 12, 13], [30, 31, 32, 33, 34, 35, 36]]
@@ -34,7 +36,7 @@ KILLS = kill_points(seed=23, n=5, low=0.1, high=1.5)
 class Sent:
     at: float
     future: Future[RecallReply | ErrorReply]
-    outage: bool = False
+    outage: bool = False  # sent right after a kill, while no worker was running
 
 
 def test_recall_kill_9_five_times_replies_resume_and_none_is_wrong(
@@ -100,23 +102,23 @@ def test_recall_kill_9_five_times_replies_resume_and_none_is_wrong(
         finally:
             loading.clear()
             loader.join(10)
+        # every request settles (answered, or failed by the client's own deadline) while the worker runs
+        wait_until(lambda: client.pending() == 0, CLIENT_TIMEOUT_S + 10, "every request to settle")
         assert worker.stop() == 0, worker.tail()
 
         with lock:
             entries = list(sent)
-        answered, timed_out = 0, 0
-        for entry in entries:
-            try:
-                reply = entry.future.result(CLIENT_TIMEOUT_S + 5)
-            except TimeoutError:  # the client deadline (concurrent.futures raises the same class)
-                timed_out += 1
+        t0 = entries[0].at
+        lost: list[str] = []
+        for index, entry in enumerate(entries):  # per request: answered, and answered right
+            error = entry.future.exception(5)  # settled: pending() is 0
+            if error is not None:
+                kind = "outage" if entry.outage else "load"
+                lost.append(f"#{index} ({kind}, sent at +{entry.at - t0:.2f} s): {error!r}")
                 continue
-            assert isinstance(reply, RecallReply), f"error reply: {reply}"
-            assert (reply.model_version, reply.collection) == ("v1", collection)
-            assert reply.items == expected, "a wrong answer"
-            answered += 1
-        # every outage request was answered after the restart (restart << client timeout)
-        assert all(o.future.exception() is None for o in outages), [o.future.exception() for o in outages]
-        assert answered > 5 * len(KILLS) and answered + timed_out == len(entries)
-        assert client.pending() == 0
-    assert worker.starts == len(KILLS) + 1
+            reply = entry.future.result(5)
+            assert isinstance(reply, RecallReply), f"request #{index}: error reply {reply}"
+            assert (reply.model_version, reply.collection) == ("v1", collection), f"request #{index}: {reply}"
+            assert reply.items == expected, f"request #{index}: a wrong answer"
+        assert not lost, f"{len(lost)} of {len(entries)} requests never answered: {lost[:5]}"
+        assert len(outages) == len(KILLS) and len(entries) > 5 * len(KILLS)
