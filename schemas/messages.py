@@ -97,6 +97,9 @@ class RecallReply(WireModel):
     items: list[list[int]]
     scores: list[list[float]]
     model_version: str = Field(description="Version of the model that produced the searched vectors")
+    generation: int = Field(
+        default=0, ge=0, description="Fast-path generation of that version searched (0: the version as built)"
+    )
     collection: str = Field(description="Milvus collection the live alias pointed at")
     took_ms: float = Field(ge=0)
 

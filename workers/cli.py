@@ -136,10 +136,13 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
     from workers.infra.vector_store import VectorStore
     from workers.ingest.state_reader import StateReader
     from workers.offline import load
+    from workers.refresh.fast_path import FastPath
     from workers.refresh.metrics import RefreshMetrics
+    from workers.refresh.state import RefreshState
     from workers.refresh.worker import RefreshWorker
 
     registry = metrics_registry(settings.refresh.metrics_port)
+    metrics = RefreshMetrics(registry)
     dataset = load(settings) if with_data else None
     quality = None
     if dataset is not None:  # the quality gate searches Milvus, which speaks external item ids
@@ -151,7 +154,14 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
         replay=dataset.train if dataset is not None else None,
         replay_vocab=dataset.vocab if dataset is not None else None,
         quality=quality,
-        metrics=RefreshMetrics(registry),
+        metrics=metrics,
+        fast_path=FastPath(  # its own Milvus client and state reader: it runs in a thread of its own
+            settings,
+            VectorStore(uri, settings.milvus),
+            StateReader(settings.state_dir, settings.kafka.clicks_topic),
+            cursor=RefreshState.load(RefreshState.file(settings.refresh_dir)).get_cursor(),
+            metrics=metrics,
+        ),
     )
 
 

@@ -126,6 +126,9 @@ class RefreshSettings(_Section):
     item_ttl_s: float | None = Field(
         None, gt=0, description="An item not clicked for this long leaves the next published version; unset = never"
     )
+    fast_path: bool = Field(True, description="Add new items to the live version between major rounds")
+    fast_path_interval_s: float = Field(1.0, gt=0, description="How often the fast path looks for new items")
+    fast_path_max_events: int = Field(100_000, ge=1, description="Clicks read per fast-path step at most")
     compact_share: float = Field(
         0.25, gt=0, le=1, description="Compact the item table (drop expired rows) once this share of rows expired"
     )

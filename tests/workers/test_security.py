@@ -43,7 +43,15 @@ class FakeStore:
     def resolve_alias(self, alias: str) -> str | None:
         return None
 
-    def search(self, name: str, queries: np.ndarray, top_k: int, *, with_versions: bool = True) -> Any:
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        top_k: int,
+        *,
+        with_versions: bool = True,
+        max_generation: int | None = None,
+    ) -> Any:
         raise AssertionError("no search expected")
 
 

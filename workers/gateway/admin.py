@@ -77,7 +77,7 @@ class Admin:
         self.settings = settings
         self.store = store
         self.registry = registry or ModelRegistry(settings.models_dir, settings.milvus.alias)
-        self.state_path: Path = settings.refresh_dir / "state.json"
+        self.state_path: Path = RefreshState.file(settings.refresh_dir)
         self.segments_path: Path = settings.refresh_dir / "segments.sqlite"
 
     @contextlib.contextmanager

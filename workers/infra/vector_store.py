@@ -171,6 +171,7 @@ class VectorStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX_LEN)
         schema.add_field("segment", DataType.VARCHAR, max_length=255)
+        schema.add_field("generation", DataType.INT64)  # 0: the version's build; >0: fast-path additions
         self._call(f"create {name}", self.client.create_collection, name, schema=schema)
         self.ensure_segment(name, DEFAULT_SEGMENT)
         log.info("created collection %s (dim %d)", name, dim)
@@ -225,8 +226,12 @@ class VectorStore:
         vectors: np.ndarray,
         model_version: str,
         segment: str = DEFAULT_SEGMENT,
+        generation: int = 0,
     ) -> int:
         """Insert rows in batches of ``settings.insert_batch``; return the number inserted.
+
+        ``generation`` tags the rows: 0 for a version's build, ``g > 0`` for rows a fast-path step
+        adds to a live collection (searches at generation ``g' < g`` filter them out).
 
         A batch is retried on transient errors; if a lost reply hid a successful write the
         retry duplicates rows, which the exact :meth:`count` before a swap reveals.
@@ -243,15 +248,19 @@ class VectorStore:
         step = self.settings.insert_batch
         for start in range(0, len(ids), step):
             rows = [
-                {"id": i, "vector": v, "model_version": model_version, "segment": segment}
+                {"id": i, "vector": v, "model_version": model_version, "segment": segment, "generation": generation}
                 for i, v in zip(ids[start : start + step].tolist(), vectors[start : start + step], strict=True)
             ]
             self._call(f"insert into {name}", self.client.insert, name, rows, partition_name=segment)
         log.debug("inserted %d rows into %s/%s", len(ids), name, segment)
         return len(ids)
 
-    def build_index(self, name: str) -> None:
-        """Create the vector index from settings (HNSW M/efConstruction, IVF_FLAT or FLAT)."""
+    def build_index(self, name: str, *, wait: bool = True) -> None:
+        """Create the vector index from settings (HNSW M/efConstruction, IVF_FLAT or FLAT).
+
+        ``wait=False`` returns once the index *exists*: Milvus builds it in the background while
+        unindexed segments are served brute force or by its interim index, so a collection can be
+        loaded and searched at once (what a publish needs), and the index takes over when built."""
         s = self.settings
         params: dict[str, int] = {}
         if s.index_type == "HNSW":
@@ -260,7 +269,7 @@ class VectorStore:
             params = {"nlist": IVF_NLIST}
         index = MilvusClient.prepare_index_params()
         index.add_index("vector", index_type=s.index_type, metric_type=s.metric_type, params=params)
-        self._call(f"index {name}", self.client.create_index, name, index)
+        self._call(f"index {name}", self.client.create_index, name, index, sync=wait)
 
     def flush(self, name: str) -> None:
         self._call(f"flush {name}", self.client.flush, name)
@@ -308,8 +317,10 @@ class VectorStore:
         segments: Sequence[str] | None = None,
         with_versions: bool = True,
         strong: bool = False,
+        max_generation: int | None = None,
     ) -> SearchResult:
-        """Top-``top_k`` items for each query row (nq is chunked into calls of ``MAX_NQ``)."""
+        """Top-``top_k`` items for each query row (nq is chunked into calls of ``MAX_NQ``); with
+        ``max_generation`` only rows of generations ``<= max_generation`` are searched."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2:
             raise ValueError(f"queries must be [nq, dim], got shape {queries.shape}")
@@ -321,6 +332,8 @@ class VectorStore:
         scores = np.full((nq, top_k), pad_score, dtype=np.float32)
         versions: set[str] = set()
         extra: dict[str, Any] = {"consistency_level": "Strong"} if strong else {}
+        if max_generation is not None:
+            extra["filter"] = f"generation <= {int(max_generation)}"
         for start in range(0, nq, MAX_NQ):
             chunk = queries[start : start + MAX_NQ]
             hits_per_query = self._call(
@@ -385,6 +398,18 @@ class VectorStore:
         result = ProbeResult(len(ids), tuple(missing), tuple(mismatched), tuple(wrong_version))
         log.info("probe of %s: %d items, ok=%s", name, len(ids), result.ok)
         return result
+
+    # -- generations (fast-path rows of a live collection) -----------------------------------------
+
+    def has_generations(self, name: str) -> bool:
+        """Whether ``name`` has the ``generation`` field (collections built before it have not)."""
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        return any(f.get("name") == "generation" for f in info.get("fields", []))
+
+    def delete_generations_above(self, name: str, generation: int) -> None:
+        """Delete the rows of generations ``> generation`` (left by a fast-path step that crashed
+        before announcing its generation: searches never saw them)."""
+        self._call(f"delete from {name}", self.client.delete, name, filter=f"generation > {int(generation)}")
 
     # -- aliases --------------------------------------------------------------------------------
 

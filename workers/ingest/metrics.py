@@ -45,6 +45,12 @@ class IngestMetrics:
             "Valid events ignored: event_id already applied",
             registry=registry,
         )
+        self.user_freshness = Histogram(
+            "mindstream_freshness_user_seconds",
+            "User side: a click's Kafka timestamp -> applied to the state store (recall by user_ids sees it)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
+            registry=registry,
+        )
         self.consumer_lag = consumer_lag_gauge(registry)
 
     def on_stats(self, stats_json: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workers.infra.kafka import Conf, ensure_topics, make_consumer, make_producer
 from workers.ingest.batch import reason_category, split_batch
@@ -152,10 +152,20 @@ class IngestWorker:
                 self._consumer.store_offsets(offsets=offsets)
             except KafkaException as exc:  # partition lost meanwhile: its next owner resumes from the state
                 log.warning("could not store offsets: %s", exc)
+        self._observe_freshness(messages, {id(msg) for msg, _ in batch.rejected})
         valid, rejected = batch.valid, len(batch.rejected)
         outcome = BatchOutcome(batch.consumed, valid, rejected, applied, valid - applied)
         self._record(outcome, [reason_category(e) for _, e in batch.rejected], time.perf_counter() - started)
         return outcome
+
+    def _observe_freshness(self, messages: list[Message], rejected: set[int]) -> None:
+        """User-side freshness: each applied click's Kafka timestamp -> durable in the state store,
+        where recall by ``user_ids`` reads it."""
+        now_ms = time.time() * 1000
+        for msg in messages:
+            kind, ts_ms = msg.timestamp()
+            if id(msg) not in rejected and kind != TIMESTAMP_NOT_AVAILABLE and ts_ms > 0:
+                self.metrics.user_freshness.observe(max(now_ms - ts_ms, 0.0) / 1000)
 
     def _record(self, outcome: BatchOutcome, categories: list[str], seconds: float) -> None:
         self.metrics.valid.inc(outcome.valid)

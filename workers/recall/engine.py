@@ -1,7 +1,8 @@
 """Recall logic without Kafka: a micro-batch of requests -> one Milvus search -> one reply per request.
 
 Per batch: the live model is read ONCE (``live.current()``), so every reply of the batch names the
-same ``model_version`` and ``collection`` and all of its users were embedded by that version's tower.
+same ``model_version``, ``generation`` and ``collection``, all of its users were embedded by that
+version's tower, and the search saw exactly the rows of that version up to that generation.
 All users of all requests go into one search (``nq = K x users``, ``top_k`` = the batch's largest);
 each user's ``K`` lists are then merged with its own request's ``top_k``. Merging the top-``N`` lists
 down to ``n <= N`` gives exactly what a search with ``top_k = n`` would have given.
@@ -57,6 +58,10 @@ class ServedModel(Protocol):
     def collection(self) -> str: ...
     @property
     def tower(self) -> Tower: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def max_generation(self) -> int | None: ...
 
 
 class Live(Protocol):
@@ -65,7 +70,13 @@ class Live(Protocol):
 
 class Searcher(Protocol):
     def search(
-        self, name_or_alias: str, queries: np.ndarray, top_k: int, *, with_versions: bool = ...
+        self,
+        name_or_alias: str,
+        queries: np.ndarray,
+        top_k: int,
+        *,
+        with_versions: bool = ...,
+        max_generation: int | None = ...,
     ) -> SearchResult: ...
 
 
@@ -190,6 +201,7 @@ class RecallEngine:
                     items=[i[:cut] for i in items[lo : lo + n]],
                     scores=[s[:cut] for s in scores[lo : lo + n]],
                     model_version=served.version,
+                    generation=served.generation,
                     collection=served.collection,
                     took_ms=took_ms,
                 )
@@ -208,7 +220,9 @@ class RecallEngine:
         if active.size == 0:
             return items, scores
         queries = interests[active].reshape(-1, dim)
-        result = self.store.search(served.collection, queries, top_k, with_versions=False)
+        result = self.store.search(
+            served.collection, queries, top_k, with_versions=False, max_generation=served.max_generation
+        )
         ids = result.ids.reshape(active.size, k, -1)
         signed = result.scores.reshape(active.size, k, -1) * self._sign
         for row, user in enumerate(active.tolist()):

@@ -1,17 +1,20 @@
 """The model a recall worker serves: the live alias, resolved to a collection, plus the user
-tower of the same version. Swaps are picked up by re-resolving the alias; the searched collection
-is always the resolved one (never the alias itself), so a reply can never mix the user vectors of
-one version with the item vectors of another."""
+tower of the same version, at the generation the fast path announced for it. Swaps are picked up
+by re-resolving the alias, generations by re-reading the collection's generation file; the searched
+collection is always the resolved one (never the alias itself) and searches are limited to rows of
+the announced generations, so a reply can never mix the user vectors of one version with the item
+vectors of another, and names exactly the (version, generation) it searched."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from model.export import UserTower
 from workers.infra.vector_store import VectorStore
+from workers.refresh.generations import announced_generation
 from workers.refresh.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,9 @@ class Served:
     collection: str
     tower: UserTower
     since: float  # time.time() when this version became the one served here
+    generation: int = 0  # fast-path generation announced for the collection
+    max_generation: int | None = None  # search filter: None for collections without generations
+    generation_stamp: float = 0.0  # mtime of the generation file read
 
 
 class LiveModel:
@@ -69,13 +75,24 @@ class LiveModel:
             if collection is None:
                 return served  # alias gone (e.g. dropped by an operator): keep serving what we hold
             if served is not None and served.collection == collection:
-                return served
+                return self._with_generation(served)
             version = self._registry.version_of(collection)
             if version is None:
                 log.error("alias %s points at %s, which is not a model collection", self._registry.alias, collection)
                 return served
             ckpt = self._registry.checkpoint(version)
             tower = UserTower(ckpt.load_net(), version, vocab=ckpt.vocab())  # histories are external ids
-            self._served = Served(version, collection, tower, time.time())
-            log.info("serving %s from %s", version, collection)
+            limit = 0 if self._store.has_generations(collection) else None
+            self._served = self._with_generation(Served(version, collection, tower, time.time(), max_generation=limit))
+            log.info("serving %s from %s (generation %d)", version, collection, self._served.generation)
             return self._served
+
+    def _with_generation(self, served: Served) -> Served:
+        """``served`` at the generation announced now (same object when unchanged)."""
+        if served.max_generation is None:
+            return served
+        generation, stamp = announced_generation(self._registry.root, served.collection)
+        if stamp == served.generation_stamp or generation < served.generation:
+            return served  # unchanged (generations never go back for one collection)
+        self._served = replace(served, generation=generation, max_generation=generation, generation_stamp=stamp)
+        return self._served

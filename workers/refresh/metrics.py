@@ -6,7 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-PHASES = ("train", "export", "insert", "index", "verify", "swap")
+PHASES = ("read", "prepare", "train", "export", "index", "insert", "verify", "swap", "fast_path")
+FRESHNESS_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 
 
 class RefreshMetrics:
@@ -43,6 +44,24 @@ class RefreshMetrics:
             registry=registry,
         )
         self.live_age.set_function(self._age)
+        self.new_item_freshness = Histogram(
+            "mindstream_freshness_new_item_seconds",
+            "An item's first click -> the item is recallable in the live version (fast path or major swap)",
+            buckets=FRESHNESS_BUCKETS,
+            registry=registry,
+        )
+        self.click_to_version = Histogram(
+            "mindstream_freshness_click_to_version_seconds",
+            "A click -> included in a trained, published version (a sample of each round's clicks)",
+            buckets=FRESHNESS_BUCKETS,
+            registry=registry,
+        )
+        self.fast_path_items = Counter(
+            "mindstream_fast_path_items_total", "New items added to a live version by the fast path", registry=registry
+        )
+        self.live_generation = Gauge(
+            "mindstream_live_generation", "Announced fast-path generation of the live version", registry=registry
+        )
         self.orphans_dropped = Counter(
             "mindstream_collections_dropped_total", "Orphan or expired collections dropped", registry=registry
         )
@@ -54,6 +73,11 @@ class RefreshMetrics:
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.phase_seconds.labels(phase=phase).observe(seconds)
 
-    def set_live(self, version: str, created_at: float) -> None:
+    def observe_new_items(self, seconds: list[float]) -> None:
+        for value in seconds:
+            self.new_item_freshness.observe(value)
+
+    def set_live(self, version: str, created_at: float, generation: int = 0) -> None:
         self.live_version.set(int(version.lstrip("v")))
         self.live_created.set(created_at)
+        self.live_generation.set(generation)

@@ -1,7 +1,9 @@
 """Publishing a model version to Milvus with the swap discipline (rows keyed by external item id,
 items past the TTL left out):
-shadow ``<alias>_v<N>`` -> insert -> flush -> index -> load -> verify (row count, probe, quality)
--> ``alter_alias`` -> previous kept for rollback -> dropped after the grace period.
+shadow ``<alias>_v<N>`` -> index (created, built in the background) -> load -> insert -> verify
+(row count and probe at Strong consistency, quality) -> ``alter_alias`` -> previous kept for
+rollback -> dropped after the grace period. Nothing waits for what visibility does not need: no
+flush, no synchronous index build.
 
 A failure at any step leaves the alias (live) untouched; the half-built shadow is an orphan that
 the next round's :meth:`Publisher.cleanup` drops. Only one publisher may run per alias."""
@@ -22,6 +24,7 @@ from model.export import UserTower, item_table
 from model.net import MindNet
 from model.vocab import ItemVocab
 from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, VectorStore
+from workers.refresh.generations import Generations
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
 from workers.refresh.state import RefreshState, Superseded
@@ -87,19 +90,22 @@ class Publisher:
         t = time.perf_counter()
         if self.store.has_collection(collection):  # leftover of a crashed round with this version
             self.store.drop_collection(collection)
+        Generations(collection).drop(self.registry.root)  # a rebuilt collection starts at generation 0
+        # Searchable first, filled second: an index must exist before a load, not be built (the
+        # build runs in the background); rows inserted into a loaded collection are searchable
+        # without a flush (Milvus seals and indexes them on its own schedule).
         self.store.create_collection(collection, net.cfg.dim)
+        self.store.build_index(collection, wait=False)
+        self.store.load(collection)
+        self._timed(report, "index", t)
+
+        t = time.perf_counter()
         groups = self.segments.group(ids) if self.segments is not None else {DEFAULT_SEGMENT: ids}
         position = {int(i): n for n, i in enumerate(ids.tolist())}
         for part, part_ids in groups.items():
             at = np.fromiter((position[int(i)] for i in part_ids), dtype=np.int64, count=len(part_ids))
             report.rows += self.store.insert(collection, part_ids, vectors[at], version, segment=part)
-        self.store.flush(collection)
         self._timed(report, "insert", t)
-
-        t = time.perf_counter()
-        self.store.build_index(collection)
-        self.store.load(collection)
-        self._timed(report, "index", t)
 
         t = time.perf_counter()
         self.verify(collection, version, net, ids, vectors, report, quality, vocab)
@@ -177,6 +183,7 @@ class Publisher:
             if name in keep or self.registry.version_of(name) is None or self.store.aliases_of(name):
                 continue
             self.store.drop_collection(name)
+            Generations(name).drop(self.registry.root)
             dropped.append(name)
         state.superseded = [s for s in state.superseded if s.collection not in dropped]
         return dropped

@@ -28,6 +28,11 @@ class RefreshState:
     rounds: int = 0
     swaps: int = 0
 
+    @staticmethod
+    def file(refresh_dir: Path) -> Path:
+        """Where the refresh worker keeps its state."""
+        return refresh_dir / "state.json"
+
     def get_cursor(self) -> Cursor:
         return Cursor.from_json(self.cursor)
 

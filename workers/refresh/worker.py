@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.ingest.state_store import StoredClick
+from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
 from workers.refresh.metrics import RefreshMetrics
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
@@ -36,6 +38,7 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_USER_HISTORY = 200  # clicks per streamed user fed to a refresh
+CLICK_SAMPLE = 200  # clicks per round whose click -> version lag is observed
 
 
 @dataclass
@@ -47,6 +50,7 @@ class RoundReport:
     train_seconds: float = 0.0
     dropped: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # read, prepare, train (publish adds its own)
+    click_to_version_s: list[float] = field(default_factory=list)  # a sample of the round's clicks
 
     def as_dict(self) -> dict[str, Any]:
         p = self.published
@@ -59,6 +63,7 @@ class RoundReport:
             "quality": p.quality if p else {},
             "error": self.error,
             "dropped": self.dropped,
+            "click_to_version_s": [round(x, 3) for x in self.click_to_version_s],
         }
 
 
@@ -86,21 +91,24 @@ class RefreshWorker:
         replay_vocab: ItemVocab | None = None,
         quality: HeldOut | None = None,
         metrics: RefreshMetrics | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         """``replay``: older users mixed into each round, in the rows of ``replay_vocab`` (default:
-        rows are item ids); ``quality``: held-out users in external item ids for the quality gate."""
+        rows are item ids); ``quality``: held-out users in external item ids for the quality gate;
+        ``fast_path``: run between (and during) major rounds by :meth:`run`, in a thread of its own."""
         self.settings = settings
         self.cfg = settings.refresh
         self.store = store
         self.reader = reader
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
-        self.state_path = settings.refresh_dir / "state.json"
+        self.state_path = RefreshState.file(settings.refresh_dir)
         self.trigger_path = trigger_file(settings)
         self.segments = SegmentMap(settings.refresh_dir / "segments.sqlite")
         self.replay = replay
         self.replay_vocab = replay_vocab
         self.quality = quality
         self.metrics = metrics
+        self.fast_path = fast_path
         self.publisher = Publisher(
             store,
             self.registry,
@@ -243,6 +251,7 @@ class RefreshWorker:
             state.rounds += 1
             state.save(self.state_path)  # the cursor stays: the next round retries with these events
             return report
+        self._click_to_version(report, events)
         state.cursor = cursor.to_json()
         state.events_seen += len(events)
         state.rounds += 1
@@ -253,6 +262,19 @@ class RefreshWorker:
             self.metrics.swaps.inc()
             self.metrics.events_trained.inc(len(events))
         return report
+
+    def _click_to_version(self, report: RoundReport, events: list[StoredClick]) -> None:
+        """Click -> live in this version, for a sample of the round's clicks (plausible event times)."""
+        now = time.time()
+        times = np.array([e.ts / 1000.0 for e in events], dtype=np.float64)
+        times = times[np.abs(now - times) <= PLAUSIBLE_CLOCK_SKEW_S]
+        if times.size > CLICK_SAMPLE:
+            times = self.rng.choice(times, size=CLICK_SAMPLE, replace=False)
+        lags = np.maximum(now - times, 0.0)
+        report.click_to_version_s = lags.tolist()
+        if self.metrics:
+            for lag in lags.tolist():
+                self.metrics.click_to_version.observe(lag)
 
     def _phase(self, report: RoundReport, phase: str, seconds: float) -> None:
         report.phases[phase] = round(seconds, 4)
@@ -275,6 +297,29 @@ class RefreshWorker:
         live = self.live_checkpoint()
         if live is not None:
             self._set_live(live)
+        fast = threading.Thread(target=self._fast_loop, args=(stop,), name="fast-path", daemon=True)
+        if self.fast_path is not None:
+            fast.start()
+        try:
+            self._major_loop(stop)
+        finally:
+            if fast.is_alive():
+                fast.join(timeout=30)
+
+    def _fast_loop(self, stop: StopFlag) -> None:
+        """Fast-path steps every ``fast_path_interval_s`` until asked to stop (also during a round)."""
+        assert self.fast_path is not None
+        while not stop.wait(self.cfg.fast_path_interval_s):
+            try:
+                report = self.fast_path.step()
+                if report is not None and self.metrics:
+                    self.metrics.observe_phase("fast_path", report.seconds)
+            except Exception:
+                log.exception("fast-path step failed; the live generation is unchanged, retrying")
+                if self.metrics:
+                    self.metrics.failures.labels(reason="fast_path").inc()
+
+    def _major_loop(self, stop: StopFlag) -> None:
         while not stop.is_set():
             state = RefreshState.load(self.state_path)
             run, forced = self.due(state)

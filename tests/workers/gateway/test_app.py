@@ -156,7 +156,15 @@ def test_user_ids_without_a_history_source_is_400(env: Env) -> None:
 
 def test_internal_errors_never_leak(env: Env) -> None:
     class Broken:
-        def search(self, name_or_alias: str, queries: np.ndarray, top_k: int, *, with_versions: bool = True) -> Any:
+        def search(
+            self,
+            name_or_alias: str,
+            queries: np.ndarray,
+            top_k: int,
+            *,
+            with_versions: bool = True,
+            max_generation: int | None = None,
+        ) -> Any:
             raise RuntimeError("secret internals: connection to 10.1.2.3:19530 password=hunter2")
 
     class BrokenAdmin(Admin):

@@ -41,6 +41,8 @@ class FakeServed:
     version: str
     collection: str
     tower: FakeTower
+    generation: int = 0
+    max_generation: int | None = None
 
 
 @dataclass
@@ -64,7 +66,15 @@ class FakeStore:
     fail: dict[str, Exception] = field(default_factory=dict)
     calls: list[tuple[str, int, int]] = field(default_factory=list)
 
-    def search(self, name: str, queries: np.ndarray, top_k: int, *, with_versions: bool = True) -> SearchResult:
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        top_k: int,
+        *,
+        with_versions: bool = True,
+        max_generation: int | None = None,
+    ) -> SearchResult:
         self.calls.append((name, len(queries), top_k))
         if name in self.fail:
             raise self.fail[name]

@@ -1,0 +1,195 @@
+"""The fast path against the real embedded Milvus: new items recallable without a major round, a
+crash before the announce leaves the live (version, generation) intact and the next step completes
+it, and under recall load through fast-path steps, a major swap and a rollback every reply is
+exactly the answer of the (version, generation) it names."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.checkpoint import Checkpoint, open_checkpoint
+from model.config import MindConfig, TrainConfig
+from model.data.types import Sequences
+from model.export import UserTower
+from model.metrics import merge_interests
+from model.train import Trainer, train
+from schemas.messages import ClickEvent, RecallReply, RecallRequest
+from workers.infra.vector_store import VectorStore
+from workers.ingest.state_reader import Cursor, StateReader
+from workers.ingest.state_store import PartitionStore
+from workers.recall.engine import RecallEngine
+from workers.recall.live_model import LiveModel
+from workers.refresh.fast_path import FastPath
+from workers.refresh.generations import Generations
+from workers.refresh.registry import ModelRegistry
+from workers.refresh.worker import RefreshWorker
+from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+MIND = MindConfig(dim=8, k_max=2, maxlen=6)
+TRAIN = TrainConfig(batch_size=32, negatives=16, lr=0.02, seed=5)
+NEW = [10**13 + 1, 10**13 + 2]
+HISTORY = [1, 2, 3, NEW[0]]  # cluster 0 plus a new item
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> tuple[Checkpoint, Sequences]:
+    rng = np.random.default_rng(0)
+    seqs = [[int(c * 10 + rng.integers(1, 11)) for _ in range(rng.integers(8, 16))] for c in rng.integers(0, 4, 80)]
+    data = Sequences.from_lists(list(range(1, 81)), seqs, item_count=41)
+    train(Trainer(data, MIND, TRAIN), batches=100, checkpoint_dir=tmp_path / "base")
+    return open_checkpoint(tmp_path / "base", "latest"), data
+
+
+@pytest.fixture
+def settings(tmp_path: Path, milvus_uri: str) -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state",
+        mind=MIND,
+        train=TRAIN,
+        eval=EvalSettings(top_n=5),
+        milvus=MilvusSettings(uri=milvus_uri, alias=f"fp_{uuid.uuid4().hex[:10]}", index_type="FLAT"),
+        refresh=RefreshSettings(train_batches=30, replay_users=20, grace_period_s=0, probe_items=5),
+    )
+
+
+def _write_clicks(settings: Settings, first_user: int, items: list[int], seed: int, first_offset: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    events, ts = [], first_offset
+    for user in range(first_user, first_user + 10):
+        for _ in range(8):
+            ts += 1
+            item = int(rng.choice(items)) if rng.random() < 0.5 else int(rng.integers(1, 11))
+            events.append(ClickEvent(event_id=f"e{first_user}-{ts}", user_id=user, item_id=item, ts=ts))
+    part = PartitionStore.open(settings.state_dir, "clicks", 0)
+    part.apply(events, "clicks", 0, last_offset=first_offset + len(events) - 1)
+    part.close()
+
+
+def _exact(store: VectorStore, settings: Settings, reply: RecallReply, top_k: int) -> list[int]:
+    """Brute force over the rows of the reply's collection up to its generation, with its version's tower."""
+    rows = store.client.query(
+        reply.collection,
+        filter=f"generation <= {reply.generation}",
+        output_fields=["id", "vector"],
+        consistency_level="Strong",
+    )
+    ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+    vectors = np.array([r["vector"] for r in rows], dtype=np.float32)
+    ckpt = open_checkpoint(settings.models_dir, reply.model_version)
+    interests = UserTower(ckpt.load_net(), reply.model_version, vocab=ckpt.vocab()).interests([HISTORY])
+    scores = interests @ vectors.T
+    order = np.argsort(-scores, axis=2, kind="stable")[:, :, :top_k]
+    merged = merge_interests(ids[order], np.take_along_axis(scores, order, axis=2), top_k)
+    return merged[0].tolist()
+
+
+def _engine(settings: Settings, store: VectorStore) -> RecallEngine:
+    live = LiveModel(store, ModelRegistry(settings.models_dir, settings.milvus.alias), check_every_s=0.05)
+    return RecallEngine(live, store, None)
+
+
+def _ask(engine: RecallEngine, top_k: int = 42) -> RecallReply:
+    reply = engine.answer([RecallRequest(hist_item=[HISTORY], top_k=top_k)])[0]
+    assert isinstance(reply, RecallReply), reply
+    return reply
+
+
+def test_new_items_recallable_after_a_fast_path_step(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
+        RefreshWorker(settings, store, reader).bootstrap(base[0])
+        engine = _engine(settings, store)
+        before = _ask(engine)
+        assert (before.model_version, before.generation) == ("v1", 0)
+        assert not set(NEW) & set(before.items[0])
+
+        _write_clicks(settings, 1000, NEW, seed=1)
+        report = FastPath(settings, store, reader, cursor=Cursor()).step()
+        assert report is not None and report.generation == 1 and sorted(report.added) == NEW
+        assert Generations.load(settings.models_dir, f"{settings.milvus.alias}_v1").generation == 1
+        assert store.count(f"{settings.milvus.alias}_v1") == 40 + len(NEW)  # added to the live collection
+
+        after = _ask(engine)
+        assert (after.model_version, after.generation) == ("v1", 1)  # no major round
+        assert set(NEW) <= set(after.items[0])  # 42 of 42 items: both new ones are recallable
+        assert after.items[0] == _exact(store, settings, after, 42)
+
+
+def test_crash_before_announce_leaves_live_intact_and_the_next_step_completes_it(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    def crash() -> None:
+        raise SystemExit("killed between insert and announce")
+
+    alias = settings.milvus.alias
+    with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
+        RefreshWorker(settings, store, reader).bootstrap(base[0])
+        engine = _engine(settings, store)
+        _write_clicks(settings, 1000, NEW, seed=1)
+        with pytest.raises(SystemExit):
+            FastPath(settings, store, reader, cursor=Cursor(), before_announce=crash).step()
+        assert store.count(f"{alias}_v1") == 40 + len(NEW)  # the orphan rows exist ...
+        reply = _ask(engine)
+        assert (reply.model_version, reply.generation) == ("v1", 0)  # ... but live is (v1, 0)
+        assert not set(NEW) & set(reply.items[0]) and len(reply.items[0]) == 40
+
+        report = FastPath(settings, store, reader, cursor=Cursor()).step()  # a restarted worker
+        assert report is not None and report.generation == 1
+        assert store.count(f"{alias}_v1") == 40 + len(NEW)  # orphans replaced, nothing duplicated
+        after = _ask(engine)
+        assert (after.model_version, after.generation) == ("v1", 1) and set(NEW) <= set(after.items[0])
+
+
+def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollback(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    alias = settings.milvus.alias
+    with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
+        worker = RefreshWorker(settings, store, reader, replay=base[1])
+        worker.bootstrap(base[0])
+        fast = FastPath(settings, store, reader, cursor=Cursor())
+        engine = _engine(settings, store)
+        replies: list[RecallReply] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                replies.append(_ask(engine, top_k=10))
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        try:
+            _write_clicks(settings, 1000, NEW[:1], seed=1)
+            assert fast.step() is not None  # (v1, 1)
+            _write_clicks(settings, 2000, NEW[1:], seed=2, first_offset=1000)
+            assert fast.step() is not None  # (v1, 2)
+            report = worker.run_round()  # (v2, 0): both items embedded by the major version
+            assert report is not None and report.published is not None and report.published.swapped
+            _write_clicks(settings, 3000, [10**13 + 3], seed=3, first_offset=2000)
+            assert fast.step() is not None  # (v2, 1)
+            target, _ = worker.rollback()  # back to (v1, 2)
+            assert target == f"{alias}_v1"
+            rolled = _ask(engine)
+            while (rolled.model_version, rolled.generation) != ("v1", 2):
+                rolled = _ask(engine)  # the engine picks the rollback up within its check interval
+        finally:
+            stop.set()
+            loader.join(timeout=30)
+        seen = {(r.model_version, r.generation) for r in replies}
+        assert {("v1", 0), ("v1", 2)} <= seen and any(version == "v2" for version, _ in seen), seen
+        exact = {
+            key: _exact(store, settings, next(r for r in replies if (r.model_version, r.generation) == key), 10)
+            for key in seen
+        }
+        wrong = [
+            (r.model_version, r.generation) for r in replies if r.items[0] != exact[(r.model_version, r.generation)]
+        ]
+        assert not wrong, f"{len(wrong)} of {len(replies)} replies differ from their (version, generation): {wrong[:3]}"
