@@ -1,9 +1,12 @@
 """``kill -9`` of the refresh loop (``mindstream refresh``) at seeded random points while clicks keep
-arriving: the live alias always resolves to a complete, loadable collection; after the last restart
-the next round succeeds and every orphan of the killed rounds is gone."""
+arriving: the live alias resolves to a complete, searchable collection right after every kill and
+whenever it is sampled (every ~0.3 s) in between. Then one more round is killed at a fixed point
+(shadow built and indexed, not loaded: ``tests.faults.refresh_crash``), so an orphan certainly exists;
+after the last restart the next round succeeds and that orphan, and any the random kills left, is gone."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,12 +26,13 @@ from tests.faults.conftest import (
     wait_until,
     worker_env,
 )
+from tests.faults.refresh_crash import CRASH_CODE
 from workers.infra.vector_store import VectorStore
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 KILLS = kill_points(seed=7, n=5, low=1.0, high=8.0)  # start-up ~3 s, then a round: train ~1 s, publish ~6-8 s
 
@@ -52,25 +56,37 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
         _, net = save_v1(registry.root, SYNTHETIC_ITEMS)
         publish_live(store, registry, net, "v1")
 
-        def watch() -> None:  # what a recall worker relies on, checked every ~0.3 s throughout
-            query = np.ones((1, 8), dtype=np.float32)
-            while running.is_set():
+        checking = threading.Lock()
+        query = np.ones((1, 8), dtype=np.float32)
+
+        def check_live(when: str) -> None:
+            """What a recall worker relies on: the alias names a complete collection of a saved version."""
+            with checking:
                 try:
                     live = store.resolve_alias(names.alias)
                     version = registry.version_of(live or "")
                     if live is None or version is None:
-                        violations.append(f"alias resolves to {live}")
-                        continue
+                        violations.append(f"{when}: alias resolves to {live}")
+                        return
                     seen.add(version)
                     rows = registry.checkpoint(version).manifest.item_count - 1
                     if store.count(live) != rows:
-                        violations.append(f"{live} is incomplete")
+                        violations.append(f"{when}: {live} is incomplete")
                     hits = store.search(live, query, 5)
                     if not (hits.ids > 0).all() or hits.model_versions != {version}:
-                        violations.append(f"{live} answered {hits}")
+                        violations.append(f"{when}: {live} answered {hits}")
                 except Exception as exc:  # the collection vanished under the alias, ...
-                    violations.append(repr(exc))
+                    violations.append(f"{when}: {exc!r}")
+
+        def watch() -> None:  # sampled every ~0.3 s throughout, besides the checks right after each kill
+            while running.is_set():
+                check_live("sampled")
                 time.sleep(0.3)
+
+        def orphans() -> set[str]:
+            live = store.resolve_alias(names.alias)
+            recorded = {s.collection for s in RefreshState.load(state / "refresh" / "state.json").superseded}
+            return set(store.list_collections(names.alias + "_v")) - {live} - recorded
 
         def feed() -> None:
             while running.is_set():
@@ -81,16 +97,26 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
         try:
             for thread in threads:
                 thread.start()
-            for delay in KILLS:
+            for n, delay in enumerate(KILLS, start=1):
                 worker.start()
                 time.sleep(delay)
                 worker.assert_alive()
                 worker.kill9()
+                check_live(f"right after kill {n}")  # the state a kill leaves is the one that matters
+
+            # A round killed at a known point: its shadow is flushed and indexed, never loaded or aliased.
+            crash_env = {**worker.env, "MINDSTREAM_FAULT_CRASH_AT": "index"}
+            argv = [sys.executable, "-m", "tests.faults.refresh_crash", "refresh"]
+            crashing = Worker(argv, crash_env, worker.log_path)
+            workers.append(crashing)
+            assert crashing.start().wait(120) == CRASH_CODE, crashing.tail()
+            check_live("after the round killed before load")
+            left = orphans()
+            assert left, "the round killed after its index build left no shadow behind"
             running.clear()
             for thread in threads:
                 thread.join(10)
             assert not violations, violations[:5]
-            assert len(registry.versions()) >= 3, "the kills should interrupt rounds, not only start-ups"
 
             before = max(version_number(v) for v in seen)
             worker.start()
@@ -103,8 +129,14 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
                 90,
                 f"a successful round after the last restart ({worker.tail()})",
             )
-            saved = RefreshState.load(state / "refresh" / "state.json")
+            # alter_alias comes before the state write: wait for the round's state (cursor at the end)
+            saved = wait_until(
+                lambda: (s := RefreshState.load(state / "refresh" / "state.json")).events_seen == feeder.total and s,
+                30,
+                "the round's refresh state",
+            )
             kept = {final} | {s.collection for s in saved.superseded}
+            assert not left & set(store.list_collections(names.alias + "_v")), f"the orphans {left} survived"
             assert set(store.list_collections(names.alias + "_v")) <= kept, "orphans survived the round"
             assert saved.events_seen == feeder.total, "events lost or counted twice by the refresh cursor"
             assert worker.stop() == 0, worker.tail()
