@@ -280,6 +280,23 @@ class LiveStack:
         except Exception:
             return None
 
+    def generation(self, collection: str) -> int:
+        """The fast-path generation announced for ``collection`` (0 when none)."""
+        from workers.refresh.generations import announced_generation
+
+        return announced_generation(self.settings.models_dir, collection)[0]
+
+    def live_created_at(self, collection: str) -> float | None:
+        """When the model version served from ``collection`` was built (its checkpoint manifest)."""
+        from workers.refresh.registry import ModelRegistry
+
+        registry = ModelRegistry(self.settings.models_dir, self.alias)
+        version = registry.version_of(collection)
+        try:
+            return registry.checkpoint(version).manifest.created_at if version else None
+        except FileNotFoundError:
+            return None
+
     def trigger_refresh(self) -> None:
         """What ``mindstream refresh --now`` does: the running loop starts a round on its next poll."""
         path = self.settings.refresh_dir / "trigger"
@@ -387,6 +404,7 @@ class ClickStreamer:
         self.born: dict[int, float] = {}
         self.first_click: dict[int, float] = {}
         self.clickers: dict[int, list[int]] = {}
+        self.last_click: tuple[int, int, float] | None = None  # (user, item, time.time() when produced)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="click-streamer", daemon=True)
@@ -446,5 +464,6 @@ class ClickStreamer:
                     except BufferError:
                         producer.poll(0.01)
                 self.sent += 1
+                self.last_click = (user, item, time.time())
             producer.poll(0)
         producer.flush(10)

@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-PHASES = ("read", "prepare", "train", "export", "index", "insert", "verify", "swap", "fast_path")
+PHASES = ("read", "prepare", "train", "export", "index", "insert", "verify", "swap", "seal", "fast_path")
 FRESHNESS_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 
 

@@ -2,8 +2,9 @@
 items past the TTL left out):
 shadow ``<alias>_v<N>`` -> index (created, built in the background) -> load -> insert -> verify
 (row count and probe at Strong consistency, quality) -> ``alter_alias`` -> previous kept for
-rollback -> dropped after the grace period. Nothing waits for what visibility does not need: no
-flush, no synchronous index build.
+rollback -> dropped after the grace period -> flush (after the swap, so the index is built over
+sealed segments in the background). Nothing before the swap waits for what visibility does not
+need: no flush, no synchronous index build.
 
 A failure at any step leaves the alias (live) untouched; the half-built shadow is an orphan that
 the next round's :meth:`Publisher.cleanup` drops. Only one publisher may run per alias."""
@@ -117,6 +118,10 @@ class Publisher:
         if report.previous and report.previous != collection:
             state.superseded.append(Superseded(report.previous, time.time()))
         self._timed(report, "swap", t)
+
+        t = time.perf_counter()
+        self.store.flush(collection)  # after the swap: seals the rows so the index builds over them
+        self._timed(report, "seal", t)
         log.info(
             "swapped %s -> %s (previous %s) %s",
             self.registry.alias,
