@@ -43,7 +43,8 @@ def emit(name: str, payload: dict[str, Any]) -> None:
 
 def index_and_load(store: VectorStore, name: str, poll_s: float = 0.2) -> None:
     """Build the index of a flushed collection, wait until every row is indexed, load it."""
-    store.build_index(name)
+    rows = int(store.client.get_collection_stats(name).get("row_count", 0))  # flushed: exact
+    store.build_index(name, rows=rows)
     while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
         time.sleep(poll_s)
     store.load(name)

@@ -89,7 +89,7 @@ def load_into_milvus(store: VectorStore, ckpt: Checkpoint, collection: str) -> f
     for batch in iter_item_vectors(net, ckpt.manifest.version, batch_size=store.settings.insert_batch, vocab=vocab):
         store.insert(collection, batch.ids, batch.vectors, batch.model_version)
     store.flush(collection)
-    store.build_index(collection)
+    store.build_index(collection, rows=ckpt.manifest.item_count - 1)
     store.load(collection)
     return time.perf_counter() - began
 

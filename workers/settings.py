@@ -26,7 +26,10 @@ class MilvusSettings(_Section):
     embedded_host: str = "127.0.0.1"
     embedded_port: int = Field(19530, ge=1, le=65535)
     alias: str = Field("mindstream_items", description="Alias the recall side searches (the live collection)")
-    index_type: Literal["HNSW", "IVF_FLAT", "FLAT"] = "HNSW"
+    index_type: Literal["AUTO", "HNSW", "IVF_FLAT", "FLAT"] = Field(
+        "AUTO", description="AUTO: FLAT up to flat_max_items (exact), IVF_FLAT above (README: Index choice)"
+    )
+    flat_max_items: int = Field(50_000, ge=0, description="AUTO picks FLAT (exact search) up to this many items")
     metric_type: Literal["IP", "COSINE", "L2"] = "IP"
     hnsw_m: int = Field(16, ge=2)
     hnsw_ef_construction: int = Field(200, ge=8)
@@ -54,6 +57,19 @@ class KafkaSettings(_Section):
     replies_topic: str = "recall.replies"
     ingest_group: str = "mindstream-ingest"
     recall_group: str = "mindstream-recall"
+    topic_generation_s: float | None = Field(
+        None,
+        gt=0,
+        description="Embedded broker only: requests and private reply topics rotate to a fresh generation "
+        "(<topic>.g<N>, N = epoch seconds // this) and drained generations are deleted, because Tansu's fetch "
+        "cost grows with the batches a partition stores and only DeleteTopics frees them; unset = fixed topics",
+    )
+    embedded_topic_generation_s: float = Field(
+        20.0, gt=0, description="topic_generation_s that `mindstream up` and the benchmarks set for the embedded broker"
+    )
+    generation_grace_s: float = Field(
+        3.0, gt=0, description="A retired generation is deleted this long after the last deadline it can serve"
+    )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, str | int]:
         """librdkafka's dotted keys for producers, consumers and admin clients."""
@@ -157,6 +173,25 @@ class RecallSettings(_Section):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
+class StreamSettings(_Section):
+    """What ``mindstream up`` feeds the live system: the held-out replay, then a continuous stream."""
+
+    rate: float = Field(200.0, gt=0, description="Clicks per second sent into the clicks topic")
+    recall_rate: float = Field(20.0, ge=0, description="Recall requests per second over Kafka alongside")
+    http_rate: float = Field(0.0, ge=0, description="Recall requests per second over HTTP alongside")
+    new_items_per_s: float = Field(0.5, ge=0, description="Brand-new items born per second in the continuous stream")
+    drift_per_s: float = Field(0.02, ge=0, description="Share of users whose current interest moves, per second")
+    burst_every_s: float = Field(120.0, gt=0, description="Mean seconds between bursts (one item suddenly popular)")
+    burst_s: float = Field(10.0, gt=0, description="How long a burst lasts")
+    burst_share: float = Field(0.2, ge=0, le=1, description="Share of clicks going to the bursting item")
+    users: int = Field(5000, ge=1, description="Users of the continuous stream (ids past the data set's users)")
+    seed: int = 7
+    linger_ms: int = Field(
+        50, ge=0, description="Producer linger of the stream: a few large batches instead of many small ones"
+    )
+    window_s: float = Field(60.0, gt=0, description="The progress line's freshness and latency cover this window")
+
+
 class HttpSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway (loopback unless told otherwise)")
     port: int = Field(8000, ge=1, le=65535)
@@ -182,6 +217,7 @@ class Settings(BaseSettings):
     refresh: RefreshSettings = RefreshSettings()
     recall: RecallSettings = RecallSettings()
     http: HttpSettings = HttpSettings()
+    stream: StreamSettings = StreamSettings()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -203,3 +239,8 @@ class Settings(BaseSettings):
     @property
     def refresh_dir(self) -> Path:
         return self.state_dir / "refresh"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where ``mindstream up`` keeps the local stack's admin token (mode 0600)."""
+        return self.state_dir / "admin-token"

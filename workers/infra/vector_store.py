@@ -142,6 +142,7 @@ class VectorStore:
 
     def __init__(self, uri: str, settings: MilvusSettings, client: MilvusClient | None = None) -> None:
         self.settings = settings
+        self._kinds: dict[str, str] = {}  # collection -> index type (search parameters follow it)
         token = settings.token.get_secret_value() if settings.token else ""
         self.client = client or with_retry(
             lambda: MilvusClient(uri=uri, token=token, timeout=settings.timeout_s), f"connect to {uri}"
@@ -193,6 +194,7 @@ class VectorStore:
         if aliases:
             raise AliasedCollectionError(f"collection {name} is still the target of alias(es) {aliases}")
         self._call(f"drop {name}", self.client.drop_collection, name)
+        self._kinds.pop(name, None)
         log.info("dropped collection %s", name)
 
     # -- segments (partitions) ------------------------------------------------------------------
@@ -255,21 +257,41 @@ class VectorStore:
         log.debug("inserted %d rows into %s/%s", len(ids), name, segment)
         return len(ids)
 
-    def build_index(self, name: str, *, wait: bool = True) -> None:
-        """Create the vector index from settings (HNSW M/efConstruction, IVF_FLAT or FLAT).
+    def index_kind(self, rows: int) -> str:
+        """The index a collection of ``rows`` items gets: the configured one, or for AUTO exact FLAT up
+        to ``flat_max_items`` and IVF_FLAT above (measured in the README's Index choice)."""
+        kind = self.settings.index_type
+        if kind != "AUTO":
+            return kind
+        return "FLAT" if rows <= self.settings.flat_max_items else "IVF_FLAT"
+
+    def build_index(self, name: str, *, wait: bool = True, rows: int = 0) -> None:
+        """Create the vector index for a collection of ``rows`` items (:meth:`index_kind`; HNSW takes
+        M/efConstruction from settings).
 
         ``wait=False`` returns once the index *exists*: Milvus builds it in the background while
         unindexed segments are served brute force or by its interim index, so a collection can be
         loaded and searched at once (what a publish needs), and the index takes over when built."""
         s = self.settings
+        kind = self.index_kind(rows)
         params: dict[str, int] = {}
-        if s.index_type == "HNSW":
+        if kind == "HNSW":
             params = {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}
-        elif s.index_type == "IVF_FLAT":
+        elif kind == "IVF_FLAT":
             params = {"nlist": IVF_NLIST}
         index = MilvusClient.prepare_index_params()
-        index.add_index("vector", index_type=s.index_type, metric_type=s.metric_type, params=params)
+        index.add_index("vector", index_type=kind, metric_type=s.metric_type, params=params)
         self._call(f"index {name}", self.client.create_index, name, index, sync=wait)
+        self._kinds[name] = kind
+
+    def _kind_of(self, name: str) -> str:
+        """The index type of collection ``name`` (cached; read from Milvus once). Callers that search
+        through an alias should pass the resolved collection, as the recall engine does."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            info = self._call(f"describe index of {name}", self.client.describe_index, name, "vector")
+            kind = self._kinds[name] = str((info or {}).get("index_type") or "FLAT")
+        return kind
 
     def flush(self, name: str) -> None:
         self._call(f"flush {name}", self.client.flush, name)
@@ -300,12 +322,12 @@ class VectorStore:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def _search_params(self, top_k: int) -> dict[str, Any]:
+    def _search_params(self, top_k: int, kind: str) -> dict[str, Any]:
         s = self.settings
         params: dict[str, int] = {}
-        if s.index_type == "HNSW":
+        if kind == "HNSW":
             params = {"ef": max(s.search_ef, top_k)}
-        elif s.index_type == "IVF_FLAT":
+        elif kind == "IVF_FLAT":
             params = {"nprobe": IVF_NPROBE}
         return {"metric_type": s.metric_type, "params": params}
 
@@ -343,7 +365,7 @@ class VectorStore:
                 data=list(chunk),
                 limit=top_k,
                 output_fields=["model_version"] if with_versions else [],
-                search_params=self._search_params(top_k),
+                search_params=self._search_params(top_k, self._kind_of(name_or_alias)),
                 partition_names=list(segments) if segments else None,
                 **extra,
             )
@@ -383,7 +405,7 @@ class VectorStore:
             filter=f"id in {id_list}",
             limit=len(ids),
             output_fields=["model_version"],
-            search_params=self._search_params(len(ids)),
+            search_params=self._search_params(len(ids), self._kind_of(name)),
             consistency_level="Strong",
         )
         missing, mismatched, wrong_version = [], [], []

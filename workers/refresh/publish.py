@@ -96,7 +96,7 @@ class Publisher:
         # build runs in the background); rows inserted into a loaded collection are searchable
         # without a flush (Milvus seals and indexes them on its own schedule).
         self.store.create_collection(collection, net.cfg.dim)
-        self.store.build_index(collection, wait=False)
+        self.store.build_index(collection, wait=False, rows=int(ids.shape[0]))
         self.store.load(collection)
         self._timed(report, "index", t)
 
