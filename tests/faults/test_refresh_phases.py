@@ -1,4 +1,4 @@
-"""The refresh worker killed (``os._exit(137)``, no clean-up) in each phase of a round: live stays on
+"""The refresh worker killed (``os._exit(137)``, no clean-up) at each crash point of a round: live stays on
 the previous complete collection and keeps answering searches; the next round drops the orphan the
 crash left behind; a normal round afterwards swaps. A crash right after ``alter_alias`` leaves the
 new, complete collection live and the previous one still available for rollback."""
@@ -26,11 +26,13 @@ from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
-# "export" and "swap before alter_alias" leave the states of "insert" and "verify"; the swap phase is
-# covered by "after-swap" (alter_alias done, state not written), the one that needs care
-BEFORE_SWAP = ("train", "insert", "index", "verify")
+# Every crash point before ``alter_alias``; each leaves a different state: "train" nothing, "export" a
+# checkpoint v<N+1> without any collection, "insert" a half-filled shadow, "index" an indexed shadow
+# not loaded, "verify" a loaded shadow, "swap" a verified shadow. "after-swap" (alter_alias done, the
+# refresh state not written) is tested on its own below.
+BEFORE_SWAP = ("train", "export", "insert", "index", "verify", "swap")
 
 
 def _complete_and_searchable(store: VectorStore, registry: ModelRegistry, collection: str) -> None:
@@ -68,14 +70,19 @@ def test_refresh_crash_in_each_phase_leaves_live_untouched_and_next_round_cleans
         orphans: set[str] = set()
         for phase in BEFORE_SWAP:
             feeder.feed()
+            versions_before = set(registry.versions())
             assert _round(worker, phase) == CRASH_CODE, worker.tail()
+            written = set(registry.versions()) - versions_before
+            assert len(written) == (0 if phase == "train" else 1), (phase, written)  # the checkpoint of the round
             assert f"FAULT: crashing at {phase}" in worker.tail(2000)
             assert store.resolve_alias(names.alias) == live, f"crash in {phase} moved the alias"
             _complete_and_searchable(store, registry, live)
             left = set(store.list_collections(names.alias + "_v")) - {live}
             assert not orphans & left, f"the round crashing in {phase} did not drop {orphans & left}"
             assert len(left) <= 1  # at most the shadow of this crash (train and export create none)
-            assert (len(left) == 1) == (phase != "train"), (phase, left)
+            assert (len(left) == 1) == (phase not in ("train", "export")), (phase, left)
+            if left:
+                assert {registry.version_of(name) for name in left} == written, (phase, left, written)
             orphans = left
             assert RefreshState.load(state_path).events_seen == 0, "a crashed round advanced the cursor"
 
