@@ -32,7 +32,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "batches", None):
         updates["train"] = base.train.model_copy(update={"batches": args.batches})
     if getattr(args, "dataset", None):
-        updates["data"] = base.data.model_copy(update={"dataset": args.dataset})
+        updates["data"] = base.data.model_copy(update={"dataset": args.dataset, "path": None})
+    if getattr(args, "data", None):
+        updates["data"] = base.data.model_copy(update={"path": Path(args.data)})
     return base.model_copy(update=updates)
 
 
@@ -47,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from workers.offline import load, reusable_checkpoint, run_train
 
     settings = _settings(args)
-    reused = None if args.retrain or args.resume else reusable_checkpoint(settings, settings.data.dataset)
+    reused = None if args.retrain or args.resume else reusable_checkpoint(settings, settings.data.name)
     if reused is not None:
         log.info("reusing %s (pass --retrain to train again)", reused["reused"])
         _print(reused)
@@ -80,7 +82,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from workers.offline import run_export
 
     settings = _settings(args)
-    _print(run_export(settings, dataset_name=settings.data.dataset, which=args.checkpoint, out=Path(args.out)))
+    _print(run_export(settings, dataset_name=settings.data.name, which=args.checkpoint, out=Path(args.out)))
     return 0
 
 
@@ -182,7 +184,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     with open_milvus(settings.milvus, settings.milvus_dir) as uri:
         worker = _refresh_worker(settings, uri, with_data=True)
         try:
-            base_root = checkpoint_root(settings, settings.data.dataset)
+            base_root = checkpoint_root(settings, settings.data.name)
             base = open_checkpoint(base_root, "best") if (base_root / "BEST").exists() else None
             boot = worker.bootstrap(base)
             if boot is not None:
@@ -216,8 +218,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from workers.up import run_up
 
     settings = _settings(args)
+    stream = settings.stream
     return run_up(
-        settings, rate=args.rate, recall_rate=args.recall_rate, retrain=args.retrain, duration_s=args.duration
+        settings,
+        rate=stream.rate if args.rate is None else args.rate,
+        recall_rate=stream.recall_rate if args.recall_rate is None else args.recall_rate,
+        http_rate=stream.http_rate if args.http_rate is None else args.http_rate,
+        new_items_per_s=args.new_items_per_s,
+        replay=not args.no_replay,
+        retrain=args.retrain,
+        duration_s=args.duration,
     )
 
 
@@ -250,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = ["ml-100k", "amazonbook-demo", "synthetic"]
     p = add("train", cmd_train, "Train MIND and write checkpoints (best kept by validation Recall@N)")
     p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--data", metavar="PATH", help="your own data: a PaddleRec-format directory or a CSV/TSV log")
     p.add_argument("--batches", type=int, help="sampled batches to train (default from settings)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--retrain", action="store_true", help="train even if a best checkpoint exists (default: reuse)")
@@ -257,17 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", cmd_evaluate, "Recall@N / NDCG@N / HitRate@N of a checkpoint, with MostPopular")
     p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--data", metavar="PATH", help="your own data: a PaddleRec-format directory or a CSV/TSV log")
     p.add_argument("--checkpoint", default="best", help="best, latest or a version v<N>")
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--backend", choices=["exact", "milvus", "both"])
 
     p = add("export", cmd_export, "Write a checkpoint's item vectors (ids, vectors, version) to .npz")
     p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--data", metavar="PATH", help="your own data: a PaddleRec-format directory or a CSV/TSV log")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--out", required=True, help="output .npz path")
 
     p = add("demo", cmd_demo, "Get the data, train (or reuse), evaluate with exact search and Milvus")
     p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--data", metavar="PATH", help="your own data: a PaddleRec-format directory or a CSV/TSV log")
     p.add_argument("--batches", type=int)
     p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
 
@@ -286,10 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "Run the whole live system on embedded defaults and replay clicks into it")
     p.add_argument("--dataset", choices=datasets)
+    p.add_argument("--data", metavar="PATH", help="your own data: a PaddleRec-format directory or a CSV/TSV log")
     p.add_argument("--batches", type=int, help="training batches of the first model")
-    p.add_argument("--rate", type=float, default=200.0, help="replayed clicks per second")
-    p.add_argument("--recall-rate", type=float, default=20.0, help="recall requests per second alongside")
-    p.add_argument("--retrain", action="store_true", help="train the first model even if one exists")
+    p.add_argument("--rate", type=float, help="clicks per second (default: settings.stream.rate)")
+    p.add_argument("--recall-rate", type=float, help="recall requests/s over Kafka (default: settings.stream)")
+    p.add_argument("--http-rate", type=float, help="recall requests/s over HTTP (default: settings.stream)")
+    p.add_argument("--new-items-per-s", type=float, help="new items born per second in the continuous stream")
+    p.add_argument("--no-replay", action="store_true", help="skip the held-out replay: the continuous stream at once")
+    p.add_argument("--retrain", action="store_true", help="train the first model again")
     p.add_argument("--duration", type=float, help="stop by itself after this many seconds")
 
     add("down", cmd_down, "Stop a running 'mindstream up' (same state directory)")

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.config import MindConfig, TrainConfig
 from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
+from model.data.custom import dataset_name, load_path
 
 
 class _Section(BaseModel):
@@ -109,8 +110,19 @@ class DataSettings(_Section):
     core: int = Field(5, ge=1, description="k-core filter for MovieLens (items >= k, then users >= k)")
     history_share: float = Field(0.8, gt=0, lt=1, description="Held-out users: share of clicks used as history")
 
+    path: Path | None = Field(
+        None, description="Your own data: a PaddleRec-format directory or a CSV/TSV log (overrides dataset)"
+    )
+
+    @property
+    def name(self) -> str:
+        """The configured data set's name (checkpoints live under ``<checkpoints>/<name>``)."""
+        return dataset_name(self.path) if self.path is not None else self.dataset
+
     def load(self, name: str | None = None) -> Dataset:
-        """Load ``name`` (default: the configured data set) with these split parameters."""
+        """Load ``name`` (default: the configured data set, or ``path``) with these split parameters."""
+        if name is None and self.path is not None:
+            return load_path(self.path, seed=self.split_seed, core=self.core, history_share=self.history_share)
         return load_dataset(
             name or self.dataset,
             split_seed=self.split_seed,

@@ -2,35 +2,42 @@
 
 Embedded Tansu broker + embedded Milvus (or the configured external ones) -> first model trained
 (or reused) -> ingest, refresh, recall and HTTP gateway workers as supervised processes -> held-out
-users' clicks replayed as a live stream, with recall requests alongside -> a progress line.
+users' clicks replayed as a live stream, then a continuous stream over the same catalogue (drifting
+users, new items, bursts: ``workers.stream``), with recall requests alongside -> a progress line.
 Ctrl-C (or ``mindstream down``) stops everything; the state directory is kept for the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Producer
+import numpy as np
 
 from model.checkpoint import open_checkpoint
+from model.data.types import Dataset, IntArray
 from model.export import external_heldout
-from workers.infra.kafka import ensure_topics, make_producer
+from workers.infra.kafka import ensure_topics
 from workers.infra.milvus_server import open_milvus
 from workers.infra.tansu import open_kafka
 from workers.offline import checkpoint_root, load, run_train
 from workers.recall.client import RecallClient
-from workers.replay import Replayer, held_out_clicks
+from workers.replay import held_out_clicks
 from workers.runtime import StopFlag, stop_on_signals
 from workers.settings import Settings
-from workers.status import quantile, scrape
+from workers.status import Buckets, quantile, scrape, scrape_histograms, window_quantile
+from workers.stream import ClickStream, StreamSender, chunks_of
 from workers.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,9 @@ def _child_env(settings: Settings, bootstrap: str, milvus_uri: str) -> dict[str,
     env["MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
     env["MINDSTREAM_MILVUS__URI"] = milvus_uri
     env["MINDSTREAM_STATE_DIR"] = str(settings.state_dir.resolve())
+    env["MINDSTREAM_DATA__DATASET"] = settings.data.dataset  # the workers serve the data set up trained on
+    if settings.data.path is not None:
+        env["MINDSTREAM_DATA__PATH"] = str(settings.data.path.resolve())
     for name, port in METRICS_PORTS.items():
         env.setdefault(f"MINDSTREAM_{name.upper()}__METRICS_PORT", str(port))
     return env
@@ -58,16 +68,34 @@ def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
     return [Child(name, [name], env, logs / f"{name}.log") for name in names]
 
 
-class _RecallProbe:
-    """Sends recall requests for replayed users at a steady rate and keeps recent latencies."""
+class _Latencies:
+    """Recent latencies (ms) with their time, errors counted; ``window(s)`` = what the last s seconds saw."""
 
-    def __init__(self, client: RecallClient, histories: list[list[int]], rate: float) -> None:
-        self.client = client
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=200_000)
+        self.errors: deque[float] = deque(maxlen=200_000)
+        self.versions: set[str] = set()
+
+    def ok(self, ms: float, version: str) -> None:
+        self.samples.append((time.monotonic(), ms))
+        self.versions.add(version)
+
+    def error(self) -> None:
+        self.errors.append(time.monotonic())
+
+    def window(self, seconds: float) -> tuple[list[float], int]:
+        since = time.monotonic() - seconds
+        return [ms for t, ms in list(self.samples) if t >= since], sum(1 for t in list(self.errors) if t >= since)
+
+
+class _RecallProbe:
+    """Sends recall requests (over Kafka, or over HTTP) for replayed users' histories at a steady rate."""
+
+    def __init__(self, send: Callable[[list[int]], str], histories: list[list[int]], rate: float) -> None:
+        self.send = send
         self.histories = histories
         self.rate = rate
-        self.latencies: deque[float] = deque(maxlen=2000)
-        self.errors = 0
-        self.versions: set[str] = set()
+        self.latencies = _Latencies()
 
     def run(self, stop: StopFlag, live: threading.Event) -> None:
         while not live.is_set():  # no requests before the first live model: they could only fail
@@ -77,85 +105,206 @@ class _RecallProbe:
         while not stop.wait(1.0 / self.rate):
             began = time.perf_counter()
             try:
-                reply = self.client.recall(hist_item=[self.histories[i % len(self.histories)]], top_k=50)
-                self.latencies.append((time.perf_counter() - began) * 1000)
-                self.versions.add(reply.model_version)
+                version = self.send(self.histories[i % len(self.histories)])
+                self.latencies.ok((time.perf_counter() - began) * 1000, version)
             except Exception as exc:
-                self.errors += 1
+                self.latencies.error()
                 log.debug("recall probe: %s", exc)
             i += 1
 
 
-def _progress(replayer: Replayer, probe: _RecallProbe, began: float, live: threading.Event) -> str:
-    ingest = scrape(f"http://127.0.0.1:{METRICS_PORTS['ingest']}/metrics")
-    refresh = scrape(f"http://127.0.0.1:{METRICS_PORTS['refresh']}/metrics")
-    p99 = quantile(list(probe.latencies), 0.99)
-    version = refresh.get("mindstream_live_model_version") or None
-    age = refresh.get("mindstream_live_model_age_seconds")
-    if version is not None:
-        live.set()
-    return (
-        f"[{time.monotonic() - began:5.0f}s] sent {replayer.sent:,} | applied "
-        f"{ingest.get('mindstream_ingest_events_applied_total', 0):,.0f} | dlq "
-        f"{ingest.get('mindstream_dlq_messages_total', 0):,.0f} | live v{version:.0f} age {age:.0f}s"
-        if version is not None and age is not None
-        else f"[{time.monotonic() - began:5.0f}s] sent {replayer.sent:,} | waiting for the first live model"
-    ) + (
-        f" | swaps {refresh.get('mindstream_swaps_total', 0):.0f} | recall p99 "
-        + (f"{p99:.1f} ms" if p99 is not None else "-")
-        + f" errors {probe.errors}"
-    )
+def _kafka_send(client: RecallClient) -> Callable[[list[int]], str]:
+    def send(history: list[int]) -> str:
+        return client.recall(hist_item=[history], top_k=50).model_version
+
+    return send
 
 
-def run_up(settings: Settings, *, rate: float, recall_rate: float, retrain: bool, duration_s: float | None) -> int:
+def _http_send(base_url: str, timeout_s: float) -> Callable[[list[int]], str]:
+    def send(history: list[int]) -> str:
+        body = json.dumps({"hist_item": [history], "top_k": 50}).encode()
+        request = urllib.request.Request(
+            f"{base_url}/rec/recall", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return str(json.loads(response.read())["model_version"])
+
+    return send
+
+
+FRESHNESS = {  # progress-line label -> (worker, histogram); absent histograms are left out
+    "user": ("ingest", "mindstream_freshness_user_seconds"),
+    "new item": ("refresh", "mindstream_freshness_new_item_seconds"),
+    "click->version": ("refresh", "mindstream_freshness_click_to_version_seconds"),
+}
+
+
+class _Progress:
+    """The progress line: counts since the start, freshness and recall latency over the last window."""
+
+    def __init__(self, sender: StreamSender, probes: dict[str, _RecallProbe], window_s: float) -> None:
+        self.sender = sender
+        self.probes = probes
+        self.window_s = window_s
+        self.began = time.monotonic()
+        self.snapshots: deque[tuple[float, dict[str, Buckets]]] = deque()
+
+    def _freshness(self) -> str:
+        now = time.monotonic()
+        current = {w: scrape_histograms(f"http://127.0.0.1:{METRICS_PORTS[w]}/metrics") for w in ("ingest", "refresh")}
+        self.snapshots.append((now, current))
+        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.window_s:
+            self.snapshots.popleft()
+        before = self.snapshots[0][1]
+        parts = []
+        for label, (worker, name) in FRESHNESS.items():
+            after = current[worker].get(name)
+            if after is None:
+                continue
+            p99 = window_quantile(before.get(worker, {}).get(name, []), after, 0.99)
+            parts.append(f"{label} p99 " + ("-" if p99 is None else f"<={p99:g}s"))
+        return " | fresh " + ", ".join(parts) if parts else ""
+
+    def line(self, live: threading.Event) -> str:
+        ingest = scrape(f"http://127.0.0.1:{METRICS_PORTS['ingest']}/metrics")
+        refresh = scrape(f"http://127.0.0.1:{METRICS_PORTS['refresh']}/metrics")
+        version = refresh.get("mindstream_live_model_version") or None
+        age = refresh.get("mindstream_live_model_age_seconds")
+        if version is not None:
+            live.set()
+        head = f"[{time.monotonic() - self.began:5.0f}s] {self.sender.phase} sent {self.sender.sent:,}"
+        if version is None or age is None:
+            return head + " | waiting for the first live model"
+        text = (
+            f"{head} | applied {ingest.get('mindstream_ingest_events_applied_total', 0):,.0f} | dlq "
+            f"{ingest.get('mindstream_dlq_messages_total', 0):,.0f} | live v{version:.0f} age {age:.0f}s | swaps "
+            f"{refresh.get('mindstream_swaps_total', 0):.0f}"
+        )
+        text += self._freshness()
+        for name, probe in self.probes.items():
+            window, errors = probe.latencies.window(self.window_s)
+            p99 = quantile(window, 0.99)
+            text += f" | {name} p99 " + (f"{p99:.0f} ms" if p99 is not None else "-") + f" err {errors}"
+        return text + f" (last {self.window_s:.0f}s)"
+
+
+def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
+    """The local stack's admin token: the configured one, else the state dir's (created 0600 once)."""
+    if settings.http.admin_token is not None:
+        return settings.http.admin_token.get_secret_value(), False
+    path = settings.admin_token_file
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return token, True
+
+
+def _stream_users(dataset: Dataset, held_out: list[int], wanted: int) -> IntArray:
+    """The replayed users first (they carry on), then fresh ids past every user of the data set."""
+    known = [int(u) for u in dataset.train.user_ids] + held_out
+    first_new = max(known, default=0) + 1
+    extra = max(0, wanted - len(held_out))
+    return np.asarray(held_out[:wanted] + list(range(first_new, first_new + extra)), dtype=np.int64)
+
+
+def run_up(
+    settings: Settings,
+    *,
+    rate: float,
+    recall_rate: float,
+    retrain: bool,
+    duration_s: float | None,
+    http_rate: float = 0.0,
+    new_items_per_s: float | None = None,
+    replay: bool = True,
+) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pid_file(settings).write_text(str(os.getpid()))
+    stream_cfg = settings.stream.model_copy(
+        update={
+            "rate": rate,
+            "new_items_per_s": settings.stream.new_items_per_s if new_items_per_s is None else new_items_per_s,
+        }
+    )
     dataset = load(settings)
     root = checkpoint_root(settings, dataset.name)
     if retrain or not (root / "BEST").exists():
         log.info("training the first model on %s (%d batches)", dataset.name, settings.train.batches)
         run_train(settings, dataset=dataset, resume=False)
     log.info("base model: %s", open_checkpoint(root, "best").manifest.version)
+    token, created = ensure_admin_token(settings)
+    embedded = settings.kafka.bootstrap_servers is None
+    kafka = settings.kafka
+    if embedded and kafka.topic_generation_s is None:  # the embedded broker's cost model (README)
+        kafka = kafka.model_copy(update={"topic_generation_s": kafka.embedded_topic_generation_s})
     with contextlib.ExitStack() as stack:
         bootstrap = stack.enter_context(open_kafka(settings.kafka, log_path=settings.state_dir / "logs" / "tansu.log"))
         milvus_uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
-        conf = settings.kafka.client_config(bootstrap)
-        kafka = settings.kafka
+        conf = kafka.client_config(bootstrap)
         ensure_topics(conf, [kafka.clicks_topic, kafka.clicks_dlq_topic, kafka.requests_topic, kafka.replies_topic])
-        supervisor = Supervisor(_children(settings, _child_env(settings, bootstrap, milvus_uri)))
+        env = _child_env(settings, bootstrap, milvus_uri)
+        env["MINDSTREAM_HTTP__ADMIN_TOKEN"] = token
+        if kafka.topic_generation_s is not None:
+            env["MINDSTREAM_KAFKA__TOPIC_GENERATION_S"] = str(kafka.topic_generation_s)
+        supervisor = Supervisor(_children(settings, env))
         stack.callback(supervisor.stop)
         supervisor.start()
-        producer: Producer = make_producer(conf)
         client = stack.enter_context(RecallClient(kafka, settings.recall, bootstrap=bootstrap))
-        replayer = Replayer(producer, kafka.clicks_topic, rate)
         # the stream and the requests speak the catalogue's item ids, not the model's rows
         valid, test = (external_heldout(h, dataset.vocab) for h in (dataset.valid, dataset.test))
         histories = [h.tolist() for h in test.histories if len(h)]
-        probe = _RecallProbe(client, histories, recall_rate)
+        held_out = [int(u) for held in (valid, test) for u in held.user_ids]
+        stream = ClickStream.from_dataset(dataset, _stream_users(dataset, held_out, stream_cfg.users), stream_cfg)
+        sender = StreamSender(conf, kafka.clicks_topic, rate, linger_ms=stream_cfg.linger_ms)
+        sources = [("replay", chunks_of(held_out_clicks(valid, test)))] if replay else []
+        sources.append(("stream", stream.chunk))
+        probes = {}
+        if recall_rate > 0:
+            probes["kafka"] = _RecallProbe(_kafka_send(client), histories, recall_rate)
+        if http_rate > 0:
+            base = f"http://{settings.http.host}:{settings.http.port}"
+            probes["http"] = _RecallProbe(_http_send(base, settings.recall.client_timeout_s), histories, http_rate)
         print_urls(settings)
+        print_admin_token(settings, token, created)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
         live = threading.Event()
-        threads = [
-            threading.Thread(
-                target=replayer.run, args=(held_out_clicks(valid, test), stop), daemon=True
-            ),
-            threading.Thread(target=probe.run, args=(stop, live), daemon=True),
-        ]
+        threads = [threading.Thread(target=sender.run, args=(sources, stop), daemon=True)]
+        threads += [threading.Thread(target=p.run, args=(stop, live), daemon=True) for p in probes.values()]
         for thread in threads:
             thread.start()
-        began = time.monotonic()
+        progress = _Progress(sender, probes, stream_cfg.window_s)
         while not stop.wait(2.0):
             supervisor.check()
-            sys.stderr.write(_progress(replayer, probe, began, live) + "\n")
-            if duration_s is not None and time.monotonic() - began >= duration_s:
+            sys.stderr.write(progress.line(live) + f" | new items {len(stream.births.born)}, bursts {stream.bursts}\n")
+            if duration_s is not None and time.monotonic() - progress.began >= duration_s:
                 stop.set("duration reached")
         log.info(
             "stopping (%s): workers, then Milvus and the broker; state kept in %s", stop.reason, settings.state_dir
         )
         for thread in threads:
-            thread.join(timeout=15)
+            thread.join(timeout=35)
     pid_file(settings).unlink(missing_ok=True)
     return 0
+
+
+def print_admin_token(settings: Settings, token: str, created: bool) -> None:
+    """Printed once, when created; later starts say where it is."""
+    base = f"http://{settings.http.host}:{settings.http.port}"
+    if created:
+        sys.stderr.write(
+            f"  admin token   {token}\n"
+            f"                (created once, kept in {settings.admin_token_file}, mode 0600); use it as:\n"
+            f"                curl -X POST {base}/rec/insert_data "
+            f'-H "Authorization: Bearer $(cat {settings.admin_token_file})"\n'
+        )
+    elif settings.http.admin_token is None:
+        sys.stderr.write(f"  admin token   in {settings.admin_token_file} (Authorization: Bearer <token>)\n")
 
 
 def print_urls(settings: Settings) -> None:

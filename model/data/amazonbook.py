@@ -204,25 +204,43 @@ def _subset(held: HeldOut, idx: IntArray, truth_limit: int | None) -> HeldOut:
 
 def load_amazonbook_demo(directory: Path | str, *, seed: int, truth_limit: int | None = None) -> Dataset:
     """Train from ``train.txt``; the users of ``valid.txt`` split 50/50 (seeded shuffle) into
-    valid and test.
+    valid and test (see :func:`heldout_dataset`)."""
+    directory = Path(directory)
+    train, _ = read_train_lines(directory / "train.txt")
+    held, _ = read_eval_lines(directory / "valid.txt")
+    return heldout_dataset("amazonbook-demo", train, held, None, seed=seed, truth_limit=truth_limit)
+
+
+def heldout_dataset(
+    name: str, train: Sequences, valid: HeldOut, test: HeldOut | None, *, seed: int, truth_limit: int | None = None
+) -> Dataset:
+    """A data set from item-id sequences and held-out users; without ``test`` the ``valid`` users
+    split 50/50 (seeded shuffle).
 
     The vocabulary holds the items that occur in training or in a held-out history (first
     appearance order): the table has a row per item the model can learn or read, never one per id
     up to the largest. Truth items outside it stay in the truth sets (they count in |truth|) but can
     never be recalled, as for any item the model has not seen."""
-    directory = Path(directory)
-    train, _ = read_train_lines(directory / "train.txt")
-    held, _ = read_eval_lines(directory / "valid.txt")
-    vocab = ItemVocab.from_ids(np.concatenate([train.items, *held.histories]))
+    parts = [valid] if test is None else [valid, test]
+    vocab = ItemVocab.from_ids(np.concatenate([train.items, *(h for p in parts for h in p.histories)]))
     train = Sequences(train.user_ids, train.offsets, vocab.rows(train.items), len(vocab))
-    held = HeldOut(
-        held.user_ids,
-        [vocab.rows(h) for h in held.histories],
-        [map_truth(vocab, t) for t in held.truths],
-        held.truth_protocol,
-    )
-    perm = np.random.default_rng(seed).permutation(held.num_users)
-    half = held.num_users // 2
-    valid = _subset(held, np.sort(perm[:half]), truth_limit)
-    test = _subset(held, np.sort(perm[half:]), truth_limit)
-    return Dataset("amazonbook-demo", train, valid, test, len(vocab), vocab)
+
+    def mapped(held: HeldOut) -> HeldOut:
+        return HeldOut(
+            held.user_ids,
+            [vocab.rows(h) for h in held.histories],
+            [map_truth(vocab, t) for t in held.truths],
+            held.truth_protocol,
+        )
+
+    if test is None:
+        held = mapped(valid)
+        perm = np.random.default_rng(seed).permutation(held.num_users)
+        half = held.num_users // 2
+        valid_part = _subset(held, np.sort(perm[:half]), truth_limit)
+        test_part = _subset(held, np.sort(perm[half:]), truth_limit)
+    else:
+        every = np.arange(valid.num_users)
+        valid_part = _subset(mapped(valid), every, truth_limit)
+        test_part = _subset(mapped(test), np.arange(test.num_users), truth_limit)
+    return Dataset(name, train, valid_part, test_part, len(vocab), vocab)
