@@ -57,9 +57,15 @@ def _child_env(settings: Settings, bootstrap: str, milvus_uri: str) -> dict[str,
     env["MINDSTREAM_DATA__DATASET"] = settings.data.dataset  # the workers serve the data set up trained on
     if settings.data.path is not None:
         env["MINDSTREAM_DATA__PATH"] = str(settings.data.path.resolve())
-    for name, port in METRICS_PORTS.items():
-        env.setdefault(f"MINDSTREAM_{name.upper()}__METRICS_PORT", str(port))
+    for name in METRICS_PORTS:
+        env[f"MINDSTREAM_{name.upper()}__METRICS_PORT"] = str(metrics_port(settings, name))
     return env
+
+
+def metrics_port(settings: Settings, worker: str) -> int:
+    """The worker's configured metrics port, else the one ``ops/prometheus`` scrapes."""
+    configured: int | None = getattr(settings, worker).metrics_port
+    return configured if configured is not None else METRICS_PORTS[worker]
 
 
 def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
@@ -142,7 +148,10 @@ FRESHNESS = {  # progress-line label -> (worker, histogram); absent histograms a
 class _Progress:
     """The progress line: counts since the start, freshness and recall latency over the last window."""
 
-    def __init__(self, sender: StreamSender, probes: dict[str, _RecallProbe], window_s: float) -> None:
+    def __init__(
+        self, settings: Settings, sender: StreamSender, probes: dict[str, _RecallProbe], window_s: float
+    ) -> None:
+        self.urls = {w: f"http://127.0.0.1:{metrics_port(settings, w)}/metrics" for w in ("ingest", "refresh")}
         self.sender = sender
         self.probes = probes
         self.window_s = window_s
@@ -151,7 +160,7 @@ class _Progress:
 
     def _freshness(self) -> str:
         now = time.monotonic()
-        current = {w: scrape_histograms(f"http://127.0.0.1:{METRICS_PORTS[w]}/metrics") for w in ("ingest", "refresh")}
+        current = {w: scrape_histograms(url) for w, url in self.urls.items()}
         self.snapshots.append((now, current))
         while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - self.window_s:
             self.snapshots.popleft()
@@ -166,8 +175,7 @@ class _Progress:
         return " | fresh " + ", ".join(parts) if parts else ""
 
     def line(self, live: threading.Event) -> str:
-        ingest = scrape(f"http://127.0.0.1:{METRICS_PORTS['ingest']}/metrics")
-        refresh = scrape(f"http://127.0.0.1:{METRICS_PORTS['refresh']}/metrics")
+        ingest, refresh = scrape(self.urls["ingest"]), scrape(self.urls["refresh"])
         version = refresh.get("mindstream_live_model_version") or None
         age = refresh.get("mindstream_live_model_age_seconds")
         if version is not None:
@@ -278,7 +286,7 @@ def run_up(
         threads += [threading.Thread(target=p.run, args=(stop, live), daemon=True) for p in probes.values()]
         for thread in threads:
             thread.start()
-        progress = _Progress(sender, probes, stream_cfg.window_s)
+        progress = _Progress(settings, sender, probes, stream_cfg.window_s)
         while not stop.wait(2.0):
             supervisor.check()
             sys.stderr.write(progress.line(live) + f" | new items {len(stream.births.born)}, bursts {stream.bursts}\n")
@@ -310,7 +318,7 @@ def print_admin_token(settings: Settings, token: str, created: bool) -> None:
 def print_urls(settings: Settings) -> None:
     base = f"http://{settings.http.host}:{settings.http.port}"
     lines = ["mindstream is up. Where to look:", f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
-    lines += [f"  {name:<13} http://127.0.0.1:{port}/metrics" for name, port in METRICS_PORTS.items()]
+    lines += [f"  {name:<13} http://127.0.0.1:{metrics_port(settings, name)}/metrics" for name in METRICS_PORTS]
     lines += [f"  worker logs   {settings.state_dir / 'logs'}", "  stop          Ctrl-C, or: mindstream down"]
     sys.stderr.write("\n".join(lines) + "\n")
 

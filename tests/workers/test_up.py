@@ -1,0 +1,153 @@
+"""``mindstream up``: the admin token of the local stack, the continuous stream, and the whole command
+on a small synthetic catalogue (it keeps streaming after the replay; the seed's admin calls work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from model.data.synthetic import SyntheticSpec, synthetic_dataset
+from workers.infra.tansu import free_port
+from workers.settings import HttpSettings, Settings, StreamSettings
+from workers.stream import ClickStream
+from workers.up import ensure_admin_token
+
+
+def test_admin_token_is_created_once_owner_only(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    token, created = ensure_admin_token(settings)
+    assert created and len(token) >= 32
+    assert stat.S_IMODE(settings.admin_token_file.stat().st_mode) == 0o600
+    assert ensure_admin_token(settings) == (token, False)  # reused, not printed again
+    configured = settings.model_copy(update={"http": HttpSettings(admin_token=SecretStr("mine"))})
+    assert ensure_admin_token(configured) == ("mine", False)
+
+
+def test_the_stream_speaks_catalogue_ids_and_births_fresh_ones() -> None:
+    data = synthetic_dataset(SyntheticSpec(num_users=300, num_items=400, num_clusters=10), seed=1)
+    cfg = StreamSettings(new_items_per_s=2.0, burst_every_s=1.0, burst_s=0.5, seed=3)
+    users = np.arange(10_000, 10_050, dtype=np.int64)
+
+    def run() -> tuple[list[int], ClickStream]:
+        stream = ClickStream.from_dataset(data, users, cfg)
+        items: list[int] = []
+        for step in range(100):
+            who, what = stream.chunk(50, 1000.0 + step * 0.1)
+            assert set(who.tolist()) <= set(users.tolist())
+            items += what.tolist()
+        return items, stream
+
+    items, stream = run()
+    assert items == run()[0]  # seeded
+    catalogue = set(data.vocab.ids[1:].tolist())
+    born = set(stream.births.born)
+    assert len(born) == 20  # 10 s at 2 per second
+    assert not born & catalogue and not data.vocab.contains(np.array(sorted(born), dtype=np.int64)).any()
+    assert set(items) <= catalogue | born
+    assert born & set(items) and stream.bursts >= 1  # new items get clicked; bursts happen
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_path: Path) -> None:
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "MINDSTREAM_STATE_DIR": str(tmp_path / "state"),
+        "MINDSTREAM_DATA__DATASET": "synthetic",
+        "MINDSTREAM_TRAIN__BATCHES": "20",
+        "MINDSTREAM_REFRESH__TRAIN_BATCHES": "10",
+        "MINDSTREAM_REFRESH__INTERVAL_S": "10",
+        "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
+        "MINDSTREAM_KAFKA__EMBEDDED_PORT": str(free_port()),
+        "MINDSTREAM_MILVUS__EMBEDDED_PORT": str(free_port()),
+        "MINDSTREAM_MILVUS__INDEX_TYPE": "FLAT",
+        "MINDSTREAM_HTTP__PORT": str(http_port),
+        "MINDSTREAM_INGEST__METRICS_PORT": str(free_port()),
+        "MINDSTREAM_REFRESH__METRICS_PORT": str(free_port()),
+        "MINDSTREAM_RECALL__METRICS_PORT": str(free_port()),
+    }
+    env.pop("MINDSTREAM_HTTP__ADMIN_TOKEN", None)
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "up", "--rate", "2000", "--recall-rate", "5", "--http-rate", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{http_port}"
+    token_file = tmp_path / "state" / "admin-token"
+    try:
+        streamed = _wait_for(log, proc, lambda text: _sent_in_phase(text, "stream") >= 2, 600)
+        assert "replay sent" in streamed  # the held-out replay ran first and ended
+        first = _sent_in_phase(streamed, "stream")
+        later = _wait_for(log, proc, lambda text: _sent_in_phase(text, "stream") > first + 10_000, 120)
+        assert "live v" in later
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert token in log.read_text()  # printed once, with how to use it
+        # the seed's calls: refused without the token, served with it
+        assert _post(f"{base}/rec/insert_data", None) == 401
+        assert _post(f"{base}/qa/drop", "wrong") == 403
+        assert _post_retrying(f"{base}/rec/insert_data", token) == 200
+        assert _post_retrying(f"{base}/qa/drop", token) == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def _sent_in_phase(text: str, phase: str) -> int:
+    found = re.findall(rf"\] {phase} sent ([\d,]+)", text)
+    return int(found[-1].replace(",", "")) if found else -1
+
+
+def _wait_for(log: Path, proc: subprocess.Popen[bytes], done: object, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if callable(done) and done(text):
+            return text
+        assert proc.poll() is None, text[-3000:]
+        time.sleep(1)
+    raise AssertionError(log.read_text(errors="replace")[-3000:])
+
+
+def _post(url: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            json.loads(response.read())
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _post_retrying(url: str, token: str) -> int:
+    """409 while a refresh round holds the publish lock: the seed's caller tries again."""
+    for _ in range(60):
+        status = _post(url, token)
+        if status != 409:
+            return status
+        time.sleep(2)
+    return 409
