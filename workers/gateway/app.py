@@ -7,7 +7,8 @@ Endpoints (interactive docs at ``/docs``, served offline):
   without a history source, 503 when nothing is live, 500 (no internals) otherwise.
 * ``POST /rec/count`` — rows of the live collection, its name and model version; 503 when nothing is live.
 * ``POST /rec/insert_data`` — publish the registry's newest checkpoint and swap the alias (admin).
-* ``POST /rec/drop`` — drop the live alias and our collections (admin).
+* ``POST /rec/drop`` — drop the live alias and our collections (admin); ``POST /qa/drop`` is the same
+  endpoint under the seed's path (same guard, same answers).
 * ``GET /healthz`` (process up), ``GET /readyz`` (live alias resolves), ``GET /metrics`` (Prometheus).
 
 Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>`` (see ``gateway_auth``).
@@ -143,6 +144,7 @@ def create_app(
         return result
 
     @app.post("/rec/drop", response_model=DropResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
+    @app.post("/qa/drop", response_model=DropResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
     def drop() -> Any:
         """Drop the live alias and every ``<alias>_v<N>`` collection (destructive)."""
         try:

@@ -201,7 +201,7 @@ def test_no_live_alias_is_503(env: Env, tmp_path: Path) -> None:
         assert client.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/rec/insert_data", "/rec/drop"])
+@pytest.mark.parametrize("path", ["/rec/insert_data", "/rec/drop", "/qa/drop"])
 def test_admin_endpoints_refuse_without_the_token(env: Env, path: str, tmp_path: Path) -> None:
     r = env.client.post(path)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -230,7 +230,7 @@ def test_admin_endpoints_wait_for_no_refresh_round(env: Env) -> None:
     """While another process (a refresh round) holds the alias's publish lock: 409, nothing touched."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with publish_lock(lock_path(env.settings.refresh_dir, env.alias), wait=True):
-        for path in ("/rec/insert_data", "/rec/drop"):
+        for path in ("/rec/insert_data", "/rec/drop", "/qa/drop"):
             r = env.client.post(path, headers=auth)
             assert r.status_code == 409, r.text
             assert "refresh round" in r.json()["message"]
@@ -267,4 +267,15 @@ def test_drop_removes_the_alias_and_our_collections(env: Env) -> None:
     r = env.client.post("/rec/recall", json={"hist_item": [[1, 2]]})
     assert r.status_code == 503 and r.json()["code"] == "unavailable"
     assert env.client.get("/readyz").status_code == 503
+    assert env.client.post("/rec/count").status_code == 503
+
+
+def test_qa_drop_is_rec_drop_under_the_seeds_path(env: Env) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    published = env.client.post("/rec/insert_data", headers=auth)
+    assert published.status_code == 200, published.text
+    r = env.client.post("/qa/drop", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"alias_dropped": True, "dropped": [published.json()["collection"]], "kept": []}
+    assert env.store.resolve_alias(env.alias) is None
     assert env.client.post("/rec/count").status_code == 503
