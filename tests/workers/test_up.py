@@ -96,8 +96,8 @@ def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_p
         streamed = _wait_for(log, proc, lambda text: _sent_in_phase(text, "stream") >= 2, 600)
         assert "replay sent" in streamed  # the held-out replay ran first and ended
         first = _sent_in_phase(streamed, "stream")
-        later = _wait_for(log, proc, lambda text: _sent_in_phase(text, "stream") > first + 10_000, 120)
-        assert "live v" in later
+        _wait_for(log, proc, lambda text: "stream sent" in text and "live v" in text.rsplit("stream sent", 1)[1], 600)
+        _wait_for(log, proc, lambda text: _sent_in_phase(text, "stream") > first + 10_000, 120)
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
         assert token in log.read_text()  # printed once, with how to use it

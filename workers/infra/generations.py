@@ -168,13 +168,13 @@ class GenerationSource:
         if mono - generation.quiet_since < _DRAIN_IDLE_S:
             return False
         tp = TopicPartition(generation.topic, 0)
-        try:
-            _, high = generation.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+        try:  # cached: the high watermark of the last fetch, no broker round trip in the serving loop
+            _, high = generation.consumer.get_watermark_offsets(tp, cached=True)
             position = generation.consumer.position([tp])[0].offset
         except KafkaException as exc:
             log.warning("%s: watermarks unavailable: %s", generation.topic, exc)
             return False
-        return high <= 0 or position >= high
+        return high == 0 or (high > 0 and position >= high)
 
     def _retire(self, generation: _Generation) -> None:
         try:

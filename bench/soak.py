@@ -1,0 +1,416 @@
+"""Soak: the ``mindstream up`` stack as separate processes under steady load for hours.
+
+5k clicks/s of the continuous stream (``workers.stream``: drifting users, a new item born every
+second, bursts), 200 recall requests/s over Kafka and 20 over HTTP, for ``--duration`` (default 2 h;
+CI never runs it). Every ``--window`` seconds (default 5 min): recall p50/p99 per path, errors,
+timeouts, swaps, the freshness histograms over the window, RSS and CPU of every process, the
+broker's topic count. After the load stops the clicks are drained: ``lost_clicks = sent - applied -
+dead-lettered``. Writes ``bench/results/soak.json`` (or ``--out``) and ``soak.png``.
+
+    python -m bench.soak --duration 7200
+    python -m bench.soak --duration 1200 --window 120      # what fits in a working session
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.common import emit
+from bench.stack import LiveStack, StackConfig, percentiles
+from model.data.synthetic import synthetic_dataset
+from model.export import external_heldout
+from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from workers.infra.generations import parse_generation
+from workers.infra.kafka import make_admin
+from workers.infra.tansu import free_port
+from workers.recall.client import RecallClient
+from workers.runtime import StopFlag
+from workers.settings import KafkaSettings, StreamSettings
+from workers.status import Buckets, scrape, scrape_histograms, window_quantile
+from workers.stream import ClickStream, StreamSender
+
+FRESHNESS = {
+    "user": ("ingest", "mindstream_freshness_user_seconds"),
+    "new_item": ("refresh", "mindstream_freshness_new_item_seconds"),
+    "click_to_version": ("refresh", "mindstream_freshness_click_to_version_seconds"),
+}
+
+
+@dataclass
+class SoakConfig:
+    duration_s: float = 7200.0
+    window_s: float = 300.0
+    click_rate: float = 5000.0
+    kafka_rate: float = 200.0
+    http_rate: float = 20.0
+    new_items_per_s: float = 1.0
+    items: int = 100_000
+    refresh_interval_s: float = 30.0
+    drain_s: float = 180.0
+    base_batches: int = 200
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Outcome:
+    due: float
+    ms: float | None  # None: failed
+    kind: str  # ok | timeout | error
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: dict[str, list[_Outcome]] = {"kafka": [], "http": []}
+        self.sent = {"kafka": 0, "http": 0}
+
+    def add(self, path: str, outcome: _Outcome) -> None:
+        with self.lock:
+            self.outcomes[path].append(outcome)
+
+    def window(self, path: str, lo: float, hi: float) -> dict[str, Any]:
+        with self.lock:
+            inside = [o for o in self.outcomes[path] if lo <= o.due < hi]
+        ok = [o.ms for o in inside if o.ms is not None]
+        stats = percentiles(ok)
+        return {
+            "n": len(inside),
+            "p50_ms": stats["p50"],
+            "p99_ms": stats["p99"],
+            "timeouts": sum(o.kind == "timeout" for o in inside),
+            "errors": sum(o.kind == "error" for o in inside),
+        }
+
+
+def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
+    t0 = time.monotonic()
+    i = 0
+    while not stop.is_set():
+        due = t0 + i / rate
+        if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
+            break
+
+        def done(f: Future[RecallReply | ErrorReply], due: float = due) -> None:
+            exc = f.exception()
+            now = time.monotonic()
+            if isinstance(exc, TimeoutError):
+                rec.add("kafka", _Outcome(due, None, "timeout"))
+            elif exc is not None or isinstance(f.result(), ErrorReply):
+                rec.add("kafka", _Outcome(due, None, "error"))
+            else:
+                rec.add("kafka", _Outcome(due, (now - due) * 1000, "ok"))
+
+        try:
+            client.request(reqs[i % len(reqs)]).add_done_callback(done)
+            rec.sent["kafka"] += 1
+        except Exception:
+            rec.add("kafka", _Outcome(due, None, "error"))
+        i += 1
+
+
+def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
+    import httpx
+
+    bodies = [r.model_dump(mode="json", exclude_none=True) for r in reqs]
+    with httpx.Client(base_url=url, timeout=5.0) as http:
+        t0 = time.monotonic()
+        i = 0
+        while not stop.is_set():
+            due = t0 + i / rate
+            if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
+                break
+            rec.sent["http"] += 1
+            try:
+                r = http.post("/rec/recall", json=bodies[i % len(bodies)])
+                ok = r.status_code == 200
+                rec.add("http", _Outcome(due, (time.monotonic() - due) * 1000 if ok else None, "ok" if ok else "error"))
+            except httpx.TimeoutException:
+                rec.add("http", _Outcome(due, None, "timeout"))
+            except Exception:
+                rec.add("http", _Outcome(due, None, "error"))
+            i += 1
+
+
+class _Processes:
+    """RSS (MB) and CPU (share of one core) of every process over each window."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.cpu0 = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.t0 = time.monotonic()
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        now = time.monotonic()
+        out = {}
+        for name, p in self.procs.items():
+            cpu = self._cpu(p)
+            try:
+                rss = p.memory_info().rss / 2**20
+            except psutil.Error:
+                rss = 0.0
+            out[name] = {"rss_mb": round(rss, 1), "cpu": round((cpu - self.cpu0[name]) / max(now - self.t0, 1e-3), 3)}
+            self.cpu0[name] = cpu
+        self.t0 = now
+        return out
+
+
+def _metrics(stack: LiveStack, ingest_port: int) -> tuple[dict[str, float], dict[str, float], dict[str, Buckets]]:
+    ingest = f"http://127.0.0.1:{ingest_port}/metrics"
+    refresh = f"http://127.0.0.1:{stack.refresh_metrics_port}/metrics"
+    hist = {"ingest": scrape_histograms(ingest), "refresh": scrape_histograms(refresh)}
+    return scrape(ingest), scrape(refresh), hist
+
+
+def _freshness(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for label, (worker, name) in FRESHNESS.items():
+        if name in after.get(worker, {}):
+            a, b = before.get(worker, {}).get(name, []), after[worker][name]
+            out[label] = {f"p{int(q * 100)}_s": window_quantile(a, b, q) for q in (0.5, 0.99)}
+    return out
+
+
+def _broker_topics(conf: dict[str, Any], requests: str, replies: str) -> dict[str, int]:
+    topics = make_admin(conf).list_topics(timeout=10).topics
+    return {
+        "total": len(topics),
+        "request_generations": sum(parse_generation(requests, t) is not None for t in topics),
+        "reply_topics": sum(t.startswith(f"{replies}.") for t in topics),
+    }
+
+
+def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
+    ingest_port = free_port()
+    gen_s = float(cfg.env.get("MINDSTREAM_KAFKA__TOPIC_GENERATION_S") or KafkaSettings().embedded_topic_generation_s)
+    env = {
+        "MINDSTREAM_INGEST__METRICS_PORT": str(ingest_port),
+        **cfg.env,
+        "MINDSTREAM_KAFKA__TOPIC_GENERATION_S": str(gen_s),  # the embedded broker's cost model (README)
+    }
+    stack_cfg = StackConfig(
+        items=cfg.items,
+        base_batches=cfg.base_batches,
+        refresh_interval_s=cfg.refresh_interval_s,
+        workers=("refresh", "ingest", "recall", "gateway"),
+        env=env,
+    )
+    with LiveStack(stack_cfg, workdir) as stack:
+        kafka = stack.kafka.model_copy(update={"topic_generation_s": gen_s})
+        data = synthetic_dataset(stack.spec, seed=stack.settings.data.split_seed)
+        test = external_heldout(data.test, data.vocab)
+        reqs = [RecallRequest(hist_item=[h.tolist()], top_k=50) for h in test.histories if len(h)][:2000]
+        stream_cfg = StreamSettings(rate=cfg.click_rate, new_items_per_s=cfg.new_items_per_s, users=50_000)
+        users = np.arange(10_000_000, 10_000_000 + stream_cfg.users, dtype=np.int64)
+        stream = ClickStream.from_dataset(data, users, stream_cfg)
+        conf = kafka.client_config()
+        sender = StreamSender(conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms)
+        rec = _Recorder()
+        stop = StopFlag()
+        client = RecallClient(kafka, stack.settings.recall)
+        threads = [
+            threading.Thread(target=sender.run, args=([("stream", stream.chunk)], stop), daemon=True),
+            threading.Thread(target=_kafka_load, args=(client, rec, cfg.kafka_rate, reqs, stop), daemon=True),
+        ]
+        if cfg.http_rate > 0:
+            threads.append(
+                threading.Thread(target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True)
+            )
+        procs = _Processes(stack.processes())
+        windows: list[dict[str, Any]] = []
+        _, refresh0, hist0 = _metrics(stack, ingest_port)
+        t0 = time.monotonic()
+        for thread in threads:
+            thread.start()
+        try:
+            lo = t0
+            while lo < t0 + cfg.duration_s:
+                hi = min(lo + cfg.window_s, t0 + cfg.duration_s)
+                time.sleep(max(0.0, hi - time.monotonic()))
+                stack.check_alive()
+                ingest, refresh, hist = _metrics(stack, ingest_port)
+                time.sleep(min(6.0, cfg.window_s / 4))  # let the window's last requests finish
+                windows.append(
+                    {
+                        "t_end_s": round(hi - t0, 1),
+                        "kafka": rec.window("kafka", lo, hi),
+                        "http": rec.window("http", lo, hi),
+                        "swaps": refresh.get("mindstream_swaps_total", 0) - refresh0.get("mindstream_swaps_total", 0),
+                        "live_model_age_s": refresh.get("mindstream_live_model_age_seconds"),
+                        "freshness": _freshness(hist0, hist),
+                        "clicks_sent": sender.sent,
+                        "clicks_applied": ingest.get("mindstream_ingest_events_applied_total", 0.0),
+                        "new_items_born": len(stream.births.born),
+                        "processes": procs.sample(),
+                        "broker_topics": _broker_topics(conf, kafka.requests_topic, kafka.replies_topic),
+                        "reply_topics_retired": client.retired_topics,
+                    }
+                )
+                print(f"window {len(windows)}: {windows[-1]}", flush=True)
+                refresh0, hist0, lo = refresh, hist, hi
+        finally:
+            stop.set("duration reached")
+            for thread in threads:
+                thread.join(timeout=60)
+            client.close()
+        drain_began = time.monotonic()
+        sent = sender.sent
+        while True:
+            ingest, _, _ = _metrics(stack, ingest_port)
+            applied = ingest.get("mindstream_ingest_events_applied_total", 0.0)
+            dead = ingest.get("mindstream_clicks_invalid_total", 0.0)
+            if applied + dead >= sent or time.monotonic() - drain_began > cfg.drain_s:
+                break
+            time.sleep(2)
+        rounds = stack.refresh_rounds()
+    return _summary(cfg, windows, rec, sender, applied, dead, rounds, time.monotonic() - drain_began, gen_s)
+
+
+def _ratio(first: float | None, last: float | None) -> float | None:
+    return round(last / first, 3) if first and last is not None else None
+
+
+def _summary(
+    cfg: SoakConfig,
+    windows: list[dict[str, Any]],
+    rec: _Recorder,
+    sender: StreamSender,
+    applied: float,
+    dead: float,
+    rounds: list[dict[str, Any]],
+    drain_s: float,
+    gen_s: float,
+) -> dict[str, Any]:
+    first, last = (windows[0], windows[-1]) if windows else ({}, {})
+    kafka_first = first.get("kafka", {}).get("p99_ms")
+    kafka_last = last.get("kafka", {}).get("p99_ms")
+    http_first, http_last = first.get("http", {}).get("p99_ms"), last.get("http", {}).get("p99_ms")
+    failed = sum(o.kind != "ok" for o in rec.outcomes["kafka"]) + (rec.sent["kafka"] - len(rec.outcomes["kafka"]))
+    growth = {
+        name: _ratio(first["processes"][name]["rss_mb"], last["processes"][name]["rss_mb"])
+        for name in first.get("processes", {})
+    }
+    return {
+        "config": {**cfg.__dict__, "topic_generation_s": gen_s},
+        "duration_s": cfg.duration_s,
+        "windows": windows,
+        "kafka_requests": rec.sent["kafka"],
+        "http_requests": rec.sent["http"],
+        "kafka_p99_ms_first": kafka_first,
+        "kafka_p99_ms_last": kafka_last,
+        "kafka_p99_ratio_last_to_first": _ratio(kafka_first, kafka_last),
+        "http_p99_ms_first": http_first,
+        "http_p99_ms_last": http_last,
+        "http_p99_ratio_last_to_first": _ratio(http_first, http_last),
+        "failed_replies": failed,
+        "http_failed": sum(o.kind != "ok" for o in rec.outcomes["http"]),
+        "clicks_sent": sender.sent,
+        "clicks_delivery_failed": sender.failed,
+        "clicks_applied": applied,
+        "clicks_dead_lettered": dead,
+        "lost_clicks": int(sender.sent - applied - dead),
+        "drain_s": round(drain_s, 1),
+        "rss_growth_ratio": growth,
+        "rss_growth_ratio_max": max((g for g in growth.values() if g is not None), default=None),
+        "refresh_rounds": len(rounds),
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = result["windows"]
+    t = [x["t_end_s"] / 60 for x in w]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    for path_name in ("kafka", "http"):
+        for q in ("p50_ms", "p99_ms"):
+            ax.plot(t, [x[path_name][q] for x in w], marker="o", label=f"{path_name} {q[:3]}")
+    ax.set(title="recall latency per window", xlabel="minutes", ylabel="ms", yscale="log")
+    ax.legend()
+    ax = axes[0][1]
+    for label in FRESHNESS:
+        ys = [(x["freshness"].get(label) or {}).get("p99_s") for x in w]
+        if any(y is not None for y in ys):
+            ax.plot(t, [np.nan if y is None else y for y in ys], marker="o", label=f"{label} p99")
+    ax.plot(t, [x["live_model_age_s"] for x in w], marker=".", label="live model age")
+    ax.set(title="freshness per window (s)", xlabel="minutes")
+    ax.legend()
+    ax = axes[1][0]
+    for name in w[0]["processes"] if w else []:
+        ax.plot(t, [x["processes"][name]["rss_mb"] for x in w], marker="o", label=name)
+    ax.set(title="RSS (MB)", xlabel="minutes")
+    ax.legend(fontsize=7)
+    ax = axes[1][1]
+    for name in w[0]["processes"] if w else []:
+        ax.plot(t, [x["processes"][name]["cpu"] for x in w], marker="o", label=name)
+    ax2 = ax.twinx()
+    ax2.plot(t, [x["kafka"]["timeouts"] + x["kafka"]["errors"] for x in w], "k--", label="kafka failed")
+    ax2.plot(t, [x["swaps"] for x in w], "k:", label="swaps")
+    ax.set(title="CPU (cores) per process; failures and swaps (dashed)", xlabel="minutes")
+    ax.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
+    d = SoakConfig()
+    p.add_argument("--duration", type=float, default=d.duration_s)
+    p.add_argument("--window", type=float, default=d.window_s)
+    p.add_argument("--click-rate", type=float, default=d.click_rate)
+    p.add_argument("--kafka-rate", type=float, default=d.kafka_rate)
+    p.add_argument("--http-rate", type=float, default=d.http_rate)
+    p.add_argument("--new-items-per-s", type=float, default=d.new_items_per_s)
+    p.add_argument("--items", type=int, default=d.items)
+    p.add_argument("--generation-s", type=float, help="topic generation period (default: the embedded default)")
+    p.add_argument("--out", default="soak")
+    args = p.parse_args(argv)
+    env = {"MINDSTREAM_KAFKA__TOPIC_GENERATION_S": str(args.generation_s)} if args.generation_s else {}
+    cfg = SoakConfig(
+        duration_s=args.duration,
+        window_s=args.window,
+        click_rate=args.click_rate,
+        kafka_rate=args.kafka_rate,
+        http_rate=args.http_rate,
+        new_items_per_s=args.new_items_per_s,
+        items=args.items,
+        env=env,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        result = run_soak(cfg, Path(tmp))
+    out = Path("bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    plot(result, out / f"{args.out}.png")
+    emit(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

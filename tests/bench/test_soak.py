@@ -1,0 +1,42 @@
+"""A one-minute soak at small rates: the whole stack as processes, every click applied, every reply back.
+
+Latency is never asserted (tests assert no speed); the full soak is ``python -m bench.soak``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.soak import SoakConfig, plot, run_soak
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
+    cfg = SoakConfig(
+        duration_s=60,
+        window_s=20,
+        click_rate=300,
+        kafka_rate=10,
+        http_rate=2,
+        new_items_per_s=1,
+        items=3000,
+        refresh_interval_s=10,
+        drain_s=120,
+        base_batches=10,
+        env={"MINDSTREAM_KAFKA__TOPIC_GENERATION_S": "5"},
+    )
+    result = run_soak(cfg, tmp_path / "stack")
+    assert result["clicks_sent"] > 0.8 * cfg.click_rate * cfg.duration_s
+    assert result["lost_clicks"] == 0
+    assert result["failed_replies"] == 0
+    assert result["kafka_requests"] > 0.8 * cfg.kafka_rate * cfg.duration_s
+    assert len(result["windows"]) == 3
+    last = result["windows"][-1]
+    assert last["reply_topics_retired"] >= 5  # the client's private reply topic went through generations
+    assert last["broker_topics"]["request_generations"] <= 4  # drained request generations were deleted
+    assert last["broker_topics"]["reply_topics"] <= 3
+    plot(result, tmp_path / "soak.png")
+    assert (tmp_path / "soak.png").stat().st_size > 0
