@@ -212,6 +212,21 @@ def rows_memory(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_vocabulary(r: dict[str, Any]) -> list[Row]:
+    dense, sparse = r.get("dense") or {}, r.get("sparse") or {}
+    where = f"{_num(r.get('events'))} clicks, {_num(dense.get('distinct_items'))} items"
+    return [
+        ("vocabulary", f"table rows dense / sparse ids ({where})",
+         f"{_num(dense.get('table_rows'))} / {_num(sparse.get('table_rows'))}", "items + 1", ""),
+        ("vocabulary", "refresh peak RSS MB dense / sparse",
+         f"{_num(dense.get('refresh_peak_rss_mb'), 0)} / {_num(sparse.get('refresh_peak_rss_mb'), 0)}", "<= 1.10x",
+         _ratio(sparse.get("refresh_peak_rss_mb"), dense.get("refresh_peak_rss_mb"), 3)),
+        ("vocabulary", "round s dense / sparse (median)",
+         f"{_num(dense.get('round_s'))} / {_num(sparse.get('round_s'))}", "<= 1.20x",
+         _ratio(sparse.get("round_s"), dense.get("round_s"), 3)),
+    ]  # fmt: skip
+
+
 def rows_summary(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for step in r.get("steps", []):
@@ -229,6 +244,7 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         ("ingest_throughput", rows_ingest),
         ("ingest_store", rows_ingest_store),
         ("freshness", rows_freshness),
+        ("vocabulary", rows_vocabulary),
         ("swap_impact", rows_swap),
         ("memory", rows_memory),
         ("summary", rows_summary),

@@ -200,3 +200,14 @@ def test_plot_titles_name_the_cores() -> None:
     fig = plots.plot_freshness(FIXTURES, plt)
     assert fig is not None and "2 cores" in fig.axes[0].get_title()
     plt.close(fig)
+
+
+def test_vocabulary_rows_compare_sparse_with_dense() -> None:
+    result = {
+        "events": 200_000,
+        "dense": {"distinct_items": 10, "table_rows": 11, "refresh_peak_rss_mb": 500.0, "round_s": 10.0},
+        "sparse": {"distinct_items": 10, "table_rows": 11, "refresh_peak_rss_mb": 550.0, "round_s": 12.5},
+    }
+    rows = report.rows_vocabulary(result)
+    assert rows[0][2] == "11 / 11"
+    assert rows[1][4] == "1.100x" and rows[2][4] == "1.250x"
