@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from model.export import UserTower
+from model.serving import ServingTower
 from workers.infra.vector_store import VectorStore
 from workers.refresh.generations import announced_generation
 from workers.refresh.registry import ModelRegistry
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Served:
     version: str
     collection: str
-    tower: UserTower
+    tower: ServingTower  # numpy forward pass of the version's user tower (no Paddle per request)
     since: float  # time.time() when this version became the one served here
     generation: int = 0  # fast-path generation announced for the collection
     max_generation: int | None = None  # search filter: None for collections without generations
@@ -81,7 +81,7 @@ class LiveModel:
                 log.error("alias %s points at %s, which is not a model collection", self._registry.alias, collection)
                 return served
             ckpt = self._registry.checkpoint(version)
-            tower = UserTower(ckpt.load_net(), version, vocab=ckpt.vocab())  # histories are external ids
+            tower = ServingTower.from_net(ckpt.load_net(), version, vocab=ckpt.vocab())  # external ids
             limit = 0 if self._store.has_generations(collection) else None
             self._served = self._with_generation(Served(version, collection, tower, time.time(), max_generation=limit))
             log.info("serving %s from %s (generation %d)", version, collection, self._served.generation)
