@@ -30,9 +30,20 @@ from typing import Any, Self, TypeVar
 import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.client.utils import check_status
 from pymilvus.exceptions import ConnectError, ErrorCode, MilvusUnavailableException, ParamError
+from pymilvus.grpc_gen import schema_pb2
 
 from workers.settings import MilvusSettings
+
+try:  # pymilvus internals behind VectorStore._search_raw (pymilvus 3.0); the public search otherwise
+    from pymilvus.client import ts_utils as _ts_utils
+    from pymilvus.client.call_context import _api_level_md
+    from pymilvus.client.prepare import Prepare as _Prepare
+
+    _RAW_SEARCH = True
+except ImportError:  # pragma: no cover - another pymilvus
+    _RAW_SEARCH = False
 
 __all__ = [
     "DEFAULT_SEGMENT",
@@ -358,9 +369,10 @@ class VectorStore:
             extra["filter"] = f"generation <= {int(max_generation)}"
         for start in range(0, nq, MAX_NQ):
             chunk = queries[start : start + MAX_NQ]
+            search: Callable[..., Any] = self._search_raw if _RAW_SEARCH and not with_versions else self.client.search
             hits_per_query = self._call(
                 f"search {name_or_alias}",
-                self.client.search,
+                search,
                 name_or_alias,
                 data=list(chunk),
                 limit=top_k,
@@ -369,6 +381,9 @@ class VectorStore:
                 partition_names=list(segments) if segments else None,
                 **extra,
             )
+            if isinstance(hits_per_query, schema_pb2.SearchResultData):
+                fill_from_result(hits_per_query, ids[start : start + len(chunk)], scores[start : start + len(chunk)])
+                continue
             for row, hits in enumerate(hits_per_query, start=start):
                 n = len(hits.ids)
                 ids[row, :n] = hits.ids
@@ -376,6 +391,46 @@ class VectorStore:
                 if with_versions:
                     versions.update(hit["entity"]["model_version"] for hit in hits)
         return SearchResult(ids=ids, scores=scores, model_versions=frozenset(versions))
+
+    def _search_raw(
+        self,
+        name: str,
+        *,
+        data: list[np.ndarray],
+        limit: int,
+        search_params: dict[str, Any],
+        output_fields: list[str],
+        partition_names: list[str] | None = None,
+        filter: str = "",
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> schema_pb2.SearchResultData:
+        """``client.search`` without pymilvus' result objects: the response's ``SearchResultData``.
+
+        pymilvus turns every hit into a ``Hit`` (a dict subclass) before returning: ~12 ms of CPU for
+        64 queries x top-50 and ~55 ms for 256 here, against ~2-4 ms for this path, which builds the
+        request with pymilvus' own ``Prepare`` and consistency rules (as ``MilvusClient.search`` does)
+        and reads ids and scores straight from the gRPC reply (:func:`fill_from_result`). Internals of
+        pymilvus 3.0: when they are missing, the public ``client.search`` is used instead."""
+        conn = self.client._get_connection()
+        context = self.client._generate_call_context()
+        use_default = _ts_utils.construct_guarantee_ts(name, kwargs, conn.server_address, context.get_db_name())
+        request = _Prepare.search_requests_with_expr(
+            collection_name=name,
+            anns_field="",
+            param=search_params,
+            limit=limit,
+            data=data,
+            expr=filter,
+            partition_names=partition_names,
+            output_fields=output_fields,
+            round_decimal=-1,
+            use_default_consistency=use_default,
+            **kwargs,
+        )
+        response = conn._stub.Search(request, timeout=timeout, metadata=_api_level_md(context))
+        check_status(response.status)
+        return response.results
 
     def probe(self, name: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None) -> ProbeResult:
         """Check that each probe item is stored with exactly the given vector (and version).
@@ -476,6 +531,28 @@ class VectorStore:
 
     def drop_alias(self, alias: str) -> None:
         self._call(f"drop alias {alias}", self.client.drop_alias, alias)
+
+
+def fill_from_result(result: schema_pb2.SearchResultData, ids: np.ndarray, scores: np.ndarray) -> None:
+    """Copy a raw search response (``topks[q]`` hits of query ``q``, flattened) into the ``[nq, top_k]``
+    arrays ``ids`` and ``scores``; slots past a query's hits keep their padding."""
+    topks = np.asarray(result.topks, dtype=np.int64)
+    if topks.shape[0] != ids.shape[0]:
+        raise MilvusException(message=f"search returned {topks.shape[0]} result lists for {ids.shape[0]} queries")
+    if not result.ids.HasField("int_id"):
+        raise MilvusException(message="search returned non-integer ids")
+    flat_ids = np.asarray(result.ids.int_id.data, dtype=np.int64)
+    flat_scores = np.asarray(result.scores, dtype=np.float32)
+    top_k = ids.shape[1]
+    if topks.size and np.all(topks == top_k):
+        ids[:] = flat_ids.reshape(ids.shape)
+        scores[:] = flat_scores.reshape(scores.shape)
+        return
+    offset = 0
+    for row, n in enumerate(topks.tolist()):
+        ids[row, :n] = flat_ids[offset : offset + n]
+        scores[row, :n] = flat_scores[offset : offset + n]
+        offset += n
 
 
 class MilvusSearcher:
