@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schemas.codec import MAX_PAYLOAD_BYTES
@@ -120,10 +120,12 @@ def create_app(
     app.add_exception_handler(Exception, _unhandled)
 
     @app.post("/rec/recall", response_model=RecallReply, responses={400: {"model": ErrorReply}, **_ERRORS})
-    def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])]) -> Any:
+    async def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])]) -> Any:
         """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry)."""
-        status, reply = recall.answer(request)
-        return reply if status == 200 else JSONResponse(reply.model_dump(mode="json"), status_code=status)
+        # Awaited on the event loop (no thread-pool hop); encoded once by pydantic-core, without
+        # FastAPI's re-validation of the reply and its jsonable_encoder pass.
+        status, reply = await recall.answer_async(request)
+        return Response(reply.model_dump_json(), status_code=status, media_type="application/json")
 
     @app.post("/rec/count", response_model=CountResult, responses=_ERRORS)
     def count() -> Any:

@@ -7,6 +7,12 @@ load, requests that arrive while a search runs share the next one, so the gatewa
 with the load instead of being one search per request. A request never waits for a batch to fill:
 an idle gateway answers a lone request at once.
 
+The HTTP endpoint awaits :meth:`RecallService.answer_async`: the request waits as an asyncio future on
+the event loop, not as a blocked thread-pool thread, and the batcher resolves all the futures of a
+batch with one ``call_soon_threadsafe``. That removes a thread hand-off each way per request and the
+thread pool's 40-thread cap on requests in flight. :meth:`RecallService.answer` (blocking) stays for
+callers without an event loop.
+
 Error replies become HTTP statuses (:data:`STATUS`); their messages are fixed texts, never exception
 details: those are logged. When the engine fails because the live alias is gone (an operator
 dropped it, the engine still holds the old model), the answer is 503, not 500.
@@ -14,6 +20,7 @@ dropped it, the engine still holds the old model), the answer is 503, not 500.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -48,6 +55,14 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     reply: Reply | None = None
     abandoned: bool = False  # its caller timed out: not worth a search any more
+    future: asyncio.Future[Reply] | None = None  # set for callers awaiting on an event loop
+
+
+def _resolve(jobs: list[_Job]) -> None:
+    """On the jobs' event loop: hand each waiting caller its reply (unless it gave up meanwhile)."""
+    for job in jobs:
+        if job.future is not None and not job.future.done() and job.reply is not None:
+            job.future.set_result(job.reply)
 
 
 class RecallService:
@@ -104,9 +119,18 @@ class RecallService:
             replies = [ErrorReply(code=ErrorCode.INTERNAL, message=f"recall failed: {type(exc).__name__}")] * len(batch)
         users = sum(job.request.n_users for job in batch)
         self.metrics.observe_batch(len(batch), users, time.perf_counter() - began)
+        waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job, reply in zip(batch, replies, strict=True):
             job.reply = reply
-            job.done.set()
+            if job.future is None:
+                job.done.set()
+            else:
+                waiting.setdefault(job.future.get_loop(), []).append(job)
+        for loop, jobs in waiting.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, jobs)  # one wake-up of the loop per batch
+            except RuntimeError:  # the loop is closed: nobody waits for these replies any more
+                log.debug("event loop closed before %d replies were handed over", len(jobs))
 
     def refresh_live(self) -> None:
         """Re-resolve the live alias now (after a publish or a drop made by this gateway)."""
@@ -124,6 +148,23 @@ class RecallService:
             reply: Reply = ErrorReply(code=ErrorCode.TIMEOUT, message="recall timed out")
         else:
             reply = job.reply
+        return self._finish(job, reply)
+
+    async def answer_async(self, request: RecallRequest) -> tuple[int, Reply]:
+        """As :meth:`answer`, awaiting on the running event loop instead of blocking a thread."""
+        job = _Job(request, time.perf_counter(), future=asyncio.get_running_loop().create_future())
+        self._jobs.put(job)
+        assert job.future is not None
+        try:
+            reply = await asyncio.wait_for(job.future, self.timeout_s)
+        except TimeoutError:
+            job.abandoned = True
+            reply = ErrorReply(code=ErrorCode.TIMEOUT, message="recall timed out")
+        if isinstance(reply, RecallReply):
+            return self._finish(job, reply)
+        return await asyncio.to_thread(self._finish, job, reply)  # may ask Milvus about the alias
+
+    def _finish(self, job: _Job, reply: Reply) -> tuple[int, Reply]:
         self.metrics.latency.observe(time.perf_counter() - job.started)
         self.metrics.record([reply])
         if isinstance(reply, RecallReply):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -114,3 +115,43 @@ def test_requests_whose_callers_timed_out_are_not_searched() -> None:
         assert first.result()[0] == 504  # its own wait (0.2 s) was shorter than the search
     service.close()  # returns once the batcher has drained the queue
     assert engine.batches == [1], f"the abandoned requests were searched anyway: {engine.batches}"
+
+
+def test_awaiting_requests_share_searches_and_get_their_own_replies() -> None:
+    engine = SlowEngine(delay_s=0.05)
+    service = _service(engine, max_batch=8)
+
+    async def many() -> list[tuple[int, Reply]]:
+        return await asyncio.gather(*(service.answer_async(_request(n)) for n in range(2, 42)))
+
+    results = asyncio.run(many())
+    service.close()
+    for n, (status, reply) in zip(range(2, 42), results, strict=True):
+        assert status == 200 and isinstance(reply, RecallReply)
+        assert reply.items == [[n]], "a reply went to the wrong request"
+    assert sum(engine.batches) == 40 and max(engine.batches) <= 8
+    assert len(engine.batches) < 40, f"no batching happened: {engine.batches}"
+
+
+def test_an_awaiting_request_gets_504_after_the_timeout_and_is_not_searched_late() -> None:
+    engine = SlowEngine(delay_s=0.5)
+    service = _service(engine, timeout_s=0.2)
+
+    async def two() -> list[tuple[int, Reply]]:
+        first = asyncio.ensure_future(service.answer_async(_request(2)))  # occupies the engine for 0.5 s
+        await asyncio.sleep(0.05)
+        return [*(await asyncio.gather(first, service.answer_async(_request(3))))]
+
+    results = asyncio.run(two())
+    service.close()
+    assert [status for status, _ in results] == [504, 504]
+    assert all(isinstance(r, ErrorReply) and r.code is ErrorCode.TIMEOUT for _, r in results)
+    assert engine.batches == [1], f"the abandoned request was searched anyway: {engine.batches}"
+
+
+def test_an_engine_crash_reaches_an_awaiting_caller_as_a_fixed_500() -> None:
+    engine = SlowEngine(delay_s=0.0, fail_on=666)
+    service = _service(engine)
+    status, reply = asyncio.run(service.answer_async(_request(666)))
+    service.close()
+    assert status == 500 and isinstance(reply, ErrorReply) and "secret" not in reply.message
