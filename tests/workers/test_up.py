@@ -70,7 +70,9 @@ def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_p
         "MINDSTREAM_DATA__DATASET": "synthetic",
         "MINDSTREAM_TRAIN__BATCHES": "20",
         "MINDSTREAM_REFRESH__TRAIN_BATCHES": "10",
-        "MINDSTREAM_REFRESH__INTERVAL_S": "10",
+        # one bootstrap publish, then no round holds the publish lock (the admin calls would get 409)
+        "MINDSTREAM_REFRESH__INTERVAL_S": "100000",
+        "MINDSTREAM_REFRESH__MIN_NEW_EVENTS": "100000000",
         "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
         "MINDSTREAM_KAFKA__EMBEDDED_PORT": str(free_port()),
         "MINDSTREAM_MILVUS__EMBEDDED_PORT": str(free_port()),
