@@ -98,7 +98,10 @@ class RecallClient:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.retired_topics = 0
-        self._producer = make_producer(self._conf, {"linger.ms": 0})
+        # generations: a producer's metadata refresh would re-create deleted topics (the embedded broker
+        # auto-creates on metadata requests), so it never asks for that; the topics are created ahead instead
+        no_auto = {"allow.auto.create.topics": False} if self._generation_s is not None else {}
+        self._producer = make_producer(self._conf, {"linger.ms": 0, **no_auto})
         if self._private and self._generation_s is not None:
             self._replies = [self._open_reply(generation_of(time.time(), self._generation_s))]
         else:
@@ -247,6 +250,7 @@ class RecallClient:
         newest = self._replies[-1].gen
         ahead = generation_of(time.time() + _LEAD_S, period_s)
         if newest is not None and ahead > newest:
+            ensure_topics(self._conf, [generation_topic(self.requests_topic, ahead)])  # the worker does too
             opened = self._open_reply(ahead)
             with self._lock:
                 self._replies = [*self._replies, opened]

@@ -97,7 +97,9 @@ class RecallWorker:
         self.reply_timeout_s = reply_timeout_s
         self.metrics = metrics
         timeout_ms = max(1, int(reply_timeout_s * 1000))
-        self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
+        # generations (embedded broker): never re-create a deleted reply topic through a metadata refresh
+        no_auto = {"allow.auto.create.topics": False} if generations is not None else {}
+        self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms, **no_auto})
         self._consumer = make_consumer(
             conf, group_id, session_timeout_ms=session_timeout_ms, overrides={"fetch.wait.max.ms": fetch_wait_max_ms}
         )
