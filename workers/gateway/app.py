@@ -34,6 +34,7 @@ from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.gateway.admin import Admin, Busy, CountResult, DropResult, InsertResult, NoModel, NotLive
 from workers.gateway.auth import admin_guard
 from workers.gateway.docs import mount_docs
+from workers.gateway.fast_recall import FastRecallMiddleware
 from workers.gateway.middleware import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
 from workers.gateway.recall import INTERNAL_MESSAGE, RecallService
 from workers.infra.vector_store import VectorStore
@@ -114,6 +115,7 @@ def create_app(
     require_admin = Depends(admin_guard(settings.http.admin_token))
     app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION, lifespan=lifespan)
     mount_docs(app, TITLE)
+    app.add_middleware(FastRecallMiddleware, service=recall)  # innermost: valid /rec/recall bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_exception_handler(RequestValidationError, _invalid)

@@ -1,0 +1,73 @@
+"""The ASGI fast path of /rec/recall: valid bodies answered directly, everything else left to FastAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+from fastapi import Body, FastAPI
+from fastapi.testclient import TestClient
+
+from schemas.messages import RecallReply, RecallRequest
+from workers.gateway.fast_recall import FastRecallMiddleware
+from workers.gateway.recall import RecallService
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.seen: list[RecallRequest] = []
+
+    async def answer_async(self, request: RecallRequest) -> tuple[int, RecallReply]:
+        self.seen.append(request)
+        items = [[h[-1]] for h in request.hist_item or []]
+        reply = RecallReply(
+            items=items, scores=[[0.5]] * len(items), model_version="v1", collection="c_v1", took_ms=1.0
+        )
+        return 200, reply
+
+
+def _client() -> tuple[TestClient, FakeService, list[Any]]:
+    service = FakeService()
+    routed: list[Any] = []
+    app = FastAPI()
+
+    @app.post("/rec/recall")
+    def recall(request: Annotated[RecallRequest, Body()]) -> dict[str, str]:
+        routed.append(request)
+        return {"answered_by": "fastapi"}
+
+    @app.post("/echo")
+    def echo(body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return body
+
+    app.add_middleware(FastRecallMiddleware, service=cast(RecallService, service))
+    return TestClient(app), service, routed
+
+
+def test_a_valid_body_is_answered_by_the_fast_path() -> None:
+    client, service, routed = _client()
+    r = client.post("/rec/recall", json={"top_k": 3, "hist_item": [[1, 2, 7], [9]]})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        **RecallReply(
+            items=[[7], [9]], scores=[[0.5]] * 2, model_version="v1", collection="c_v1", took_ms=1.0
+        ).model_dump(mode="json")
+    }
+    assert [req.top_k for req in service.seen] == [3] and routed == []
+
+
+def test_an_invalid_body_reaches_fastapi_unchanged_and_gets_its_422() -> None:
+    client, service, routed = _client()
+    r = client.post("/rec/recall", json={"top_k": 0, "hist_item": [[1]]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "top_k"]  # FastAPI's own error format
+    r = client.post("/rec/recall", content=b'{"hist_item": [[1, 2]', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert service.seen == [] and routed == []
+
+
+def test_other_paths_and_content_types_are_left_to_fastapi() -> None:
+    client, service, _ = _client()
+    assert client.post("/echo", json={"a": 1}).json() == {"a": 1}
+    r = client.post("/rec/recall", content=b'{"hist_item": [[1]]}', headers={"content-type": "text/plain"})
+    assert service.seen == []
+    assert r.status_code in (200, 422)  # whatever FastAPI makes of it, FastAPI answered
