@@ -12,7 +12,13 @@ import numpy as np
 
 from model.data.types import HeldOut, IntArray
 from model.export import UserTower
-from model.metrics import RankingMetrics, merge_interests, ranking_metrics
+from model.metrics import (
+    InterestDiagnostics,
+    RankingMetrics,
+    interest_diagnostics,
+    merge_with_sources,
+    ranking_metrics,
+)
 from model.search import Searcher
 
 
@@ -22,9 +28,10 @@ class EvalReport:
     metrics: RankingMetrics
     truth_protocol: str
     backend: str
+    diagnostics: InterestDiagnostics | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "backend": self.backend,
             "truth": self.truth_protocol,
@@ -33,16 +40,35 @@ class EvalReport:
             f"hitrate@{self.metrics.top_n}": round(self.metrics.hitrate, 6),
             "users": self.metrics.users,
         }
+        if self.diagnostics is not None:
+            out["interests"] = self.diagnostics.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    interests: np.ndarray  # [B, K, D]
+    merged: list[IntArray]  # per user, best first
+    sources: list[IntArray]  # per user, the interest each merged item came from
+    distinct: IntArray  # [B] distinct real ids among the K x N candidates
+
+
+def recommend_detailed(tower: UserTower, searcher: Searcher, histories: list[IntArray], top_n: int) -> Recommendations:
+    """Interests, top-N per interest merged by score, and where each kept item came from."""
+    interests = tower.interests(histories)  # [B, K, D]
+    batch, k, dim = interests.shape
+    if not batch:
+        return Recommendations(interests, [], [], np.zeros(0, dtype=np.int64))
+    ids, scores = searcher.search(interests.reshape(batch * k, dim), top_n)
+    merged, sources, distinct = merge_with_sources(ids.reshape(batch, k, -1), scores.reshape(batch, k, -1), top_n)
+    return Recommendations(interests, merged, sources, distinct)
 
 
 def recommend(tower: UserTower, searcher: Searcher, histories: list[IntArray], top_n: int) -> list[IntArray]:
     """Top-N merged recommendations for each history (K interests, top-N each)."""
     if not histories:
         return []
-    interests = tower.interests(histories)  # [B, K, D]
-    batch, k, dim = interests.shape
-    ids, scores = searcher.search(interests.reshape(batch * k, dim), top_n)
-    return merge_interests(ids.reshape(batch, k, -1), scores.reshape(batch, k, -1), top_n)
+    return recommend_detailed(tower, searcher, histories, top_n).merged
 
 
 def evaluate_model(
@@ -54,8 +80,15 @@ def evaluate_model(
     name: str = "mind",
     backend: str = "exact",
 ) -> EvalReport:
-    recs = recommend(tower, searcher, heldout.histories, top_n)
-    return EvalReport(name, ranking_metrics(recs, heldout.truths, top_n), heldout.truth_protocol, backend)
+    """Ranking metrics plus interest diagnostics (pairwise cosine, hit share, distinct candidates)."""
+    recs = recommend_detailed(tower, searcher, heldout.histories, top_n)
+    metrics = ranking_metrics(recs.merged, heldout.truths, top_n)
+    diagnostics = (
+        interest_diagnostics(recs.interests, recs.merged, recs.sources, recs.distinct, heldout.truths)
+        if heldout.histories
+        else None
+    )
+    return EvalReport(name, metrics, heldout.truth_protocol, backend, diagnostics)
 
 
 def most_popular(popularity: IntArray, top_n: int) -> IntArray:

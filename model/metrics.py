@@ -1,4 +1,5 @@
-"""Recall@N, NDCG@N and HitRate@N with ComiRec's definitions, and the interest merge."""
+"""Recall@N, NDCG@N and HitRate@N with ComiRec's definitions, the interest merge, and diagnostics
+of how much the K interests differ."""
 
 from __future__ import annotations
 
@@ -33,16 +34,92 @@ def merge_interests(ids: IntArray, scores: npt.NDArray[np.float32], top_n: int) 
     ordered by score (descending; stable, so equal scores keep interest order), duplicates keep
     their best score, id 0 (padding / no hit) is dropped, and the best ``top_n`` are kept.
     """
-    batch = ids.shape[0]
+    return merge_with_sources(ids, scores, top_n)[0]
+
+
+def merge_with_sources(
+    ids: IntArray, scores: npt.NDArray[np.float32], top_n: int
+) -> tuple[list[IntArray], list[IntArray], IntArray]:
+    """:func:`merge_interests` plus, per user, the interest each kept item came from (the one that
+    scored it best) and the number of distinct real ids among all ``K * n`` candidates."""
+    batch, _, n = ids.shape
     flat_ids = ids.reshape(batch, -1)
     order = np.argsort(-scores.reshape(batch, -1), axis=1, kind="stable")
     ranked = np.take_along_axis(flat_ids, order, axis=1)
     merged: list[IntArray] = []
-    for row in ranked:
-        _, first = np.unique(row, return_index=True)
-        keep = row[np.sort(first)]
-        merged.append(keep[keep != 0][:top_n])
-    return merged
+    sources: list[IntArray] = []
+    distinct = np.zeros(batch, dtype=np.int64)
+    for row, (items, positions) in enumerate(zip(ranked, order, strict=True)):
+        _, first = np.unique(items, return_index=True)
+        first = np.sort(first)
+        keep = items[first] != 0
+        distinct[row] = int(keep.sum())
+        merged.append(items[first][keep][:top_n])
+        sources.append((positions[first][keep] // n)[:top_n])
+    return merged, sources, distinct
+
+
+@dataclass(frozen=True)
+class InterestDiagnostics:
+    """How different a user's K interests are, averaged over users.
+
+    ``mean_pairwise_cosine``: mean cosine over the ``K(K-1)/2`` pairs of a user's interests (None for
+    K = 1). ``hit_share``: share of all hits found by each user's most productive interest, second
+    most, ... (sorted per user, so slot order does not matter; ``[1, 0, 0, 0]`` = one interest does
+    all the work). ``distinct_candidates``: mean number of distinct items among a user's ``K * N``
+    candidates (N when all interests retrieve the same list, ``K * N`` when they never overlap).
+    """
+
+    mean_pairwise_cosine: float | None
+    hit_share: tuple[float, ...]
+    distinct_candidates: float
+    k: int
+
+    def as_dict(self) -> dict[str, float | int | list[float] | None]:
+        cos = self.mean_pairwise_cosine
+        return {
+            "mean_pairwise_cosine": None if cos is None else round(cos, 4),
+            "hit_share": [round(x, 4) for x in self.hit_share],
+            "distinct_candidates": round(self.distinct_candidates, 2),
+            "k": self.k,
+        }
+
+
+def mean_pairwise_cosine(interests: npt.NDArray[np.float32]) -> float | None:
+    """Mean over users (zero vectors skipped) of the mean cosine between their interests ``[B, K, D]``."""
+    k = interests.shape[1]
+    if k < 2:
+        return None
+    norms = np.linalg.norm(interests, axis=-1, keepdims=True)
+    real = (norms[..., 0] > 1e-12).all(axis=1)
+    if not real.any():
+        return None
+    unit = interests[real] / norms[real]
+    gram = np.einsum("bkd,bjd->bkj", unit, unit)
+    upper = np.triu_indices(k, 1)
+    return float(gram[:, upper[0], upper[1]].mean())
+
+
+def interest_diagnostics(
+    interests: npt.NDArray[np.float32],
+    merged: Sequence[IntArray],
+    sources: Sequence[IntArray],
+    distinct: IntArray,
+    truths: Sequence[IntArray],
+) -> InterestDiagnostics:
+    k = interests.shape[1]
+    share = np.zeros(k, dtype=np.float64)
+    for recs, src, truth in zip(merged, sources, truths, strict=True):
+        hit = np.isin(np.asarray(recs), np.asarray(truth))
+        counts = np.bincount(np.asarray(src)[hit], minlength=k)
+        share += np.sort(counts)[::-1]
+    total = share.sum()
+    return InterestDiagnostics(
+        mean_pairwise_cosine=mean_pairwise_cosine(interests),
+        hit_share=tuple(float(x) for x in (share / total if total else share)),
+        distinct_candidates=float(np.mean(distinct)) if len(distinct) else 0.0,
+        k=k,
+    )
 
 
 def ranking_metrics(recommended: Sequence[IntArray], truths: Sequence[IntArray], top_n: int) -> RankingMetrics:

@@ -28,10 +28,14 @@ def sequence_mask(seq_len: paddle.Tensor, maxlen: int) -> paddle.Tensor:
 class CapsuleLayer(nn.Layer):
     """Behaviour-to-interest (B2I) dynamic routing.
 
-    The routing logits start from a fixed, non-trainable random tensor ``[1, K, maxlen]``;
-    a bilinear map ``[dim, dim]`` shared by all behaviours maps item vectors to the interest
-    space; ``iters`` rounds refine the logits, the gradient flowing only through the last one.
-    Padded positions get zero routing weight, so padded ids never change the interests.
+    Routing weights are a softmax over interests of logits ``[B, K, maxlen]``; padded positions get
+    zero weight, so padded ids never change the interests. The initial logits are a fixed,
+    non-trainable random tensor ``[1, K, maxlen]`` shared by all users (PaddleRec), or, with
+    ``routing`` 'comirec' / 'comirec_dr', fresh N(0, 1) logits per sample while training (ComiRec;
+    inference starts from the fixed tensor, so serving is deterministic). A bilinear map ``[dim, dim]``
+    shared by all interests ('comirec_dr': one per interest, ``[K, dim, dim]``) maps item vectors to
+    the interest space; ``iters`` rounds refine the logits, the gradient flowing only through the
+    last one unless ``routing_grad`` is asked for (REMI's routing regularisation needs it).
     """
 
     def __init__(self, cfg: MindConfig, seed: int = 0) -> None:
@@ -39,8 +43,11 @@ class CapsuleLayer(nn.Layer):
         self.k_max = cfg.k_max
         self.maxlen = cfg.maxlen
         self.iters = cfg.iters
+        self.per_sample = cfg.routing != "reference"
+        self.per_interest = cfg.routing == "comirec_dr"
+        shape = [cfg.k_max, cfg.dim, cfg.dim] if self.per_interest else [cfg.dim, cfg.dim]
         self.bilinear = self.create_parameter(
-            shape=[cfg.dim, cfg.dim],
+            shape=shape,
             default_initializer=nn.initializer.Normal(mean=0.0, std=1.0 / cfg.dim**0.5),
         )
         gen = paddle.framework.core.default_cpu_generator()
@@ -52,20 +59,50 @@ class CapsuleLayer(nn.Layer):
 
     def forward(self, item_emb: paddle.Tensor, seq_len: paddle.Tensor) -> paddle.Tensor:
         """``item_emb [B, L, D]``, ``seq_len [B]`` -> interests ``[B, K, D]``."""
+        return self.route(item_emb, seq_len)[0]
+
+    def initial_logits(self, batch: int) -> paddle.Tensor:
+        if self.per_sample and self.training:
+            return paddle.randn([batch, self.k_max, self.maxlen], dtype="float32")
+        return paddle.expand(self.routing_logits, [batch, self.k_max, self.maxlen])
+
+    def route(
+        self, item_emb: paddle.Tensor, seq_len: paddle.Tensor, *, routing_grad: bool = False
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Interests ``[B, K, D]`` and the last routing weights ``[B, K, L]`` (0 on padding)."""
         batch = item_emb.shape[0]
         mask = sequence_mask(seq_len, self.maxlen).unsqueeze(1)  # [B, 1, L]
-        low = paddle.matmul(item_emb, self.bilinear)  # [B, L, D]
-        low_nograd = low.detach()
-        logits = paddle.expand(self.routing_logits, [batch, self.k_max, self.maxlen])
+        if self.per_interest:
+            # One 2-D matmul [B*L, D] x [D, K*D] (Paddle's broadcast batched matmul has no CPU grad here).
+            dim = item_emb.shape[-1]
+            maps = paddle.transpose(self.bilinear, [1, 0, 2]).reshape([dim, self.k_max * dim])
+            low = paddle.matmul(item_emb.reshape([-1, dim]), maps).reshape([batch, -1, self.k_max, dim])
+            low = paddle.transpose(low, [0, 2, 1, 3])  # [B, K, L, D]
+        else:
+            low = paddle.matmul(item_emb, self.bilinear)  # [B, L, D]
+        low_iter = low if routing_grad else low.detach()
+        logits = self.initial_logits(batch)
+        weight = mask
         interests = paddle.zeros([batch, self.k_max, low.shape[-1]], dtype=low.dtype)
         for i in range(self.iters):
             last = i == self.iters - 1
             weight = nn.functional.softmax(logits, axis=1) * mask  # softmax over interests
-            interests = squash(paddle.matmul(weight, low if last else low_nograd))
+            interests = squash(self._combine(weight, low if last else low_iter))
             if not last:
-                delta = paddle.matmul(interests, low_nograd, transpose_y=True)  # [B, K, L]
-                logits = logits + delta
-        return interests
+                logits = logits + self._agreement(interests, low_iter)
+        return interests, weight
+
+    def _combine(self, weight: paddle.Tensor, low: paddle.Tensor) -> paddle.Tensor:
+        """``sum_l weight[b, k, l] * low[b, (k,) l, :]`` -> ``[B, K, D]``."""
+        if self.per_interest:
+            return paddle.matmul(weight.unsqueeze(2), low).squeeze(2)
+        return paddle.matmul(weight, low)
+
+    def _agreement(self, interests: paddle.Tensor, low: paddle.Tensor) -> paddle.Tensor:
+        """``<interest k, low[l]>`` -> ``[B, K, L]``."""
+        if self.per_interest:
+            return paddle.matmul(low, interests.unsqueeze(-1)).squeeze(-1)
+        return paddle.matmul(interests, low, transpose_y=True)
 
 
 class MindNet(nn.Layer):
@@ -89,8 +126,15 @@ class MindNet(nn.Layer):
         return self.capsules(self.item_emb(hist), seq_len)
 
     def label_aware(self, interests: paddle.Tensor, target_emb: paddle.Tensor) -> paddle.Tensor:
-        """Attention over interests guided by the target: ``[B, K, D], [B, D] -> [B, D]``."""
+        """Readout guided by the target: ``[B, K, D], [B, D] -> [B, D]``.
+
+        'soft': attention over interests, ``softmax(sign(a) |a|^pow_p)`` with ``a = <interest, target>``;
+        'hard': the interest with the largest ``a`` (ComiRec), the gradient reaching only that one.
+        """
         att = paddle.matmul(interests, target_emb.unsqueeze(-1)).squeeze(-1)  # [B, K]
+        if self.cfg.readout == "hard":
+            pick = nn.functional.one_hot(paddle.argmax(att, axis=-1), self.cfg.k_max).astype(interests.dtype)
+            return paddle.sum(pick.unsqueeze(-1) * interests, axis=1)
         if self.cfg.pow_p != 1.0:
             att = paddle.sign(att) * paddle.pow(paddle.abs(att), self.cfg.pow_p)
         weight = nn.functional.softmax(att, axis=-1).unsqueeze(-1)

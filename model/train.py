@@ -17,7 +17,7 @@ from model.config import MindConfig, TrainConfig
 from model.data.types import HeldOut, IntArray, Sequences
 from model.evaluate import EvalReport, evaluate_model
 from model.export import UserTower, item_table
-from model.loss import logit_bias, sampled_softmax_loss
+from model.loss import logit_bias, routing_penalty, sampled_softmax_loss
 from model.negatives import LogUniformSampler
 from model.net import MindNet
 from model.progress import Progress
@@ -140,10 +140,18 @@ class Trainer:
         emb = paddle.gather(rows, paddle.to_tensor(inverse.astype(np.int64)))
         n_tgt = batch.target.shape[0]
         hist_flat, target_emb, neg_emb = paddle.split(emb, [batch.hist.size, n_tgt, neg.ids.shape[0]])
-        interests = self.net.capsules(hist_flat.reshape([n_tgt, -1, rows.shape[-1]]), paddle.to_tensor(batch.seq_len))
+        seq_len = paddle.to_tensor(batch.seq_len)
+        reg = self.cfg.routing_reg
+        interests, weight = self.net.capsules.route(
+            hist_flat.reshape([n_tgt, -1, rows.shape[-1]]), seq_len, routing_grad=reg > 0
+        )
         user = self.net.label_aware(interests, target_emb)
         bias = logit_bias(self.negatives.log_expected_for(batch.target), neg.log_expected, batch.target, neg.ids)
-        loss = sampled_softmax_loss(user, target_emb, neg_emb, paddle.to_tensor(bias))
+        loss = sampled_softmax_loss(
+            user, target_emb, neg_emb, paddle.to_tensor(bias), hard_neg_beta=self.cfg.hard_neg_beta
+        )
+        if reg > 0:
+            loss = loss + reg * routing_penalty(weight, seq_len)
         loss.backward()
         self.optimizer.step()
         self.optimizer.clear_grad()
@@ -181,7 +189,11 @@ def train(
     top_n: int = 50,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Run ``batches`` steps; validate and checkpoint every ``eval_every`` and at the end."""
+    """Run ``batches`` steps; validate and checkpoint every ``eval_every`` and at the end.
+
+    With ``cfg.patience`` and a validation set, stop early after that many evaluations in a row
+    without a better validation Recall@N (the best checkpoint is kept).
+    """
     cfg = trainer.cfg
     wall0 = time.perf_counter()
     train_s = 0.0
@@ -190,6 +202,9 @@ def train(
     best: Checkpoint | None = None
     latest: Checkpoint | None = None
     evals: list[dict[str, Any]] = []
+    stale = 0
+    best_seen = -1.0
+    done = 0
     for done in range(1, batches + 1):
         t0 = time.perf_counter()
         loss = trainer.train_step()
@@ -213,9 +228,13 @@ def train(
             latest = trainer.checkpoint(checkpoint_dir, metrics, best=is_best)
             if is_best:
                 best_recall, best = recall, latest
+        if "valid" in metrics:
+            stale, best_seen = (0, recall) if recall > best_seen else (stale + 1, best_seen)
+            if cfg.patience and stale >= cfg.patience:
+                break
     return TrainResult(
-        batches=batches,
-        samples_per_s=batches * cfg.batch_size / max(train_s, 1e-9),
+        batches=done,
+        samples_per_s=done * cfg.batch_size / max(train_s, 1e-9),
         train_seconds=train_s,
         wall_seconds=time.perf_counter() - wall0,
         final_loss=loss_ema,

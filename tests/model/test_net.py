@@ -65,11 +65,15 @@ def test_routing_logits_are_fixed_not_trainable(tiny_cfg: MindConfig) -> None:
 
 
 def test_label_aware_attention_prefers_matching_interest() -> None:
-    cfg = MindConfig(dim=2, k_max=2, maxlen=3, pow_p=8.0)
+    cfg = MindConfig(dim=2, k_max=2, maxlen=3, pow_p=8.0, readout="soft")
     net = MindNet(cfg, 5)
     interests = paddle.to_tensor(np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32))
     target = paddle.to_tensor(np.array([[0.0, 2.0]], dtype=np.float32))
     user = net.label_aware(interests, target).numpy()
     assert user[0, 1] > 0.99 and user[0, 0] < 0.01  # (2^8 vs 0) -> nearly one-hot
-    flat = MindNet(MindConfig(dim=2, k_max=2, maxlen=3, pow_p=1.0), 5).label_aware(interests, target).numpy()
+    flat = (
+        MindNet(MindConfig(dim=2, k_max=2, maxlen=3, pow_p=1.0, readout="soft"), 5)
+        .label_aware(interests, target)
+        .numpy()
+    )
     assert flat[0, 0] > 0.1  # pow_p 1 attends softly
