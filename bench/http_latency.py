@@ -3,11 +3,15 @@
 open-loop asyncio load generator (``bench.http_client``: keep-alive connections, a pool) at each
 offered rate. An httpx client measured itself here: it saturated a core at ~90 req/s.
 
-    python -m bench.http_latency [--rates 50 100 200 400] [--duration 20] [--items 100000]
+    python -m bench.http_latency [--rates 50 100 200 400] [--duration 20] [--items 100000] [--index HNSW]
+    python -m bench.http_latency --rates 50 100 200 300 400 600 800 1000   # up to saturation
+    python -m bench.http_latency --items 1000000 --index IVF_FLAT          # the index AUTO picks at 1M
     python -m bench.http_latency --quick
 
 Latency runs from each request's *scheduled* send time to its response (no coordinated omission).
 ``--workdir`` shares the published collection with ``bench.recall_latency --workdir`` (same layout).
+``capacity_rps`` is the highest offered rate that was served in full (no errors, achieved >= 95% of the
+offered rate) with p99 under 1 s; ``p99_ms_at_300`` the p99 at 300 req/s offered (when measured).
 """
 
 from __future__ import annotations
@@ -114,12 +118,33 @@ async def run_rate(url: str, rate: float, duration: float, bodies: list[dict[str
     }
 
 
+CAPACITY_P99_MS = 1000.0
+
+
+def capacity_rps(runs: list[dict[str, Any]]) -> float | None:
+    """The highest offered rate served in full (no errors, >= 95% achieved) with p99 < 1 s."""
+    served = [
+        r["offered_rps"]
+        for r in runs
+        if not r["errors"]
+        and r["achieved_rps"] >= 0.95 * r["offered_rps"]
+        and r["latency_ms"]["p99"] is not None
+        and r["latency_ms"]["p99"] < CAPACITY_P99_MS
+    ]
+    return max(served, default=None)
+
+
+def p99_at(runs: list[dict[str, Any]], rate: float) -> float | None:
+    return next((r["latency_ms"]["p99"] for r in runs if r["offered_rps"] == rate), None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0, 400.0], help="offered requests/s")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
     p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--users", type=int, default=1, help="users per request")
     p.add_argument("--connections", type=int, default=64, help="HTTP connection pool of the load generator")
@@ -138,7 +163,7 @@ def main() -> None:
     runs = []
     with contextlib.ExitStack() as stack:
         base = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="http-bench-")))
-        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type="HNSW"))
+        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type=args.index))
         milvus = stack.enter_context(EmbeddedMilvus(base / "milvus", port=free_port()))
         setup = publish(milvus.uri, settings, args.items, cfg)
         port = free_port()
@@ -159,13 +184,15 @@ def main() -> None:
         "http_latency",
         {
             "quick": args.quick,
-            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": "HNSW", **setup},
+            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": args.index, **setup},
             "request": {"users": args.users, "top_k": args.top_k, "history": 20},
             "client": {"connections": args.connections, "kind": "bench.http_client (asyncio keep-alive), open loop"},
             "gateway": {"search_ef": settings.milvus.search_ef, "exit_code_after_sigterm": stopped},
             "load_average_1m": {"before": load_before, "after": load_average()},
             "duration_s": args.duration,
             "runs": runs,
+            "p99_ms_at_300": p99_at(runs, 300.0),
+            "capacity_rps": capacity_rps(runs),
             "memory": mem,
             "bench_peak_rss_mb": peak_rss_mb(),
         },

@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
     p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--users", type=int, default=1, help="users per request")
     p.add_argument("--max-wait-ms", type=float, help="micro-batch window (default: settings)")
@@ -151,7 +152,7 @@ def main() -> None:
         defaults = Settings()
         settings = Settings(
             state_dir=base / "state",
-            milvus=MilvusSettings(index_type="HNSW", search_ef=args.search_ef or defaults.milvus.search_ef),
+            milvus=MilvusSettings(index_type=args.index, search_ef=args.search_ef or defaults.milvus.search_ef),
             recall=defaults.recall.model_copy(update={"max_wait_ms": args.max_wait_ms})
             if args.max_wait_ms is not None
             else defaults.recall,
@@ -181,7 +182,7 @@ def main() -> None:
     emit(
         "recall_latency",
         {
-            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": "HNSW", **setup},
+            "setup": {"items": args.items, "dim": cfg.dim, "k": cfg.k_max, "index": args.index, **setup},
             "request": {"users": args.users, "top_k": args.top_k, "history": 20},
             "worker": {
                 "max_batch": settings.recall.max_batch,

@@ -137,6 +137,14 @@ def _latency_rows(name: str, r: dict[str, Any], other: dict[str, Any] | None, ot
         )
         if run.get("errors"):
             rows.append((name, f"@ {rate:g} rps errors", _num(run["errors"]), "0", ""))
+    index = (r.get("setup") or {}).get("index")
+    if r.get("p99_ms_at_300") is not None:
+        rows.append(
+            (name, f"p99 ms @ 300 rps ({index})", _num(r["p99_ms_at_300"]), "25" if items == 100_000 else "", "")
+        )
+    if "capacity_rps" in r:
+        goal = "800" if items == 100_000 else ""
+        rows.append((name, "capacity rps (all served, p99 < 1 s)", _num(r["capacity_rps"], 0), goal, ""))
     return rows
 
 

@@ -71,10 +71,12 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
         tag = "" if n == 100_000 else f"_{n // 1_000_000}m" if n % 1_000_000 == 0 else f"_{n}"
         wd = str(work / f"latency-{n}")
         rates = ["50", "100", "200", "400"]
+        http_rates = ["50", "100", "200", "300", "400", "600", "800", "1000"]  # up to saturation: capacity_rps
+        index = ["--index", "HNSW" if n <= 100_000 else "IVF_FLAT"]  # 1M: the index AUTO picks there
         steps += [
-            Step(f"recall_latency{tag}", ["bench.recall_latency", "--items", str(n), "--rates", *rates,
+            Step(f"recall_latency{tag}", ["bench.recall_latency", "--items", str(n), "--rates", *rates, *index,
                                           "--workdir", wd], 3600, produces="recall_latency"),
-            Step(f"http_latency{tag}", ["bench.http_latency", "--items", str(n), "--rates", *rates,
+            Step(f"http_latency{tag}", ["bench.http_latency", "--items", str(n), "--rates", *http_rates, *index,
                                         "--workdir", wd], 3600, produces="http_latency"),
         ]  # fmt: skip
     steps += [
