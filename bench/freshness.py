@@ -33,7 +33,16 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit
-from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, percentiles, phase_summary
+from bench.stack import (
+    ClickStreamer,
+    LiveStack,
+    MemorySampler,
+    StackConfig,
+    load_average,
+    percentiles,
+    phase_summary,
+    wait_serving,
+)
 from workers.recall.client import RecallClient
 
 GOAL_P99_S = 5.0  # new item, 100k items (the 1M goal is 10 s)
@@ -256,7 +265,7 @@ def main() -> None:
         stack = es.enter_context(LiveStack(cfg, workdir))
         memory = MemorySampler(stack.processes()).start()
         client = es.enter_context(RecallClient(stack.kafka, stack.settings.recall))
-        client.recall(hist_item=[[1, 2, 3]], timeout=60)  # recall worker up
+        wait_serving(client)
         streamer = ClickStreamer(
             stack.kafka,
             stack.spec,

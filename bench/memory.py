@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit
-from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average
+from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, wait_serving
 from bench.swap_impact import Recorder, http_load, kafka_load
 from schemas.messages import RecallRequest
 from workers.recall.client import RecallClient
@@ -61,7 +61,7 @@ def main() -> None:
         memory = MemorySampler(stack.processes()).start()
         idle = dict(memory.last_mb)
         client = es.enter_context(RecallClient(stack.kafka, stack.settings.recall))
-        client.recall(hist_item=[[1, 2, 3]], timeout=60)
+        wait_serving(client)
         memory.sample()
         idle = dict(memory.last_mb)
         rec, stop = Recorder(), threading.Event()

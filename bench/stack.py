@@ -37,6 +37,7 @@ from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.tansu import EmbeddedBroker, free_port
 from workers.infra.vector_store import VectorStore
 from workers.offline import checkpoint_root
+from workers.recall.client import RecallClient, RecallError
 from workers.settings import KafkaSettings, MilvusSettings, Settings
 
 WORKERS = ("refresh", "ingest", "recall", "gateway")
@@ -359,6 +360,20 @@ def phase_summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float | i
         if total:
             phases.setdefault("publish_total", []).append(total)
     return {k: percentiles(v, 3) for k, v in phases.items()}
+
+
+def wait_serving(client: RecallClient, timeout_s: float = 120.0) -> None:
+    """Until the recall worker answers with a live model (it replies 'unavailable' before the refresh
+    worker published the first one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.recall(hist_item=[[1, 2, 3]], timeout=60)
+            return
+        except RecallError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def load_average() -> float:

@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit
-from bench.stack import ClickStreamer, LiveStack, MemorySampler, StackConfig, load_average, percentiles, phase_summary
+from bench.stack import (
+    ClickStreamer,
+    LiveStack,
+    MemorySampler,
+    StackConfig,
+    load_average,
+    percentiles,
+    phase_summary,
+    wait_serving,
+)
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
 from workers.recall.client import RecallClient
 
@@ -199,7 +208,7 @@ def main() -> None:
         stack = es.enter_context(LiveStack(cfg, workdir))
         memory = MemorySampler(stack.processes()).start()
         client = es.enter_context(RecallClient(stack.kafka, stack.settings.recall))
-        client.recall(hist_item=[[1, 2, 3]], timeout=60)
+        wait_serving(client)
         alias = stack.alias
         rec = Recorder()
         stop = threading.Event()
