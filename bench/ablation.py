@@ -68,7 +68,10 @@ def main() -> None:
         return
     began = time.perf_counter()
     previous: dict[str, Any] = json.loads(args.out.read_text()).get("variants", {}) if args.out.exists() else {}
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    # A variant rerun with other seeds keeps its stored runs for the seeds not rerun now.
+    runs: dict[str, list[dict[str, Any]]] = {
+        v: [r for r in previous.get(v, {}).get("runs", []) if r["seed"] not in args.seeds] for v in args.variants
+    }
     threads = 1 if args.jobs > 1 else 0
     tasks = [("ml-100k", v, seed, VARIANTS[v], BATCHES, threads) for v in args.variants for seed in args.seeds]
     report: dict[str, Any] = {}
