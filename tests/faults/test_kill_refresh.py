@@ -84,9 +84,14 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
                 time.sleep(0.3)
 
         def orphans() -> set[str]:
-            live = store.resolve_alias(names.alias)
+            """Shadows of crashed rounds: unrecorded collections newer than live. An unrecorded one older
+            than live is a previous live whose record a kill lost (between alter_alias and the state
+            write): the worker adopts it as superseded, for rollback, by design."""
+            live = store.resolve_alias(names.alias) or ""
             recorded = {s.collection for s in RefreshState.load(state / "refresh" / "state.json").superseded}
-            return set(store.list_collections(names.alias + "_v")) - {live} - recorded
+            unrecorded = set(store.list_collections(names.alias + "_v")) - {live} - recorded
+            live_n = version_number(registry.version_of(live) or "v0")
+            return {c for c in unrecorded if version_number(registry.version_of(c) or "v0") > live_n}
 
         def feed() -> None:
             while running.is_set():

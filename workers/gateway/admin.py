@@ -135,6 +135,7 @@ class Admin:
                 if segments is not None:
                     segments.close()
             state.save(self.state_path)
+            publisher.seal(report)
             return InsertResult(
                 model_version=report.version,
                 collection=report.collection,

@@ -2,9 +2,9 @@
 items past the TTL left out):
 shadow ``<alias>_v<N>`` -> index (created, built in the background) -> load -> insert -> verify
 (row count and probe at Strong consistency, quality) -> ``alter_alias`` -> previous kept for
-rollback -> dropped after the grace period -> flush (after the swap, so the index is built over
-sealed segments in the background). Nothing before the swap waits for what visibility does not
-need: no flush, no synchronous index build.
+rollback -> dropped after the grace period; :meth:`Publisher.seal` (a flush, once the caller
+recorded the swap) lets the index build over sealed segments in the background. Nothing before
+the swap waits for what visibility does not need: no flush, no synchronous index build.
 
 A failure at any step leaves the alias (live) untouched; the half-built shadow is an orphan that
 the next round's :meth:`Publisher.cleanup` drops. Only one publisher may run per alias."""
@@ -119,9 +119,6 @@ class Publisher:
             state.superseded.append(Superseded(report.previous, time.time()))
         self._timed(report, "swap", t)
 
-        t = time.perf_counter()
-        self.store.flush(collection)  # after the swap: seals the rows so the index builds over them
-        self._timed(report, "seal", t)
         log.info(
             "swapped %s -> %s (previous %s) %s",
             self.registry.alias,
@@ -130,6 +127,16 @@ class Publisher:
             report.phases,
         )
         return report
+
+    def seal(self, report: PublishReport) -> None:
+        """Flush the published collection, after the swap and after the caller recorded it: seals the
+        rows so the index builds over them in the background (searches meanwhile are exact)."""
+        t = time.perf_counter()
+        try:
+            self.store.flush(report.collection)
+        except Exception as exc:  # the swap stands; Milvus seals growing segments on its own schedule
+            log.warning("flush of %s after the swap failed (Milvus will seal it later): %s", report.collection, exc)
+        self._timed(report, "seal", t)
 
     def verify(
         self,

@@ -141,6 +141,7 @@ class RefreshWorker:
             state = RefreshState.load(self.state_path)
             report = self.publisher.publish(ckpt, state)
             state.save(self.state_path)
+            self.publisher.seal(report)
         self._set_live(ckpt)
         return report
 
@@ -258,6 +259,7 @@ class RefreshWorker:
         state.swaps += 1
         state.save(self.state_path)
         self._set_live(ckpt)
+        self.publisher.seal(report.published)  # after the state write: alter_alias and the record stay close
         if self.metrics:
             self.metrics.swaps.inc()
             self.metrics.events_trained.inc(len(events))

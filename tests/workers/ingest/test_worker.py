@@ -24,7 +24,7 @@ from workers.ingest.worker import BatchOutcome, IngestWorker
 from workers.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the repository (tests/workers/ingest/ -> root)
 SESSION_MS = 6000
 
 
