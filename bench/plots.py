@@ -76,11 +76,23 @@ def plot_latency(results: Results, plt: Any) -> Any:
 
 
 def plot_freshness(results: Results, plt: Any) -> Any:
-    """Click -> live CDF of every freshness run (default and tagged), recall CDF of the default run."""
+    """Click -> live CDF of every freshness run (default and tagged), recall CDF of the default run, and
+    the default run's user-side and served-model-age CDFs beside it (when it measured them)."""
     runs = {k: r for k, r in sorted(results.items()) if k.startswith("freshness") and r.get("cdf_click_to_live")}
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    default = runs.get("freshness") or {}
+    extra = [(k, t) for k, t in (("cdf_user_side", "user side: click -> in the state recall reads"),
+                                 ("cdf_model_age", "age of the served model version")) if default.get(k)]  # fmt: skip
+    fig, axes = plt.subplots(1, 1 + len(extra), figsize=(7 + 4.5 * len(extra), 4.5), squeeze=False)
+    ax = axes[0][0]
+    for (key, title), side in zip(extra, axes[0][1:], strict=True):
+        points = default[key]
+        side.step([p[0] for p in points], [p[1] for p in points], where="post", marker=".")
+        side.set_title(title, fontsize=10)
+        side.set_xlabel("seconds")
+        side.set_ylim(0, 1.02)
+        side.grid(True, alpha=0.3)
     for fr in runs.values():
         s = fr.get("setup", {})
         index = (s.get("index") or {}).get("type", "HNSW")

@@ -2,9 +2,10 @@
 
     python -m bench.train_speed [--steps 300] [--threads 0]
 
-Tables: the ML-100K table (1,350 rows, real data, exact softmax as trained), and a 368k-row table
-(the AmazonBook id space; demo slice data, 1,280 sampled negatives). Sparse updates should not slow
-down with the table size.
+Tables: the ML-100K table (1,350 rows, real data, exact softmax as trained), the AmazonBook demo
+slice's own table (20,017 rows through the item vocabulary, 1,280 sampled negatives), and the same
+data on a 368k-row table (the size the slice's raw id space needed before the vocabulary). Sparse
+updates should not slow down with the table size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from model.config import MindConfig, TrainConfig
 from model.data.types import Sequences
 from model.train import Trainer, configure_threads
 from workers.settings import DataSettings
+
+BIG_TABLE_ROWS = 367_892  # the AmazonBook demo's raw id space (largest id + 1)
 
 
 def measure(seqs: Sequences, item_count: int, steps: int, warmup: int = 20) -> dict[str, Any]:
@@ -48,7 +51,8 @@ def main() -> None:
         "threads": threads,
         "batch_size": 128,
         "ml-100k": measure(ml.train, ml.item_count, args.steps),
-        "amazonbook-368k": measure(ab.train, ab.item_count, args.steps),
+        "amazonbook-demo": measure(ab.train, ab.item_count, args.steps),
+        "amazonbook-368k": measure(ab.train, BIG_TABLE_ROWS, args.steps),
         "peak_rss_mb": peak_rss_mb(),
     }
     emit("train_speed", report)
