@@ -285,7 +285,7 @@ class LiveStack:
         """The fast-path generation announced for ``collection`` (0 when none)."""
         from workers.refresh.generations import announced_generation
 
-        return announced_generation(self.settings.models_dir, collection)[0]
+        return announced_generation(self.settings.models_dir, collection)[0] or 0
 
     def live_created_at(self, collection: str) -> float | None:
         """When the model version served from ``collection`` was built (its checkpoint manifest)."""

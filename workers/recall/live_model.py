@@ -91,8 +91,8 @@ class LiveModel:
         """``served`` at the generation announced now (same object when unchanged)."""
         if served.max_generation is None:
             return served
-        generation, stamp = announced_generation(self._registry.root, served.collection)
-        if stamp == served.generation_stamp or generation < served.generation:
+        generation, stamp = announced_generation(self._registry.root, served.collection, served.generation_stamp)
+        if generation is None or generation < served.generation:
             return served  # unchanged (generations never go back for one collection)
         self._served = replace(served, generation=generation, max_generation=generation, generation_stamp=stamp)
         return self._served

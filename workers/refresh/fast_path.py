@@ -207,9 +207,10 @@ class FastPath:
             return
         items = np.fromiter(self.pending, dtype=np.int64, count=len(self.pending))
         done = items[live.vocab.rows(items) > 0].tolist()
+        announced = set(live.generations.items) if done else set()
         for item in done:
             first = self.pending.pop(item).first_click
-            if self.metrics is not None and item not in live.generations.items:
+            if self.metrics is not None and item not in announced:
                 self.metrics.observe_new_items([max(now - first, 0.0)])  # live through the major version
 
     def _vectors(self, live: _Live, candidates: list[int]) -> tuple[list[int], np.ndarray, int]:

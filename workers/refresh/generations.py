@@ -51,11 +51,14 @@ class Generations:
         Generations.path(models_dir, self.collection).unlink(missing_ok=True)
 
 
-def announced_generation(models_dir: Path, collection: str) -> tuple[int, float]:
-    """``(generation, mtime)`` of ``collection``'s file, cheap enough to poll (``(0, 0.0)`` if none)."""
+def announced_generation(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[int | None, float]:
+    """``(generation, mtime)`` of ``collection``'s file, cheap enough to poll: ``(0, 0.0)`` if none, and
+    ``(None, known_stamp)`` without reading the file when its mtime is still ``known_stamp``."""
     path = Generations.path(models_dir, collection)
     try:
         mtime = path.stat().st_mtime
     except FileNotFoundError:
         return 0, 0.0
+    if mtime == known_stamp:
+        return None, known_stamp
     return Generations.load(models_dir, collection).generation, mtime
