@@ -191,10 +191,11 @@ def _freshness(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[st
     return out
 
 
-def _broker_topics(conf: dict[str, Any], requests: str, replies: str) -> dict[str, int]:
+def _broker_topics(conf: dict[str, Any], requests: str, replies: str, clicks: str) -> dict[str, int]:
     topics = make_admin(conf).list_topics(timeout=10).topics
     return {
         "total": len(topics),
+        "click_generations": sum(parse_generation(clicks, t) is not None for t in topics),
         "request_generations": sum(parse_generation(requests, t) is not None for t in topics),
         "reply_topics": sum(t.startswith(f"{replies}.") for t in topics),
     }
@@ -224,7 +225,9 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         users = np.arange(10_000_000, 10_000_000 + stream_cfg.users, dtype=np.int64)
         stream = ClickStream.from_dataset(data, users, stream_cfg)
         conf = kafka.client_config()
-        sender = StreamSender(conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms)
+        sender = StreamSender(
+            conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms, generation_s=gen_s
+        )
         rec = _Recorder()
         stop = StopFlag()
         client = RecallClient(kafka, stack.settings.recall)
@@ -262,7 +265,9 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                         "clicks_applied": ingest.get("mindstream_ingest_events_applied_total", 0.0),
                         "new_items_born": len(stream.births.born),
                         "processes": procs.sample(),
-                        "broker_topics": _broker_topics(conf, kafka.requests_topic, kafka.replies_topic),
+                        "broker_topics": _broker_topics(
+                            conf, kafka.requests_topic, kafka.replies_topic, kafka.clicks_topic
+                        ),
                         "reply_topics_retired": client.retired_topics,
                     }
                 )

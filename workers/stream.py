@@ -10,7 +10,8 @@ clicks to one item for a few seconds. Item ids are external ids throughout.
 
 :class:`StreamSender` paces any chunk source onto the clicks topic (first the held-out replay, then
 the continuous stream) at ``rate`` clicks/s, with a batching producer (``stream.linger_ms``): the
-embedded broker's cost grows with the number of stored batches, not messages.
+embedded broker's cost grows with the number of stored batches, not messages. With ``generation_s``
+(the embedded broker) it writes to the clicks topic's current generation (``workers.infra.generations``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from model.data.types import Dataset, IntArray
+from workers.infra.generations import ClickTopic
 from workers.infra.kafka import Conf, make_producer
 from workers.runtime import StopFlag
 from workers.settings import StreamSettings
@@ -183,9 +185,19 @@ def chunks_of(pairs: Iterator[tuple[int, int]]) -> Callable[[int, float], Chunk 
 class StreamSender:
     """Produces clicks from a list of sources, one after the other, at ``rate`` clicks/s."""
 
-    def __init__(self, conf: Conf, topic: str, rate: float, *, linger_ms: int, tick_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        conf: Conf,
+        topic: str,
+        rate: float,
+        *,
+        linger_ms: int,
+        tick_s: float = 0.01,
+        generation_s: float | None = None,
+    ) -> None:
         self.conf = conf
         self.topic = topic
+        self.target = ClickTopic(conf, topic, generation_s)  # the topic itself, or its current generation
         self.rate = rate
         self.linger_ms = linger_ms
         self.tick_s = tick_s
@@ -204,7 +216,14 @@ class StreamSender:
                 self.failed += 1
 
     def run(self, sources: list[tuple[str, Callable[[int, float], Chunk | None]]], stop: StopFlag) -> None:
-        producer = make_producer(self.conf, {"linger.ms": self.linger_ms, "queue.buffering.max.messages": 1_000_000})
+        producer = make_producer(
+            self.conf,
+            {
+                "linger.ms": self.linger_ms,
+                "queue.buffering.max.messages": 1_000_000,
+                **self.target.producer_overrides(),
+            },
+        )
         try:
             for name, source in sources:
                 self.phase = name
@@ -226,11 +245,12 @@ class StreamSender:
 
     def _produce(self, producer: Producer, chunk: Chunk) -> None:
         wall_ms = int(time.time() * 1000)
+        topic = self.target(wall_ms / 1000)
         for user, item in zip(chunk[0].tolist(), chunk[1].tolist(), strict=True):
             body = _CLICK % (self.prefix, self.sent, user, item, wall_ms)
             while True:
                 try:
-                    producer.produce(self.topic, key=str(user).encode(), value=body.encode(), on_delivery=self._ack)
+                    producer.produce(topic, key=str(user).encode(), value=body.encode(), on_delivery=self._ack)
                     break
                 except BufferError:
                     producer.poll(0.01)

@@ -269,7 +269,9 @@ def run_up(
         histories = [h.tolist() for h in test.histories if len(h)]
         held_out = [int(u) for held in (valid, test) for u in held.user_ids]
         stream = ClickStream.from_dataset(dataset, _stream_users(dataset, held_out, stream_cfg.users), stream_cfg)
-        sender = StreamSender(conf, kafka.clicks_topic, rate, linger_ms=stream_cfg.linger_ms)
+        sender = StreamSender(
+            conf, kafka.clicks_topic, rate, linger_ms=stream_cfg.linger_ms, generation_s=kafka.topic_generation_s
+        )
         sources = [("replay", chunks_of(held_out_clicks(valid, test)))] if replay else []
         sources.append(("stream", stream.chunk))
         probes = {}

@@ -11,6 +11,12 @@ older generation, and once a generation is over, drained and past every deadline
 consumer is closed and the topic deleted. Stored batches per fetched partition then stay below
 ``rate x topic_generation_s``.
 
+The clicks topic rotates the same way (``ClickTopic`` on the producer side, the ingest worker's own
+``GenerationSource`` on the consumer side): the ingest worker applies every generation to the state
+file of the logical topic's partition and keeps each generation's offset there, so a generation is
+deleted only once everything in it is durable. One ingest worker reads the generations (the dev
+stack runs one); production Kafka keeps one fixed, partitioned topic and its consumer group.
+
 Two measured constraints shape this (librdkafka 2.16 against Tansu 0.6.0):
 
 * a *consumer* that knows a topic crashes (SIGSEGV in ``rd_kafka_metadata_cache_find``) soon after
@@ -25,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,6 +40,7 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from workers.infra.kafka import Conf, ConfValue, ensure_topics, make_admin, make_consumer
 
 __all__ = [
+    "ClickTopic",
     "GenerationSource",
     "delete_topics",
     "generation_of",
@@ -80,11 +87,48 @@ def delete_topics(conf: Conf, topics: Iterable[str], timeout: float = 10.0) -> l
     return deleted
 
 
+class ClickTopic:
+    """The topic a producer writes to now: ``base`` itself, or (``period_s`` set) its current generation.
+
+    The generation's topic is created the first time it is used (producers in generation mode must not
+    auto-create: pass :func:`producer_overrides` to the producer), so producing never waits for a
+    consumer to have created it.
+    """
+
+    def __init__(self, conf: Conf, base: str, period_s: float | None, *, partitions: int = 1) -> None:
+        self.conf = conf
+        self.base = base
+        self.period_s = period_s
+        self.partitions = partitions
+        self._gen: int | None = None
+        self._topic = base
+
+    def producer_overrides(self) -> dict[str, ConfValue]:
+        """A producer's metadata refresh must not re-create a deleted generation (the broker would)."""
+        return {"allow.auto.create.topics": False} if self.period_s is not None else {}
+
+    def __call__(self, now: float | None = None) -> str:
+        if self.period_s is None:
+            return self.base
+        gen = generation_of(time.time() if now is None else now, self.period_s)
+        if gen != self._gen:
+            topic = generation_topic(self.base, gen)
+            ensure_topics(self.conf, [topic], self.partitions)
+            self._gen, self._topic = gen, topic
+        return self._topic
+
+
+# Where a generation consumer starts in (topic, partition): an offset, or None for the committed one.
+StartOffset = Callable[[str, int], int | None]
+
+
 @dataclass
 class _Generation:
     gen: int
     topic: str
     consumer: Consumer
+    partitions: list[int]
+    starts: dict[int, int]  # partition -> the offset assigned (or OFFSET_STORED)
     quiet_since: float = field(default_factory=time.monotonic)
 
 
@@ -95,7 +139,9 @@ class GenerationSource:
     ``maintain`` (call it often; it acts every ``tick_s``) creates the next generation's topic ahead of
     time, starts consumers for new generations and retires drained ones: commit, close, delete.
     ``serve_s`` is how long after a generation's end a message in it can still be worth answering
-    (the callers' timeout): the topic lives at least that long plus ``grace_s``.
+    (the callers' timeout): the topic lives at least that long plus ``grace_s``. Generation topics
+    have ``partitions`` partitions, all read; ``start_offset`` (default: the committed offset, else
+    the earliest) says where to resume a partition.
     """
 
     def __init__(
@@ -110,6 +156,8 @@ class GenerationSource:
         session_timeout_ms: int,
         overrides: dict[str, ConfValue] | None = None,
         tick_s: float = 0.5,
+        partitions: int = 1,
+        start_offset: StartOffset | None = None,
     ) -> None:
         self.conf = conf
         self.base = base
@@ -119,7 +167,10 @@ class GenerationSource:
         self.session_timeout_ms = session_timeout_ms
         self.overrides = overrides or {}
         self.tick_s = tick_s
+        self.partitions = partitions
+        self.start_offset = start_offset
         self.live: dict[int, _Generation] = {}
+        self._highest: int | None = None  # the newest generation ever started
         self.retired = 0
         self._next_tick = 0.0
         self._discover()
@@ -129,20 +180,26 @@ class GenerationSource:
         """Older generations left by an earlier run: read what is left, then retire them."""
         admin = make_admin(self.conf)
         topics = admin.list_topics(timeout=10).topics
-        for topic in topics:
+        for topic, meta in topics.items():
             gen = parse_generation(self.base, topic)
             if gen is not None:
-                self._start(gen)
+                self._start(gen, sorted(meta.partitions) or list(range(self.partitions)))
 
-    def _start(self, gen: int) -> None:
+    def _start(self, gen: int, partitions: list[int] | None = None) -> None:
         if gen in self.live:
             return
         topic = generation_topic(self.base, gen)
+        parts = partitions if partitions is not None else list(range(self.partitions))
         consumer = make_consumer(
             self.conf, self.group_id, session_timeout_ms=self.session_timeout_ms, overrides=self.overrides
         )
-        consumer.assign([TopicPartition(topic, 0, OFFSET_STORED)])  # committed, else earliest
-        self.live[gen] = _Generation(gen, topic, consumer)
+        assignment = []
+        for p in parts:
+            start = self.start_offset(topic, p) if self.start_offset is not None else None
+            assignment.append(TopicPartition(topic, p, OFFSET_STORED if start is None else start))
+        consumer.assign(assignment)  # committed (else earliest) unless start_offset names one
+        self.live[gen] = _Generation(gen, topic, consumer, parts, {tp.partition: tp.offset for tp in assignment})
+        self._highest = gen if self._highest is None else max(self._highest, gen)
 
     def maintain(self, force: bool = False) -> None:
         mono = time.monotonic()
@@ -151,9 +208,12 @@ class GenerationSource:
         self._next_tick = mono + self.tick_s
         now = time.time()
         current = generation_of(now, self.period_s)
-        wanted = [g for g in (current, generation_of(now + _LEAD_S, self.period_s)) if g not in self.live]
+        if self._highest is not None and self._highest + 1 < current:
+            self._catch_up(self._highest + 1, current)
+        ahead = generation_of(now + _LEAD_S, self.period_s)
+        wanted = [g for g in range(current, ahead + 1) if g not in self.live]
         if wanted:
-            ensure_topics(self.conf, [generation_topic(self.base, g) for g in wanted])
+            ensure_topics(self.conf, [generation_topic(self.base, g) for g in wanted], self.partitions)
             for gen in wanted:
                 self._start(gen)
         for gen in [g for g in self.live if g < current]:
@@ -164,17 +224,50 @@ class GenerationSource:
         if took > 0.2:
             log.warning("%s generations: maintenance took %.2f s (serving waited)", self.base, took)
 
+    def _catch_up(self, first: int, current: int) -> None:
+        """Generations that began and ended while nobody maintained (a long batch, a stall): producers
+        may have created and filled them; start those that exist."""
+        topics = make_admin(self.conf).list_topics(timeout=10).topics
+        for gen in range(first, current):
+            topic = generation_topic(self.base, gen)
+            if topic in topics and gen not in self.live:
+                log.warning("%s: generation started while unmaintained; reading it now", topic)
+                self._start(gen, sorted(topics[topic].partitions) or None)
+
     def _drained(self, generation: _Generation, mono: float) -> bool:
         if mono - generation.quiet_since < _DRAIN_IDLE_S:
             return False
-        tp = TopicPartition(generation.topic, 0)
+        tps = [TopicPartition(generation.topic, p) for p in generation.partitions]
         try:  # cached: the high watermark of the last fetch, no broker round trip in the serving loop
-            _, high = generation.consumer.get_watermark_offsets(tp, cached=True)
-            position = generation.consumer.position([tp])[0].offset
+            highs = [generation.consumer.get_watermark_offsets(tp, cached=True)[1] for tp in tps]
+            positions = [tp.offset for tp in generation.consumer.position(tps)]
+            if any(pos < 0 < high for pos, high in zip(positions, highs, strict=True)):
+                # nothing consumed here yet (a restart resuming at the end): where it was told to start
+                positions = self._starts(generation, positions)
         except KafkaException as exc:
             log.warning("%s: watermarks unavailable: %s", generation.topic, exc)
             return False
-        return high == 0 or (high > 0 and position >= high)
+        return all(high == 0 or (high > 0 and pos >= high) for high, pos in zip(highs, positions, strict=True))
+
+    @staticmethod
+    def _starts(generation: _Generation, positions: list[int]) -> list[int]:
+        """Unknown positions replaced by the assigned start (or the committed offset: a broker round trip)."""
+        out = list(positions)
+        stored = []
+        for i, p in enumerate(generation.partitions):
+            if out[i] < 0:
+                start = generation.starts.get(p, OFFSET_STORED)
+                if start >= 0:
+                    out[i] = start
+                else:
+                    stored.append(i)
+        if stored:
+            committed = generation.consumer.committed(
+                [TopicPartition(generation.topic, generation.partitions[i]) for i in stored], timeout=5
+            )
+            for i, tp in zip(stored, committed, strict=True):
+                out[i] = tp.offset
+        return out
 
     def _retire(self, generation: _Generation) -> None:
         try:
@@ -185,7 +278,7 @@ class GenerationSource:
         generation.consumer.close()  # before the delete: a consumer that knows a deleted topic crashes
         delete_topics(self.conf, [generation.topic])
         self.retired += 1
-        log.info("retired request topic %s", generation.topic)
+        log.info("retired topic generation %s", generation.topic)
 
     def poll(self, timeout: float) -> tuple[Consumer, Message] | None:
         """The next message of any live generation; waits up to ``timeout`` on the newest one."""
@@ -203,6 +296,24 @@ class GenerationSource:
             return None
         newest.quiet_since = time.monotonic()
         return newest.consumer, msg
+
+    def consume(self, n: int, timeout: float) -> tuple[Consumer | None, list[Message]]:
+        """Up to ``n`` messages of one live generation (an older one first, without waiting; else the
+        newest, waiting up to ``timeout``) and the consumer they came from (to store their offsets)."""
+        gens = sorted(self.live)
+        for gen in gens[:-1]:
+            got = self.live[gen].consumer.consume(n, 0)
+            if got:
+                self.live[gen].quiet_since = time.monotonic()
+                return self.live[gen].consumer, got
+        if not gens:
+            time.sleep(timeout)
+            return None, []
+        newest = self.live[gens[-1]]
+        got = newest.consumer.consume(n, timeout)
+        if got:
+            newest.quiet_since = time.monotonic()
+        return newest.consumer, got
 
     def close(self, commit: bool = True) -> None:
         for generation in self.live.values():

@@ -6,6 +6,11 @@ the valid ones and the partition's last offset in one SQLite transaction per par
 store the Kafka offsets (librdkafka commits stored offsets in the background and on close). On
 assignment the consumer resumes from the offset kept in the state file, which is always at or past
 Kafka's committed offset; redeliveries are skipped by ``event_id`` (see ``workers.ingest.state_store``).
+
+On the embedded broker (``kafka.topic_generation_s`` set) clicks also arrive on generations of the
+clicks topic (``workers.infra.generations``): each generation ``clicks.g<N>`` is applied to the state
+file of ``clicks`` and its partition, with the generation's own offset kept there; a generation is
+retired (its topic deleted, which frees the broker's memory) once it is over, drained and durable.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from workers.infra.generations import GenerationSource, parse_generation
 from workers.infra.kafka import Conf, ensure_topics, make_consumer, make_producer
 from workers.ingest.batch import reason_category, split_batch
 from workers.ingest.dead_letters import DeadLetterSink
@@ -70,6 +76,8 @@ class IngestWorker:
         dlq_flush_timeout_s: float,
         stats_interval_ms: int,
         metrics: IngestMetrics,
+        generation_s: float | None = None,
+        generation_retire_s: float = 60.0,
     ) -> None:
         self.topic = topic
         self.state_dir = state_dir
@@ -85,7 +93,45 @@ class IngestWorker:
             overrides=_with_stats_cb(stats_interval_ms, metrics.on_stats),
         )
         self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._generations: GenerationSource | None = None
+        if generation_s is not None:
+            # Never joined: assigned partitions only. ``generation_retire_s`` after a generation ends
+            # (and once drained) its topic goes: longer than any producer may still be delivering to it.
+            self._generations = GenerationSource(
+                conf,
+                topic,
+                period_s=generation_s,
+                grace_s=0.0,
+                serve_s=generation_retire_s,
+                group_id=f"{group_id}-generations",
+                session_timeout_ms=session_timeout_ms,
+                start_offset=self._resume_offset,
+            )
         self._closed = False
+
+    def _logical(self, topic: str) -> str:
+        """The topic whose state file a message of ``topic`` is applied to (a generation -> its base)."""
+        return self.topic if parse_generation(self.topic, topic) is not None else topic
+
+    def _resume_offset(self, topic: str, partition: int) -> int | None:
+        """A generation resumes after the last offset applied from it (the state file is the truth)."""
+        last = self._store(self._logical(topic), partition).last_offset(topic, partition)
+        return None if last is None else last + 1
+
+    @property
+    def generations_retired(self) -> int:
+        return self._generations.retired if self._generations is not None else 0
+
+    def _take(self) -> tuple[Consumer, list[Message]]:
+        """The next batch: the fixed topic's, else (generations) a generation's."""
+        if self._generations is None:
+            return self._consumer, self._consumer.consume(self.batch_size, self.batch_timeout_s)
+        self._generations.maintain()  # between batches: everything consumed so far is durable
+        messages = self._consumer.consume(self.batch_size, 0)  # producers that write to the topic itself
+        if messages:
+            return self._consumer, messages
+        consumer, messages = self._generations.consume(self.batch_size, self.batch_timeout_s)
+        return (consumer or self._consumer), messages
 
     def _store(self, topic: str, partition: int) -> PartitionStore:
         store = self._stores.get((topic, partition))
@@ -130,7 +176,7 @@ class IngestWorker:
 
     def run_once(self) -> BatchOutcome:
         """Consume one batch (size or time, whichever comes first) and make it durable."""
-        messages = self._consumer.consume(self.batch_size, self.batch_timeout_s)
+        consumer, messages = self._take()
         if not messages:
             return BatchOutcome()
         started = time.perf_counter()
@@ -143,13 +189,13 @@ class IngestWorker:
         applied = 0
         offsets = []
         for part in batch.partitions.values():
-            applied += self._store(part.topic, part.partition).apply(
+            applied += self._store(self._logical(part.topic), part.partition).apply(
                 part.events, part.topic, part.partition, part.last_offset
             )
             offsets.append(TopicPartition(part.topic, part.partition, part.last_offset + 1))
         if offsets:
             try:
-                self._consumer.store_offsets(offsets=offsets)
+                consumer.store_offsets(offsets=offsets)
             except KafkaException as exc:  # partition lost meanwhile: its next owner resumes from the state
                 log.warning("could not store offsets: %s", exc)
         self._observe_freshness(messages, {id(msg) for msg, _ in batch.rejected})
@@ -194,6 +240,8 @@ class IngestWorker:
             if commit:
                 self._commit(self._consumer)
             self._consumer.close()
+            if self._generations is not None:
+                self._generations.close(commit=commit)
         finally:
             self._dlq.producer.flush(self._dlq.flush_timeout_s)
             for store in self._stores.values():
@@ -240,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dlq_flush_timeout_s=args.dlq_flush_timeout_s or ingest.dlq_flush_timeout_s,
         stats_interval_ms=ingest.stats_interval_ms if args.stats_interval_ms is None else args.stats_interval_ms,
         metrics=IngestMetrics(registry),
+        generation_s=kafka.topic_generation_s,
+        generation_retire_s=kafka.clicks_generation_retire_s,
     )
     with stop_on_signals(StopFlag()) as stop:
         worker.run(stop)

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from schemas.dlq import DeadLetter
 from schemas.headers import get_header
-from workers.infra.kafka import ensure_topics, make_producer
+from workers.infra.generations import ClickTopic, parse_generation
+from workers.infra.kafka import ensure_topics, make_admin, make_producer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.worker import BatchOutcome, IngestWorker
@@ -193,3 +194,95 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
         assert {e.event_id for e in events} == {f"ev-{n}" for n in range(total)}
     finally:
         reader.close()
+
+
+def _gen_worker(conf: dict[str, str | int], topic: str, state_dir: Path, period_s: float) -> IngestWorker:
+    return IngestWorker(
+        conf,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        group_id=f"{topic}-ingest",
+        session_timeout_ms=SESSION_MS,
+        state_dir=state_dir,
+        batch_size=64,
+        batch_timeout_s=0.1,
+        dlq_flush_timeout_s=10.0,
+        stats_interval_ms=0,
+        metrics=IngestMetrics(CollectorRegistry()),
+        generation_s=period_s,
+        generation_retire_s=0.5,
+    )
+
+
+def _listed(conf: dict[str, str | int], topic: str) -> set[int]:
+    topics = make_admin(conf).list_topics(timeout=10).topics
+    return {g for t in topics if (g := parse_generation(topic, t)) is not None}
+
+
+def test_click_generations_are_applied_once_then_deleted_across_a_restart(
+    kafka_settings: KafkaSettings, topic_name: str, tmp_path: Path
+) -> None:
+    """Clicks written to rotating generations (the embedded broker's mode) and to the topic itself all
+    land in the topic's state file exactly once; drained generations are deleted; a restarted worker
+    resumes each generation from the state file (nothing re-applied)."""
+    period_s = 1.0
+    conf = kafka_settings.client_config()
+    ensure_topics(conf, [topic_name, f"{topic_name}.dlq"])
+    target = ClickTopic(conf, topic_name, period_s)
+    producer = make_producer(conf, target.producer_overrides())
+    used: set[str] = set()
+
+    def send(first: int, last: int) -> None:
+        for n in range(first, last):
+            key, value = _click(n)
+            topic = target()
+            used.add(topic)
+            producer.produce(topic, key=key, value=value)
+            if n % 50 == 49:
+                assert producer.flush(10) == 0
+                time.sleep(0.2)  # ~4 generations per 800 clicks
+        assert producer.flush(10) == 0
+
+    def run_until(worker: IngestWorker, count: int, retired: int) -> list[BatchOutcome]:
+        outcomes = []
+        deadline = time.monotonic() + 60
+        with StateReader(tmp_path, topic_name) as reader:
+            while (
+                reader.event_count() < count or worker.generations_retired < retired
+            ) and time.monotonic() < deadline:
+                outcomes.append(worker.run_once())
+            assert reader.event_count() == count, "clicks of some generation were not applied"
+        assert worker.generations_retired >= retired, "drained generations were never retired"
+        return outcomes
+
+    worker = _gen_worker(conf, topic_name, tmp_path, period_s)
+    try:
+        send(0, 800)
+        for n in range(800, 820):  # a producer that writes to the topic itself is still read
+            key, value = _click(n)
+            producer.produce(topic_name, key=key, value=value)
+        assert producer.flush(10) == 0
+        first = run_until(worker, 820, retired=2)
+    finally:
+        worker.close()
+    assert len(used) >= 3, "the clicks did not span generations"
+    assert sum(o.applied for o in first) == 820 and sum(o.duplicates for o in first) == 0
+    send(820, 1000)  # while no worker runs
+    worker = _gen_worker(conf, topic_name, tmp_path, period_s)
+    try:
+        second = run_until(worker, 1000, retired=1)
+        time.sleep(period_s + 1.0)  # every generation used is over, drained and past its retirement
+        deadline = time.monotonic() + 20
+        while (
+            _listed(conf, topic_name) & {parse_generation(topic_name, t) for t in used} and time.monotonic() < deadline
+        ):
+            second.append(worker.run_once())
+    finally:
+        worker.close()
+    assert sum(o.applied for o in second) == 180
+    assert sum(o.duplicates for o in second) == 0, "a restarted worker re-read what it had applied"
+    leftover = _listed(conf, topic_name) & {parse_generation(topic_name, t) for t in used}
+    assert not leftover, f"generations never deleted: {sorted(leftover)}"
+    with StateReader(tmp_path, topic_name) as reader:
+        assert reader.history(1, 2) == [874, 971]  # user 1 clicked n = ..., 873, 970 (through generations)
+    assert sorted(p.name for p in (tmp_path / "ingest").glob("*.sqlite")) == [f"{topic_name}-p0.sqlite"]
