@@ -61,7 +61,7 @@ class KafkaSettings(_Section):
     topic_generation_s: float | None = Field(
         None,
         gt=0,
-        description="Embedded broker only: requests and private reply topics rotate to a fresh generation "
+        description="Embedded broker only: clicks, requests and private reply topics rotate to a fresh generation "
         "(<topic>.g<N>, N = epoch seconds // this) and drained generations are deleted, because Tansu's fetch "
         "cost grows with the batches a partition stores and only DeleteTopics frees them; unset = fixed topics",
     )
@@ -70,6 +70,12 @@ class KafkaSettings(_Section):
     )
     generation_grace_s: float = Field(
         3.0, gt=0, description="A retired generation is deleted this long after the last deadline it can serve"
+    )
+    clicks_generation_retire_s: float = Field(
+        60.0,
+        gt=0,
+        description="With topic_generation_s: a clicks generation is deleted this long after it ended (and only "
+        "once the ingest worker has applied all of it): longer than a producer may still deliver to it",
     )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, str | int]:
