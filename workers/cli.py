@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -179,8 +178,6 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     if args.now:
         _print({"requested": str(request_refresh(settings))})
         return 0
-    if settings.refresh.nice:
-        os.nice(settings.refresh.nice)  # training shares the cores with recall: serving comes first
     with open_milvus(settings.milvus, settings.milvus_dir) as uri:
         worker = _refresh_worker(settings, uri, with_data=True)
         try:
@@ -194,7 +191,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                 _print(report.as_dict() if report else {"round": "nothing new"})
                 return 0
             with stop_on_signals(StopFlag()) as stop:
-                worker.run(stop)
+                worker.run(stop, nice=settings.refresh.nice)
         finally:
             worker.close()
     return 0

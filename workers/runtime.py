@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
@@ -88,3 +90,27 @@ def metrics_registry(port: int | None) -> CollectorRegistry:
     if port is not None:
         start_http_server(port, registry=registry)
     return registry
+
+
+def nice_threads(increment: int, *, keep: Collection[int] = ()) -> int:
+    """Lower the CPU priority of this process's threads, except the native thread ids in ``keep``.
+
+    On Linux niceness is per thread and new threads inherit their creator's: the threads running
+    now are reniced one by one (``/proc/self/task``), and the threads they start later inherit it.
+    Elsewhere the whole process is reniced (``keep`` cannot be honoured). Returns the threads changed.
+    """
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():  # pragma: no cover - not Linux
+        os.nice(increment)
+        return 0
+    changed = 0
+    for entry in tasks.iterdir():
+        tid = int(entry.name)
+        if tid in keep:
+            continue
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+            changed += 1
+        except (ProcessLookupError, PermissionError) as exc:  # the thread ended meanwhile
+            log.debug("thread %d not reniced: %s", tid, exc)
+    return changed

@@ -32,7 +32,7 @@ from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
 from workers.refresh.state import RefreshState
-from workers.runtime import StopFlag
+from workers.runtime import StopFlag, nice_threads
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -294,14 +294,19 @@ class RefreshWorker:
             state.save(self.state_path)
         return target, previous
 
-    def run(self, stop: StopFlag) -> None:
-        """Poll the triggers until asked to stop; a failed round is logged and counted, not fatal."""
+    def run(self, stop: StopFlag, nice: int = 0) -> None:
+        """Poll the triggers until asked to stop; a failed round is logged and counted, not fatal.
+
+        ``nice``: the major rounds (training, publishing) run at this CPU niceness so that serving
+        comes first; on Linux the fast path keeps the process's priority (niceness is per thread)."""
         live = self.live_checkpoint()
         if live is not None:
             self._set_live(live)
         fast = threading.Thread(target=self._fast_loop, args=(stop,), name="fast-path", daemon=True)
         if self.fast_path is not None:
             fast.start()
+        if nice:  # every thread but the fast path's (training threads started later inherit it)
+            nice_threads(nice, keep={fast.native_id} if fast.native_id is not None else set())
         try:
             self._major_loop(stop)
         finally:
