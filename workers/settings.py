@@ -169,7 +169,13 @@ class RefreshSettings(_Section):
     grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
     keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
     poll_s: float = Field(0.5, gt=0, description="How often the refresh loop checks its triggers")
-    nice: int = Field(10, ge=0, le=19, description="CPU niceness of the refresh process: training yields to serving")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the refresh worker's major rounds: training yields to serving and to the "
+        "fast path",
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
