@@ -245,6 +245,25 @@ def rows_vocabulary(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_soak(r: dict[str, Any]) -> list[Row]:
+    cfg = r.get("config") or {}
+    where = (
+        f"{_num(r.get('duration_s', 0) / 60, 0)} min, {_num(cfg.get('click_rate'), 0)} clicks/s, "
+        f"{_num(cfg.get('kafka_rate'), 0)} Kafka + {_num(cfg.get('http_rate'), 0)} HTTP req/s"
+    )
+    return [
+        ("soak", f"Kafka p99 ms first -> last window ({where})",
+         f"{_num(r.get('kafka_p99_ms_first'))} -> {_num(r.get('kafka_p99_ms_last'))}", "<= 1.2x",
+         _ratio(r.get("kafka_p99_ms_last"), r.get("kafka_p99_ms_first"))),
+        ("soak", "HTTP p99 ms first -> last window",
+         f"{_num(r.get('http_p99_ms_first'))} -> {_num(r.get('http_p99_ms_last'))}", "<= 1.2x",
+         _ratio(r.get("http_p99_ms_last"), r.get("http_p99_ms_first"))),
+        ("soak", "failed replies / lost clicks", f"{_num(r.get('failed_replies'))} / {_num(r.get('lost_clicks'))}",
+         "0 / 0", ""),
+        ("soak", "largest RSS growth last / first window", _num(r.get("rss_growth_ratio_max")), "<= 1.5x", ""),
+    ]  # fmt: skip
+
+
 def rows_summary(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for step in r.get("steps", []):
@@ -265,6 +284,7 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         ("vocabulary", rows_vocabulary),
         ("swap_impact", rows_swap),
         ("memory", rows_memory),
+        ("soak", rows_soak),
         ("summary", rows_summary),
     ]
     rows: list[Row] = []
