@@ -143,6 +143,12 @@ class IngestSettings(_Section):
     batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
     dlq_flush_timeout_s: float = Field(10.0, gt=0, description="Fail the batch if the DLQ does not ack in time")
     stats_interval_ms: int = Field(5000, ge=0, description="librdkafka stats (consumer lag gauge); 0 = off")
+    dedupe_window: int | None = Field(
+        5_000_000,
+        ge=1,
+        description="Event ids remembered per partition to drop re-sent copies: the last this-many to twice as "
+        "many events (16 bytes each); a copy arriving later is applied again. Unset = every event, forever",
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
