@@ -112,3 +112,31 @@ class DigestSet:
         while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
             newer, older = self._runs.pop(), self._runs.pop()
             self._runs.append(_Run(np.concatenate([older.high, newer.high]), np.concatenate([older.low, newer.low])))
+
+
+class DigestWindow:
+    """The digests of the most recent events only: between ``size`` and ``2 * size`` of them.
+
+    Two :class:`DigestSet` generations: new digests go to the newer one; once it holds ``size`` the
+    older one is dropped and the newer becomes the older. Memory is bounded by ``2 * size`` digests
+    (16 bytes each) however long the stream runs; a digest is remembered for at least ``size``
+    additions after its own.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a digest window holds at least one digest")
+        self.size = size
+        self._older = DigestSet()
+        self._newer = DigestSet()
+
+    def __len__(self) -> int:
+        return len(self._older) + len(self._newer)
+
+    def contains(self, digests: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+        return self._newer.contains(digests) | self._older.contains(digests)
+
+    def add(self, digests: Sequence[bytes]) -> None:
+        self._newer.add(digests)
+        if len(self._newer) >= self.size:
+            self._older, self._newer = self._newer, DigestSet()

@@ -8,8 +8,11 @@ Why this store (the full argument is in ``docs/state-store.md``):
 * **Idempotent.** Every row carries the 128-bit digest of its ``event_id``; the writer keeps the
   digests of its file in memory (``workers.ingest.digest_set``, rebuilt when the file is opened) and skips
   events already there: a redelivered or re-sent event never counts twice (the Kafka key is the user
-  id, so copies share a partition file). The file itself has no unique index: a random-key index
-  costs a random page write per event at every commit (schema 1 had one: ~2x the apply time at 1M events).
+  id, so copies share a partition file). With ``ingest.dedupe_window`` only the most recent events'
+  digests are kept (between the window and twice it): memory stays bounded on an endless stream,
+  and a copy re-sent after that many newer events of its partition is applied again. The file
+  itself has no unique index: a random-key index costs a random page write per event at every
+  commit (schema 1 had one: ~2x the apply time at 1M events).
 * **Durable.** ``synchronous=FULL``: the WAL is fsynced at every commit, so a committed batch
   survives ``kill -9`` *and* power loss (NORMAL would survive ``kill -9`` only). One fsync per batch
   of thousands of events is cheap.
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from schemas.messages import ClickEvent
-from workers.ingest.digest_set import DigestSet, digest
+from workers.ingest.digest_set import DigestSet, DigestWindow, digest
 
 SCHEMA_VERSION: Final = 2
 _EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
@@ -114,7 +117,9 @@ def event_total(conn: sqlite3.Connection) -> int:
 class PartitionStore:
     """The single writer of one partition's file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dedupe_window: int | None = None) -> None:
+        """``dedupe_window``: remember the event ids of the last ``dedupe_window`` to twice that many
+        events only (bounded memory for a stream that never ends); None = every event of the file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -133,8 +138,9 @@ class PartitionStore:
             for statement in _SCHEMA:
                 self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._seen = DigestSet()
-        self._known_seq = 0  # the digests of every row up to this seq are in ``_seen``
+        self._seen: DigestSet | DigestWindow = DigestSet() if dedupe_window is None else DigestWindow(dedupe_window)
+        # the digests of every row up to this seq are in ``_seen`` (with a window: the last rows only)
+        self._known_seq = 0 if dedupe_window is None else max(0, self._last_seq() - dedupe_window)
         self._catch_up()
 
     def _catch_up(self) -> None:
@@ -151,8 +157,8 @@ class PartitionStore:
         return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     @classmethod
-    def open(cls, state_dir: Path, topic: str, partition: int) -> PartitionStore:
-        return cls(partition_path(state_dir, topic, partition))
+    def open(cls, state_dir: Path, topic: str, partition: int, dedupe_window: int | None = None) -> PartitionStore:
+        return cls(partition_path(state_dir, topic, partition), dedupe_window)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)

@@ -78,12 +78,14 @@ class IngestWorker:
         metrics: IngestMetrics,
         generation_s: float | None = None,
         generation_retire_s: float = 60.0,
+        dedupe_window: int | None = None,
     ) -> None:
         self.topic = topic
         self.state_dir = state_dir
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.metrics = metrics
+        self.dedupe_window = dedupe_window
         self._stores: dict[tuple[str, int], PartitionStore] = {}
         self._dlq = DeadLetterSink(make_producer(conf), dlq_topic, dlq_flush_timeout_s)
         self._consumer = make_consumer(
@@ -136,7 +138,9 @@ class IngestWorker:
     def _store(self, topic: str, partition: int) -> PartitionStore:
         store = self._stores.get((topic, partition))
         if store is None:
-            store = self._stores[(topic, partition)] = PartitionStore.open(self.state_dir, topic, partition)
+            store = self._stores[(topic, partition)] = PartitionStore.open(
+                self.state_dir, topic, partition, self.dedupe_window
+            )
         return store
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -290,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=IngestMetrics(registry),
         generation_s=kafka.topic_generation_s,
         generation_retire_s=kafka.clicks_generation_retire_s,
+        dedupe_window=ingest.dedupe_window,
     )
     with stop_on_signals(StopFlag()) as stop:
         worker.run(stop)

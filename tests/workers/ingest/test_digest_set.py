@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.ingest.digest_set import DIGEST_BYTES, DigestSet, digest, split_digests
+from workers.ingest.digest_set import DIGEST_BYTES, DigestSet, DigestWindow, digest, split_digests
 
 
 def test_digest_is_stable_and_16_bytes() -> None:
@@ -52,3 +52,17 @@ def test_matches_a_python_set(batches: list[list[str]]) -> None:
         seen.add([digest(i) for i, dup in zip(unique, found, strict=True) if not dup])
         model.update(unique)
         assert len(seen) == len(model)
+
+
+def test_window_remembers_recent_digests_and_stays_bounded() -> None:
+    window = DigestWindow(100)
+    for n in range(0, 1000, 10):
+        batch = [digest(f"e{i}") for i in range(n, n + 10)]
+        assert not window.contains(batch).any()
+        window.add(batch)
+        assert len(window) <= 2 * 100  # bounded however long the stream
+        recent = [digest(f"e{i}") for i in range(max(0, n + 10 - 100), n + 10)]
+        assert window.contains(recent).all()  # the last `size` additions are always remembered
+    assert not window.contains([digest("e0"), digest("e500")]).any()  # long gone
+    with pytest.raises(ValueError):
+        DigestWindow(0)

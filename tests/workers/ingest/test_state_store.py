@@ -159,3 +159,18 @@ def test_two_writers_on_one_file_never_duplicate(tmp_path: Path) -> None:
     assert owner.event_count() == 4
     owner.close()
     zombie.close()
+
+
+def test_a_dedupe_window_drops_recent_copies_and_reopens_from_the_tail(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0, dedupe_window=10)
+    for n in range(50):
+        assert store.apply([_click(n)], TOPIC, 0, last_offset=n) == 1
+    assert store.apply([_click(45), _click(49)], TOPIC, 0, last_offset=50) == 0  # recent copies: dropped
+    assert len(store._seen) <= 20
+    store.close()
+    again = PartitionStore.open(tmp_path, TOPIC, 0, dedupe_window=10)
+    assert len(again._seen) == 10  # only the tail of the file is read back
+    assert again.apply([_click(42)], TOPIC, 0, last_offset=51) == 0
+    assert again.apply([_click(1)], TOPIC, 0, last_offset=52) == 1  # re-sent after 49 newer events: applied
+    assert again.event_count() == 51
+    again.close()
