@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from workers.ingest.state_store import StoredClick, event_total, events_after, history_rows, ingest_dir
+from workers.ingest.state_store import (
+    HistoryRow,
+    StoredClick,
+    event_total,
+    events_after,
+    histories_rows,
+    history_rows,
+    ingest_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,21 @@ class StateReader:
         rows = [row for conn in self._connections().values() for row in history_rows(conn, user_id, maxlen)]
         rows.sort(key=lambda r: (r.ts, r.seq))
         return [r.item_id for r in rows[-maxlen:]] if maxlen > 0 else []
+
+    def histories(self, users: Sequence[int], maxlen: int) -> list[list[int]]:
+        """``history(u, maxlen)`` for each of ``users``, in their order, in a few queries per file."""
+        if maxlen <= 0:
+            return [[] for _ in users]
+        merged: dict[int, list[HistoryRow]] = {}
+        for conn in self._connections().values():
+            for user, rows in histories_rows(conn, users, maxlen).items():
+                merged.setdefault(user, []).extend(rows)
+        out = []
+        for user in users:
+            rows = merged.get(user, [])
+            rows.sort(key=lambda r: (r.ts, r.seq))
+            out.append([r.item_id for r in rows[-maxlen:]])
+        return out
 
     def events_since(self, cursor: Cursor, limit: int | None = None) -> tuple[list[StoredClick], Cursor]:
         """Events appended after ``cursor`` (file by file, append order within a file) and the new cursor.

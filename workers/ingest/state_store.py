@@ -67,6 +67,12 @@ _POSITION: Final = (
     "updated_ms = excluded.updated_ms"
 )
 _HISTORY: Final = "SELECT ts, seq, item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
+# The ``?`` newest clicks of each of several users (the events_by_user index serves the IN list).
+_HISTORIES: Final = (
+    "SELECT user_id, ts, seq, item_id FROM (SELECT user_id, ts, seq, item_id, ROW_NUMBER() OVER "
+    "(PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS rn FROM events WHERE user_id IN ({marks})) WHERE rn <= ?"
+)
+_USERS_PER_QUERY: Final = 500  # below SQLite's bound-parameter limit on every build
 _SINCE: Final = "SELECT seq, event_id, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq"
 _CACHE_KIB: Final = 65_536  # page cache per connection; random event_id inserts need it
 
@@ -99,6 +105,17 @@ def partition_path(state_dir: Path, topic: str, partition: int) -> Path:
 def history_rows(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[HistoryRow]:
     """The user's ``maxlen`` newest clicks in one file, newest first."""
     return [HistoryRow(*row) for row in conn.execute(_HISTORY, (user_id, maxlen))]
+
+
+def histories_rows(conn: sqlite3.Connection, users: Sequence[int], maxlen: int) -> dict[int, list[HistoryRow]]:
+    """``history_rows`` of many users in a few queries (users without clicks in this file are absent)."""
+    out: dict[int, list[HistoryRow]] = {}
+    for start in range(0, len(users), _USERS_PER_QUERY):
+        chunk = list(users[start : start + _USERS_PER_QUERY])
+        sql = _HISTORIES.format(marks=",".join("?" * len(chunk)))
+        for user, ts, seq, item in conn.execute(sql, (*chunk, maxlen)):
+            out.setdefault(user, []).append(HistoryRow(ts, seq, item))
+    return out
 
 
 def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[list[StoredClick], int]:

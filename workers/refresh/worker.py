@@ -171,7 +171,7 @@ class RefreshWorker:
         the rows of the returned vocabulary: ``vocab`` grown by every item of those histories (they
         are read after the round's events and may hold clicks the round has not taken, including
         brand-new items)."""
-        seqs = [self.reader.history(u, MAX_USER_HISTORY) for u in users]
+        seqs = self.reader.histories(users, MAX_USER_HISTORY)
         seen = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
         vocab = vocab.extend(seen, seen_at=time.time())
         fresh = [(u, vocab.rows(s).tolist()) for u, s in zip(users, seqs, strict=True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schemas.messages import ClickEvent
@@ -174,3 +175,20 @@ def test_a_dedupe_window_drops_recent_copies_and_reopens_from_the_tail(tmp_path:
     assert again.apply([_click(1)], TOPIC, 0, last_offset=52) == 1  # re-sent after 49 newer events: applied
     assert again.event_count() == 51
     again.close()
+def test_histories_in_batches_equal_one_query_per_user(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    stores = [PartitionStore.open(tmp_path, TOPIC, p) for p in range(2)]
+    n = 0
+    for batch in range(30):
+        events = []
+        for _ in range(40):
+            n += 1
+            # few distinct timestamps: ties are broken by append order, as in ``history``
+            events.append(_click(n, user=int(rng.integers(1, 1200)), ts=int(rng.integers(0, 50))))
+        stores[batch % 2].apply(events, TOPIC, batch % 2, last_offset=batch)
+    for store in stores:
+        store.close()
+    users = [int(u) for u in rng.permutation(np.arange(1, 1300))]  # more than one query's worth; some unknown
+    with StateReader(tmp_path, TOPIC) as reader:
+        for maxlen in (0, 1, 3, 200):
+            assert reader.histories(users, maxlen) == [reader.history(u, maxlen) for u in users]
