@@ -73,6 +73,7 @@ _HISTORIES: Final = (
     "(PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS rn FROM events WHERE user_id IN ({marks})) WHERE rn <= ?"
 )
 _USERS_PER_QUERY: Final = 500  # below SQLite's bound-parameter limit on every build
+_HISTORY_ITEMS: Final = "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
 _SINCE: Final = "SELECT seq, event_id, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq"
 _CACHE_KIB: Final = 65_536  # page cache per connection; random event_id inserts need it
 
@@ -105,6 +106,14 @@ def partition_path(state_dir: Path, topic: str, partition: int) -> Path:
 def history_rows(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[HistoryRow]:
     """The user's ``maxlen`` newest clicks in one file, newest first."""
     return [HistoryRow(*row) for row in conn.execute(_HISTORY, (user_id, maxlen))]
+
+
+def history_items(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[int]:
+    """The user's ``maxlen`` newest item ids in one file, oldest first (no row objects: the refresh
+    reads tens of thousands of histories per round)."""
+    items = [item for (item,) in conn.execute(_HISTORY_ITEMS, (user_id, maxlen))]
+    items.reverse()
+    return items
 
 
 def histories_rows(conn: sqlite3.Connection, users: Sequence[int], maxlen: int) -> dict[int, list[HistoryRow]]:

@@ -175,9 +175,12 @@ def test_a_dedupe_window_drops_recent_copies_and_reopens_from_the_tail(tmp_path:
     assert again.apply([_click(1)], TOPIC, 0, last_offset=52) == 1  # re-sent after 49 newer events: applied
     assert again.event_count() == 51
     again.close()
-def test_histories_in_batches_equal_one_query_per_user(tmp_path: Path) -> None:
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_histories_equal_one_history_per_user(tmp_path: Path, partitions: int) -> None:
     rng = np.random.default_rng(3)
-    stores = [PartitionStore.open(tmp_path, TOPIC, p) for p in range(2)]
+    stores = [PartitionStore.open(tmp_path, TOPIC, p) for p in range(partitions)]
     n = 0
     for batch in range(30):
         events = []
@@ -185,7 +188,7 @@ def test_histories_in_batches_equal_one_query_per_user(tmp_path: Path) -> None:
             n += 1
             # few distinct timestamps: ties are broken by append order, as in ``history``
             events.append(_click(n, user=int(rng.integers(1, 1200)), ts=int(rng.integers(0, 50))))
-        stores[batch % 2].apply(events, TOPIC, batch % 2, last_offset=batch)
+        stores[batch % partitions].apply(events, TOPIC, batch % partitions, last_offset=batch)
     for store in stores:
         store.close()
     users = [int(u) for u in rng.permutation(np.arange(1, 1300))]  # more than one query's worth; some unknown
