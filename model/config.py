@@ -68,3 +68,33 @@ class TrainConfig(BaseModel):
     patience: int = Field(0, ge=0, description="Stop after this many evaluations without a better validation; 0 = off")
     seed: int = 2026
     threads: int = Field(0, ge=0, description="CPU threads for Paddle kernels; 0 = all cores")
+
+
+ColdStartRule = Literal["co_click", "steps"]
+
+
+class ColdStartSteps(BaseModel):
+    """The ``steps`` cold-start rule (:func:`model.cold_start.few_steps`): a few Adam steps of the training
+    loss on the new item rows alone, every other weight frozen, on the clicks that introduced them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(30, ge=1, description="Full-batch Adam steps over the introducing clicks")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the new rows")
+    negatives: int = Field(
+        1280, ge=1, description="Existing rows sampled as negatives per step (the new rows always are)"
+    )
+    full_softmax_ratio: float = Field(
+        1.5, ge=0, description="Every existing row is a negative when their count <= negatives x this (TrainConfig's)"
+    )
+    background_weight: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="Share of the loss from background clicks on known items (the new rows are their negatives); "
+        "a caller that knows the share of clicks on known items passes that instead",
+    )
+    background: int = Field(512, ge=0, description="Recent clicks on known items the fast path keeps as background")
+    init: Literal["co_click", "random"] = Field(
+        "co_click", description="Start from the co-click mean, or from the table's N(0, 1/dim) initialisation"
+    )

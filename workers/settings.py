@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.config import MindConfig, TrainConfig
+from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig
 from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
 from model.data.custom import dataset_name, load_path
 
@@ -169,6 +169,12 @@ class RefreshSettings(_Section):
     fast_path: bool = Field(True, description="Add new items to the live version between major rounds")
     fast_path_interval_s: float = Field(1.0, gt=0, description="How often the fast path looks for new items")
     fast_path_max_events: int = Field(100_000, ge=1, description="Clicks read per fast-path step at most")
+    cold_start: ColdStartRule = Field(
+        "steps",
+        description="Fast-path vector of a new item: 'co_click' = mean of the live vectors of its clickers' history "
+        "items; 'steps' = a few optimiser steps on its row alone from that mean (bench/results/cold_start.json)",
+    )
+    cold_start_steps: ColdStartSteps = Field(ColdStartSteps(), description="The 'steps' rule's budget")
     compact_share: float = Field(
         0.25, gt=0, le=1, description="Compact the item table (drop expired rows) once this share of rows expired"
     )

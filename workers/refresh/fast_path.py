@@ -5,9 +5,14 @@ for the first time should not wait for it. Every ``fast_path_interval_s`` the fa
 clicks that arrived since its last step, collects the items the live version does not know, and
 adds them to the live collection as the next *generation*:
 
-1. a vector per new item under the **live version's weights**: the mean of the live vectors of
-   the items its clickers clicked (their recent histories, known items only): a cold-start rule
-   that needs no training step and reads nothing but the live checkpoint;
+1. a vector per new item under the **live version's weights**, by the rule
+   ``settings.refresh.cold_start`` (:mod:`model.cold_start`, measured by ``bench.cold_start``):
+   ``co_click``, the mean of the live vectors of the items its clickers clicked (their recent
+   histories, known items only), or ``steps``, a few optimiser steps of the training loss on the
+   new rows alone from that mean, the live tower and every live row frozen, on the clicks of
+   those clickers plus recent clicks on known items (in which the new rows are negatives, so a
+   new item does not outscore the catalogue for everyone). Both read nothing but the live
+   checkpoint and the state store;
 2. insert the rows tagged ``generation = g + 1`` (searches at generation ``g`` filter them out);
 3. verify them (every row found by its own vector, Strong consistency);
 4. announce ``g + 1`` (:class:`~workers.refresh.generations.Generations`, an atomic file write):
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.export import item_table
+from model.cold_start import FrozenModel, IntroducingClicks, co_click_mean, few_steps
 from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
@@ -79,7 +85,7 @@ class _Live:
     collection: str
     version: str
     vocab: ItemVocab
-    table: np.ndarray
+    model: FrozenModel  # the live item table and numpy user tower, never written
     generations: Generations
     supported: bool  # the collection has the generation field
     clean: bool = False  # rows of unannounced generations deleted
@@ -111,6 +117,11 @@ class FastPath:
         self.cursor = cursor if cursor is not None else Cursor()
         self.metrics = metrics
         self.pending: dict[int, PendingItem] = {}
+        # The 'steps' rule's background: recent clicks on known items (user, item), and how many
+        # clicks were on known / unknown items (the background's share of the loss).
+        self.background: deque[tuple[int, int]] = deque(maxlen=settings.refresh.cold_start_steps.background)
+        self.clicks_known = 0
+        self.clicks_unknown = 0
         self._live: _Live | None = None
         self._before_announce = before_announce  # test hook: a crash between insert and announce
 
@@ -127,7 +138,7 @@ class FastPath:
                 collection,
                 version,
                 ckpt.vocab(),
-                item_table(ckpt.load_net()),
+                FrozenModel.from_net(ckpt.load_net(), version),
                 Generations.load(self.registry.root, collection),
                 self.store.has_generations(collection),
             )
@@ -147,6 +158,17 @@ class FastPath:
             if event.segment is not None:
                 item.segment = event.segment
 
+    def note(self, events: list[StoredClick], known: list[bool], now: float) -> None:
+        """Record the clicks of one step: those on unknown items (:meth:`observe`), the recent ones on
+        known items (the 'steps' rule's background) and how many were on known items."""
+        self.observe([e for e, k in zip(events, known, strict=True) if not k], now)
+        n_known = sum(known)
+        self.clicks_known += n_known
+        self.clicks_unknown += len(events) - n_known
+        if self.background.maxlen:
+            tail = [e for e, k in zip(events, known, strict=True) if k][-self.background.maxlen :]
+            self.background.extend((e.user_id, e.item_id) for e in tail)
+
     def step(self) -> StepReport | None:
         """Read new clicks; add the live version's unknown items as its next generation."""
         began = time.perf_counter()
@@ -157,7 +179,7 @@ class FastPath:
             return None
         if events:
             known = live.vocab.rows(np.fromiter((e.item_id for e in events), dtype=np.int64, count=len(events))) > 0
-            self.observe([e for e, k in zip(events, known.tolist(), strict=True) if not k], now)
+            self.note(events, known.tolist(), now)
         self._forget_known(live, now)
         if not live.supported or not self.settings.refresh.fast_path:
             return None
@@ -214,22 +236,61 @@ class FastPath:
                 self.metrics.observe_new_items([max(now - first, 0.0)])  # live through the major version
 
     def _vectors(self, live: _Live, candidates: list[int]) -> tuple[list[int], np.ndarray, int]:
-        """Co-click mean under the live weights for each candidate with context; the rest wait."""
+        """A vector under the live weights for each candidate with context (``refresh.cold_start``);
+        the rest wait. Context: the known history items of the candidate's recent clickers."""
         maxlen = self.settings.mind.maxlen
         histories: dict[int, np.ndarray] = {}
-        ids: list[int] = []
-        rows: list[np.ndarray] = []
-        for item in candidates:
+        contexts: list[np.ndarray] = []
+        clicks: list[np.ndarray] = []
+        targets: list[int] = []
+        for index, item in enumerate(candidates):
             context: list[np.ndarray] = []
             for user in self.pending[item].clickers:
                 if user not in histories:
-                    histories[user] = live.vocab.rows(self.reader.history(user, maxlen))
-                known = histories[user]
-                context.append(known[known > 0])
-            rows_of = np.concatenate(context) if context else np.zeros(0, dtype=np.int64)
-            if rows_of.size:
-                ids.append(item)
-                rows.append(live.table[rows_of].mean(axis=0))
-        dim = live.table.shape[1]
-        vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), dtype=np.float32)
-        return ids, vectors, len(candidates) - len(ids)
+                    rows = live.vocab.rows(self.reader.history(user, maxlen))
+                    histories[user] = rows[rows > 0]
+                context.append(histories[user])
+                clicks.append(histories[user])
+                targets.append(index)
+            contexts.append(np.concatenate(context) if context else np.zeros(0, dtype=np.int64))
+        cold = co_click_mean(live.model.table, contexts)
+        vectors, ready = cold.vectors, cold.ready
+        refresh = self.settings.refresh
+        if refresh.cold_start == "steps" and ready.any():
+            introducing = IntroducingClicks(clicks, np.asarray(targets, dtype=np.int64))
+            init = None if refresh.cold_start_steps.init == "random" else vectors
+            background, weight = self._background(live, histories)
+            steps = few_steps(
+                live.model,
+                introducing,
+                len(candidates),
+                refresh.cold_start_steps,
+                init=init,
+                background=background,
+                background_weight=weight,
+            )
+            vectors, ready = steps.vectors, steps.ready & ready
+        ids = [item for item, r in zip(candidates, ready.tolist(), strict=True) if r]
+        return ids, np.ascontiguousarray(vectors[ready], dtype=np.float32), len(candidates) - len(ids)
+
+    def _background(self, live: _Live, histories: dict[int, np.ndarray]) -> tuple[IntroducingClicks | None, float]:
+        """Recent clicks on items the live version knows (history without the item -> its row), and
+        the share of the loss they stand for: the share of clicks seen on known items."""
+        if not self.background:
+            return None, 0.0
+        maxlen = self.settings.mind.maxlen
+        users, items = zip(*self.background, strict=True)
+        rows = live.vocab.rows(np.asarray(items, dtype=np.int64))
+        clicks: list[np.ndarray] = []
+        targets: list[int] = []
+        for user, row in zip(users, rows.tolist(), strict=True):
+            if row <= 0:
+                continue  # a click of an older version's item this version dropped
+            if user not in histories:
+                known = live.vocab.rows(self.reader.history(user, maxlen))
+                histories[user] = known[known > 0]
+            clicks.append(histories[user][histories[user] != row])
+            targets.append(row)
+        seen = self.clicks_known + self.clicks_unknown
+        weight = self.clicks_known / seen if seen else self.settings.refresh.cold_start_steps.background_weight
+        return IntroducingClicks(clicks, np.asarray(targets, dtype=np.int64)), min(weight, 0.99)
