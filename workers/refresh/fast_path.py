@@ -57,6 +57,7 @@ class PendingItem:
     first_click: float  # epoch seconds of the first click seen
     clickers: list[int] = field(default_factory=list)  # most recent last
     segment: str | None = None
+    live_since: float | None = None  # first announced in some version (its freshness is counted once)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,11 @@ class FastPath:
         live.generations.announced_at.append(announced_at)
         live.generations.save(self.registry.root)
         live.clean = True
-        fresh = [max(announced_at - self.pending[i].first_click, 0.0) for i in ids]
+        # Items re-added to a newer version (born after its training data) were live already: counted once.
+        first_time = [self.pending[i] for i in ids if self.pending[i].live_since is None]
+        fresh = [max(announced_at - p.first_click, 0.0) for p in first_time]
+        for pending in first_time:
+            pending.live_since = announced_at
         if self.metrics is not None:
             self.metrics.observe_new_items(fresh)
             self.metrics.fast_path_items.inc(len(ids))
@@ -229,11 +234,10 @@ class FastPath:
             return
         items = np.fromiter(self.pending, dtype=np.int64, count=len(self.pending))
         done = items[live.vocab.rows(items) > 0].tolist()
-        announced = set(live.generations.items) if done else set()
         for item in done:
-            first = self.pending.pop(item).first_click
-            if self.metrics is not None and item not in announced:
-                self.metrics.observe_new_items([max(now - first, 0.0)])  # live through the major version
+            pending = self.pending.pop(item)
+            if self.metrics is not None and pending.live_since is None:  # live through the major version
+                self.metrics.observe_new_items([max(now - pending.first_click, 0.0)])
 
     def _vectors(self, live: _Live, candidates: list[int]) -> tuple[list[int], np.ndarray, int]:
         """A vector under the live weights for each candidate with context (``refresh.cold_start``);

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from model.checkpoint import Checkpoint, open_checkpoint
 from model.config import MindConfig, TrainConfig
@@ -26,6 +27,7 @@ from workers.recall.engine import RecallEngine
 from workers.recall.live_model import LiveModel
 from workers.refresh.fast_path import FastPath
 from workers.refresh.generations import Generations
+from workers.refresh.metrics import RefreshMetrics
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.worker import RefreshWorker
 from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings
@@ -155,7 +157,8 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
     with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
         worker = RefreshWorker(settings, store, reader, replay=base[1])
         worker.bootstrap(base[0])
-        fast = FastPath(settings, store, reader, cursor=Cursor())
+        registry = CollectorRegistry()
+        fast = FastPath(settings, store, reader, cursor=Cursor(), metrics=RefreshMetrics(registry))
         engine = _engine(settings, store)
         replies: list[RecallReply] = []
         stop = threading.Event()
@@ -183,6 +186,10 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
         finally:
             stop.set()
             loader.join(timeout=30)
+        again = fast.step()  # v1 never knew the third item: it is added to the rolled-back version too
+        assert again is not None and again.added == [10**13 + 3] and again.version == "v1"
+        counted = registry.get_sample_value("mindstream_freshness_new_item_seconds_count")
+        assert counted == 3, f"{counted} new-item freshness samples for 3 items (one per item, not per version)"
         seen = {(r.model_version, r.generation) for r in replies}
         assert {("v1", 0), ("v1", 2)} <= seen and any(version == "v2" for version, _ in seen), seen
         exact = {
