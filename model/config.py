@@ -79,7 +79,11 @@ class ColdStartSteps(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    steps: int = Field(30, ge=1, description="Full-batch Adam steps over the introducing clicks")
+    steps: int = Field(
+        10,
+        ge=1,
+        description="Full-batch Adam steps over the introducing clicks (10: as good as 30, a third of the time)",
+    )
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the new rows")
     negatives: int = Field(
         1280, ge=1, description="Existing rows sampled as negatives per step (the new rows always are)"

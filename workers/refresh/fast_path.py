@@ -287,12 +287,13 @@ class FastPath:
         rows = live.vocab.rows(np.asarray(items, dtype=np.int64))
         clicks: list[np.ndarray] = []
         targets: list[int] = []
+        missing = sorted({u for u in users if u not in histories})
+        for user, history in zip(missing, self.reader.histories(missing, maxlen), strict=True):
+            known = live.vocab.rows(history)
+            histories[user] = known[known > 0]
         for user, row in zip(users, rows.tolist(), strict=True):
             if row <= 0:
                 continue  # a click of an older version's item this version dropped
-            if user not in histories:
-                known = live.vocab.rows(self.reader.history(user, maxlen))
-                histories[user] = known[known > 0]
             clicks.append(histories[user][histories[user] != row])
             targets.append(row)
         seen = self.clicks_known + self.clicks_unknown

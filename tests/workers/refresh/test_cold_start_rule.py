@@ -39,10 +39,13 @@ def live_net() -> MindNet:
 
 class FakeReader:
     def __init__(self, histories: dict[int, list[int]]) -> None:
-        self.histories = histories
+        self.known = histories
 
     def history(self, user_id: int, maxlen: int) -> list[int]:
-        return self.histories.get(user_id, [])[-maxlen:]
+        return self.known.get(user_id, [])[-maxlen:]
+
+    def histories(self, users: list[int], maxlen: int) -> list[list[int]]:
+        return [self.history(u, maxlen) for u in users]
 
 
 def _world() -> tuple[dict[int, list[int]], list[StoredClick]]:
