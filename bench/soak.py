@@ -77,6 +77,11 @@ class _Recorder:
         self.outcomes: dict[str, list[_Outcome]] = {"kafka": [], "http": []}
         self.sent = {"kafka": 0, "http": 0}
 
+    def pending(self, path: str) -> int:
+        """Requests sent whose outcome (reply, error or timeout) has not come back yet."""
+        with self.lock:
+            return self.sent[path] - len(self.outcomes[path])
+
     def add(self, path: str, outcome: _Outcome) -> None:
         with self.lock:
             self.outcomes[path].append(outcome)
@@ -277,6 +282,11 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             stop.set("duration reached")
             for thread in threads:
                 thread.join(timeout=60)
+            # requests still in flight get their answer or their timeout before the client closes:
+            # closing would cut them off, and they would count as failed replies of the stack
+            settle = time.monotonic() + stack.settings.recall.client_timeout_s + 2.0
+            while rec.pending("kafka") > 0 and time.monotonic() < settle:
+                time.sleep(0.1)
             client.close()
         drain_began = time.monotonic()
         sent = sender.sent
@@ -328,6 +338,7 @@ def _summary(
         "http_p99_ms_last": http_last,
         "http_p99_ratio_last_to_first": _ratio(http_first, http_last),
         "failed_replies": failed,
+        "kafka_unanswered_at_end": rec.sent["kafka"] - len(rec.outcomes["kafka"]),
         "http_failed": sum(o.kind != "ok" for o in rec.outcomes["http"]),
         "clicks_sent": sender.sent,
         "clicks_delivery_failed": sender.failed,
