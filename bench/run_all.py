@@ -58,6 +58,10 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
             Step("index_choice", ["bench.index_choice", "--quick"], 240),
             Step("swap_impact", ["bench.swap_impact", "--quick"], 240),
             Step("memory", ["bench.memory", "--quick"], 240),
+            Step("cold_start", ["bench.cold_start", "--batches", "40", "--seeds", "2026", "--selections", "random"],
+                 600),
+            Step("soak", ["bench.soak", "--duration", "60", "--window", "20", "--click-rate", "300",
+                          "--kafka-rate", "10", "--http-rate", "2", "--items", "3000"], 600),
             Step("demo", ["workers.cli", "demo", "--batches", "30", "--retrain"], 600, capture_json=True,
                  env={"MINDSTREAM_STATE_DIR": str(work / "demo-state")}),
         ]  # fmt: skip
@@ -89,6 +93,8 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
                                   "--duration", "90", "--drain", "500", "--tag", "1m_ivf"], 3600),
         Step("swap_impact", ["bench.swap_impact", "--http-rate", "10"], 2400),
         Step("memory", ["bench.memory"], 1200),
+        Step("cold_start", ["bench.cold_start"], 3 * 3600),
+        Step("soak", ["bench.soak"], 7200 + 1800),  # 2 hours at 5k clicks/s, 200 + 20 req/s
         Step("demo", ["workers.cli", "demo", "--retrain"], 3600, capture_json=True,
              env={"MINDSTREAM_STATE_DIR": str(work / "demo-state")}),
     ]  # fmt: skip
