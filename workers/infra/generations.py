@@ -282,20 +282,8 @@ class GenerationSource:
 
     def poll(self, timeout: float) -> tuple[Consumer, Message] | None:
         """The next message of any live generation; waits up to ``timeout`` on the newest one."""
-        gens = sorted(self.live)
-        for gen in gens[:-1]:
-            msg = self.live[gen].consumer.poll(0)
-            if msg is not None:
-                self.live[gen].quiet_since = time.monotonic()
-                return self.live[gen].consumer, msg
-        if not gens:
-            return None
-        newest = self.live[gens[-1]]
-        msg = newest.consumer.poll(timeout)
-        if msg is None:
-            return None
-        newest.quiet_since = time.monotonic()
-        return newest.consumer, msg
+        consumer, messages = self.consume(1, timeout)
+        return (consumer, messages[0]) if consumer is not None and messages else None
 
     def consume(self, n: int, timeout: float) -> tuple[Consumer | None, list[Message]]:
         """Up to ``n`` messages of one live generation (an older one first, without waiting; else the

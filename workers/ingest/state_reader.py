@@ -14,11 +14,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from workers.ingest.state_store import (
-    HistoryRow,
     StoredClick,
     event_total,
     events_after,
-    histories_rows,
     history_items,
     history_rows,
     ingest_dir,
@@ -63,24 +61,18 @@ class StateReader:
 
     def history(self, user_id: int, maxlen: int) -> list[int]:
         """The user's last ``maxlen`` item ids by event time, newest last (looks in every file)."""
-        rows = [row for conn in self._connections().values() for row in history_rows(conn, user_id, maxlen)]
-        rows.sort(key=lambda r: (r.ts, r.seq))
-        return [r.item_id for r in rows[-maxlen:]] if maxlen > 0 else []
+        return self.histories([user_id], maxlen)[0]
 
     def histories(self, users: Sequence[int], maxlen: int) -> list[list[int]]:
-        """``history(u, maxlen)`` for each of ``users``, in their order, in a few queries per file."""
+        """``history(u, maxlen)`` for each of ``users``, in their order (the files are listed once)."""
         if maxlen <= 0:
             return [[] for _ in users]
         conns = list(self._connections().values())
         if len(conns) == 1:  # one partition: the index gives each user's order, no merge to do
             return [history_items(conns[0], user, maxlen) for user in users]
-        merged: dict[int, list[HistoryRow]] = {}
-        for conn in self._connections().values():
-            for user, rows in histories_rows(conn, users, maxlen).items():
-                merged.setdefault(user, []).extend(rows)
         out = []
         for user in users:
-            rows = merged.get(user, [])
+            rows = [row for conn in conns for row in history_rows(conn, user, maxlen)]
             rows.sort(key=lambda r: (r.ts, r.seq))
             out.append([r.item_id for r in rows[-maxlen:]])
         return out

@@ -67,12 +67,6 @@ _POSITION: Final = (
     "updated_ms = excluded.updated_ms"
 )
 _HISTORY: Final = "SELECT ts, seq, item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
-# The ``?`` newest clicks of each of several users (the events_by_user index serves the IN list).
-_HISTORIES: Final = (
-    "SELECT user_id, ts, seq, item_id FROM (SELECT user_id, ts, seq, item_id, ROW_NUMBER() OVER "
-    "(PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS rn FROM events WHERE user_id IN ({marks})) WHERE rn <= ?"
-)
-_USERS_PER_QUERY: Final = 500  # below SQLite's bound-parameter limit on every build
 _HISTORY_ITEMS: Final = "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
 _SINCE: Final = "SELECT seq, event_id, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq"
 _CACHE_KIB: Final = 65_536  # page cache per connection; random event_id inserts need it
@@ -114,17 +108,6 @@ def history_items(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[i
     items = [item for (item,) in conn.execute(_HISTORY_ITEMS, (user_id, maxlen))]
     items.reverse()
     return items
-
-
-def histories_rows(conn: sqlite3.Connection, users: Sequence[int], maxlen: int) -> dict[int, list[HistoryRow]]:
-    """``history_rows`` of many users in a few queries (users without clicks in this file are absent)."""
-    out: dict[int, list[HistoryRow]] = {}
-    for start in range(0, len(users), _USERS_PER_QUERY):
-        chunk = list(users[start : start + _USERS_PER_QUERY])
-        sql = _HISTORIES.format(marks=",".join("?" * len(chunk)))
-        for user, ts, seq, item in conn.execute(sql, (*chunk, maxlen)):
-            out.setdefault(user, []).append(HistoryRow(ts, seq, item))
-    return out
 
 
 def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[list[StoredClick], int]:

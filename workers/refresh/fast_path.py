@@ -242,17 +242,14 @@ class FastPath:
     def _vectors(self, live: _Live, candidates: list[int]) -> tuple[list[int], np.ndarray, int]:
         """A vector under the live weights for each candidate with context (``refresh.cold_start``);
         the rest wait. Context: the known history items of the candidate's recent clickers."""
-        maxlen = self.settings.mind.maxlen
         histories: dict[int, np.ndarray] = {}
+        self._read_histories(live, {u for item in candidates for u in self.pending[item].clickers}, histories)
         contexts: list[np.ndarray] = []
         clicks: list[np.ndarray] = []
         targets: list[int] = []
         for index, item in enumerate(candidates):
             context: list[np.ndarray] = []
             for user in self.pending[item].clickers:
-                if user not in histories:
-                    rows = live.vocab.rows(self.reader.history(user, maxlen))
-                    histories[user] = rows[rows > 0]
                 context.append(histories[user])
                 clicks.append(histories[user])
                 targets.append(index)
@@ -277,20 +274,24 @@ class FastPath:
         ids = [item for item, r in zip(candidates, ready.tolist(), strict=True) if r]
         return ids, np.ascontiguousarray(vectors[ready], dtype=np.float32), len(candidates) - len(ids)
 
+    def _read_histories(self, live: _Live, users: set[int], histories: dict[int, np.ndarray]) -> None:
+        """Add to ``histories`` the live rows of the known items in the recent history of each of
+        ``users`` not in it yet (one read of the state for all of them)."""
+        missing = sorted(users - histories.keys())
+        for user, history in zip(missing, self.reader.histories(missing, self.settings.mind.maxlen), strict=True):
+            known = live.vocab.rows(history)
+            histories[user] = known[known > 0]
+
     def _background(self, live: _Live, histories: dict[int, np.ndarray]) -> tuple[IntroducingClicks | None, float]:
         """Recent clicks on items the live version knows (history without the item -> its row), and
         the share of the loss they stand for: the share of clicks seen on known items."""
         if not self.background:
             return None, 0.0
-        maxlen = self.settings.mind.maxlen
         users, items = zip(*self.background, strict=True)
         rows = live.vocab.rows(np.asarray(items, dtype=np.int64))
         clicks: list[np.ndarray] = []
         targets: list[int] = []
-        missing = sorted({u for u in users if u not in histories})
-        for user, history in zip(missing, self.reader.histories(missing, maxlen), strict=True):
-            known = live.vocab.rows(history)
-            histories[user] = known[known > 0]
+        self._read_histories(live, set(users), histories)
         for user, row in zip(users, rows.tolist(), strict=True):
             if row <= 0:
                 continue  # a click of an older version's item this version dropped

@@ -56,7 +56,18 @@ def _read_all(conf: dict[str, str | int], topic: str, n: int, partitions: int) -
     return got
 
 
-def _worker(conf: dict[str, str | int], topic: str, state_dir: Path, registry: CollectorRegistry) -> IngestWorker:
+def _worker(
+    conf: dict[str, str | int],
+    topic: str,
+    state_dir: Path,
+    registry: CollectorRegistry,
+    *,
+    batch_size: int = 128,
+    batch_timeout_s: float = 0.2,
+    stats_interval_ms: int = 200,
+    generation_s: float | None = None,
+    generation_retire_s: float = 60.0,
+) -> IngestWorker:
     return IngestWorker(
         conf,
         topic=topic,
@@ -64,11 +75,13 @@ def _worker(conf: dict[str, str | int], topic: str, state_dir: Path, registry: C
         group_id=f"{topic}-ingest",
         session_timeout_ms=SESSION_MS,
         state_dir=state_dir,
-        batch_size=128,
-        batch_timeout_s=0.2,
+        batch_size=batch_size,
+        batch_timeout_s=batch_timeout_s,
         dlq_flush_timeout_s=10.0,
-        stats_interval_ms=200,
+        stats_interval_ms=stats_interval_ms,
         metrics=IngestMetrics(registry),
+        generation_s=generation_s,
+        generation_retire_s=generation_retire_s,
     )
 
 
@@ -197,18 +210,14 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
 
 
 def _gen_worker(conf: dict[str, str | int], topic: str, state_dir: Path, period_s: float) -> IngestWorker:
-    return IngestWorker(
+    return _worker(
         conf,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        group_id=f"{topic}-ingest",
-        session_timeout_ms=SESSION_MS,
-        state_dir=state_dir,
+        topic,
+        state_dir,
+        CollectorRegistry(),
         batch_size=64,
         batch_timeout_s=0.1,
-        dlq_flush_timeout_s=10.0,
         stats_interval_ms=0,
-        metrics=IngestMetrics(CollectorRegistry()),
         generation_s=period_s,
         generation_retire_s=0.5,
     )
