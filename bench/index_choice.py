@@ -24,7 +24,7 @@ import numpy as np
 from bench.common import emit, index_and_load, peak_rss_mb
 from bench.stack import percentiles
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.infra.tansu import free_port
+from workers.infra.ports import free_port
 from workers.infra.vector_store import VectorStore
 from workers.settings import MilvusSettings
 

@@ -3,17 +3,15 @@
     python -m bench.ingest_throughput --events 1000000                    # through the embedded broker
     python -m bench.ingest_throughput --source store --events 10000000    # the worker's state path, 10M
 
-``--source broker`` (default): pre-produces the events into the embedded Tansu broker, then times an
+``--source broker`` (default): pre-produces the events into the embedded Apache Kafka broker, then times an
 :class:`IngestWorker` from its first non-empty batch until every event is durably applied (group join
 excluded: the clock starts when the first batch is in, and that batch is not counted). Result:
 ``bench/results/ingest_throughput.json``.
 
 ``--source store``: the same per-batch work without Kafka: JSON bytes -> ``decode_values`` (the
 worker's validation) -> ``PartitionStore.apply`` (dedupe, one durable SQLite transaction per batch and
-partition), batches split by partition as the worker does. This is how 10M events are measured here:
-the embedded broker's fetches slow down as its in-memory log grows (measured: a consumer that does
-work between polls fell to ~10k msg/s with 10M messages in the log, while Tansu sat at 100% CPU), so
-it can't feed 10M events at the worker's speed. Result: ``bench/results/ingest_store.json``.
+partition), batches split by partition as the worker does: the state path's own ceiling, without the
+broker and the consumer. Result: ``bench/results/ingest_store.json``.
 
 In both modes ``curve`` holds the rate over each tenth of the run, so a state store that slows down
 as it grows shows up as a falling curve.
@@ -38,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, peak_rss_mb
 from workers.infra.kafka import ensure_topics, make_producer
-from workers.infra.tansu import EmbeddedBroker, free_port
+from workers.infra.kafka_broker import KafkaCluster
 from workers.ingest.batch import decode_values
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.state_reader import StateReader
@@ -88,7 +86,7 @@ class Curve:
 def run_broker(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
     topic = f"bench-clicks-{uuid.uuid4().hex[:8]}"
     timeout_s = args.timeout_s if args.timeout_s is not None else 120.0 + args.events / 5_000
-    with EmbeddedBroker("127.0.0.1", free_port()) as broker:
+    with KafkaCluster(state_dir.parent / "kafka") as broker:
         conf: dict[str, str | int] = {"bootstrap.servers": broker.bootstrap}
         ensure_topics(conf, [topic, f"{topic}.dlq"], partitions=args.partitions)
         produce_rate = _produce(conf, topic, args.events, args.users)

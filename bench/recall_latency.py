@@ -35,8 +35,9 @@ from model.export import item_table
 from model.net import MindNet
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
 from workers.infra.kafka import ensure_topics
+from workers.infra.kafka_broker import KafkaCluster
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.infra.tansu import EmbeddedBroker, free_port
+from workers.infra.ports import free_port
 from workers.infra.vector_store import VectorStore
 from workers.recall.client import RecallClient
 from workers.settings import KafkaSettings, MilvusSettings, Settings
@@ -158,7 +159,7 @@ def main() -> None:
             else defaults.recall,
         )
         with (
-            EmbeddedBroker("127.0.0.1", free_port(), log_path=base / "tansu.log") as broker,
+            KafkaCluster(base / "kafka") as broker,
             EmbeddedMilvus(base / "milvus", port=free_port()) as milvus,
         ):
             kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)

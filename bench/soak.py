@@ -4,7 +4,7 @@
 second, bursts), 200 recall requests/s over Kafka and 20 over HTTP, for ``--duration`` (default 2 h;
 CI never runs it). Every ``--window`` seconds (default 5 min): recall p50/p99 per path, errors,
 timeouts, swaps, the freshness histograms over the window, RSS and CPU of every process, the
-broker's topic count. After the load stops the clicks are drained: ``lost_clicks = sent - applied -
+broker's topic count and on-disk size. After the load stops the clicks are drained: ``lost_clicks = sent - applied -
 dead-lettered``. Writes ``bench/results/soak.json`` (or ``--out``) and ``soak.png``.
 
     python -m bench.soak --duration 7200
@@ -33,12 +33,11 @@ from bench.stack import LiveStack, StackConfig, percentiles
 from model.data.synthetic import synthetic_dataset
 from model.export import external_heldout
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
-from workers.infra.generations import parse_generation
 from workers.infra.kafka import make_admin
-from workers.infra.tansu import free_port
+from workers.infra.ports import free_port
 from workers.recall.client import RecallClient
 from workers.runtime import StopFlag
-from workers.settings import KafkaSettings, StreamSettings
+from workers.settings import StreamSettings
 from workers.status import Buckets, scrape, scrape_histograms, window_quantile
 from workers.stream import ClickStream, StreamSender
 
@@ -196,24 +195,19 @@ def _freshness(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[st
     return out
 
 
-def _broker_topics(conf: dict[str, Any], requests: str, replies: str, clicks: str) -> dict[str, int]:
+def _broker_topics(conf: dict[str, Any], replies: str, data_dir: Path) -> dict[str, float]:
     topics = make_admin(conf).list_topics(timeout=10).topics
+    disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
     return {
         "total": len(topics),
-        "click_generations": sum(parse_generation(clicks, t) is not None for t in topics),
-        "request_generations": sum(parse_generation(requests, t) is not None for t in topics),
         "reply_topics": sum(t.startswith(f"{replies}.") for t in topics),
+        "disk_mb": round(disk / 2**20, 1),
     }
 
 
 def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
     ingest_port = free_port()
-    gen_s = float(cfg.env.get("MINDSTREAM_KAFKA__TOPIC_GENERATION_S") or KafkaSettings().embedded_topic_generation_s)
-    env = {
-        "MINDSTREAM_INGEST__METRICS_PORT": str(ingest_port),
-        **cfg.env,
-        "MINDSTREAM_KAFKA__TOPIC_GENERATION_S": str(gen_s),  # the embedded broker's cost model (README)
-    }
+    env = {"MINDSTREAM_INGEST__METRICS_PORT": str(ingest_port), **cfg.env}
     stack_cfg = StackConfig(
         items=cfg.items,
         base_batches=cfg.base_batches,
@@ -222,7 +216,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         env=env,
     )
     with LiveStack(stack_cfg, workdir) as stack:
-        kafka = stack.kafka.model_copy(update={"topic_generation_s": gen_s})
+        kafka = stack.kafka
         data = synthetic_dataset(stack.spec, seed=stack.settings.data.split_seed)
         test = external_heldout(data.test, data.vocab)
         reqs = [RecallRequest(hist_item=[h.tolist()], top_k=50) for h in test.histories if len(h)][:2000]
@@ -230,9 +224,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         users = np.arange(10_000_000, 10_000_000 + stream_cfg.users, dtype=np.int64)
         stream = ClickStream.from_dataset(data, users, stream_cfg)
         conf = kafka.client_config()
-        sender = StreamSender(
-            conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms, generation_s=gen_s
-        )
+        sender = StreamSender(conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms)
         rec = _Recorder()
         stop = StopFlag()
         client = RecallClient(kafka, stack.settings.recall)
@@ -270,10 +262,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                         "clicks_applied": ingest.get("mindstream_ingest_events_applied_total", 0.0),
                         "new_items_born": len(stream.births.born),
                         "processes": procs.sample(),
-                        "broker_topics": _broker_topics(
-                            conf, kafka.requests_topic, kafka.replies_topic, kafka.clicks_topic
-                        ),
-                        "reply_topics_retired": client.retired_topics,
+                        "broker_topics": _broker_topics(conf, kafka.replies_topic, stack.broker.data_dir),
                     }
                 )
                 print(f"window {len(windows)}: {windows[-1]}", flush=True)
@@ -298,7 +287,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                 break
             time.sleep(2)
         rounds = stack.refresh_rounds()
-    return _summary(cfg, windows, rec, sender, applied, dead, rounds, time.monotonic() - drain_began, gen_s)
+    return _summary(cfg, windows, rec, sender, applied, dead, rounds, time.monotonic() - drain_began)
 
 
 def _ratio(first: float | None, last: float | None) -> float | None:
@@ -314,7 +303,6 @@ def _summary(
     dead: float,
     rounds: list[dict[str, Any]],
     drain_s: float,
-    gen_s: float,
 ) -> dict[str, Any]:
     first, last = (windows[0], windows[-1]) if windows else ({}, {})
     kafka_first = first.get("kafka", {}).get("p99_ms")
@@ -326,7 +314,7 @@ def _summary(
         for name in first.get("processes", {})
     }
     return {
-        "config": {**cfg.__dict__, "topic_generation_s": gen_s},
+        "config": cfg.__dict__,
         "duration_s": cfg.duration_s,
         "windows": windows,
         "kafka_requests": rec.sent["kafka"],
@@ -404,10 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-rate", type=float, default=d.http_rate)
     p.add_argument("--new-items-per-s", type=float, default=d.new_items_per_s)
     p.add_argument("--items", type=int, default=d.items)
-    p.add_argument("--generation-s", type=float, help="topic generation period (default: the embedded default)")
     p.add_argument("--out", default="soak")
     args = p.parse_args(argv)
-    env = {"MINDSTREAM_KAFKA__TOPIC_GENERATION_S": str(args.generation_s)} if args.generation_s else {}
     cfg = SoakConfig(
         duration_s=args.duration,
         window_s=args.window,
@@ -416,7 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_rate=args.http_rate,
         new_items_per_s=args.new_items_per_s,
         items=args.items,
-        env=env,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:

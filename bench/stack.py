@@ -1,6 +1,6 @@
 """The live system for the end-to-end benchmarks, started as ``mindstream up`` starts it.
 
-Embedded Tansu broker + embedded Milvus in the benchmark process; the refresh, ingest, recall (and
+Embedded Apache Kafka broker + embedded Milvus in the benchmark process; the refresh, ingest, recall (and
 optionally gateway) workers as their own processes (``python -m workers.cli <name>``) configured
 through ``MINDSTREAM_*`` environment variables. The first model is a MIND net on a synthetic
 catalogue of ``items`` items (trained ``base_batches`` batches, 0 = untrained), written where the
@@ -32,9 +32,10 @@ import psutil
 from model.config import MindConfig, TrainConfig
 from model.data.synthetic import SyntheticSpec, synthetic_dataset
 from model.train import Trainer, train
-from workers.infra.kafka import ensure_topics
+from workers.infra.kafka_broker import KafkaCluster
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.infra.tansu import EmbeddedBroker, free_port
+from workers.infra.ports import free_port
+from workers.infra.topics import ensure_stack_topics
 from workers.infra.vector_store import VectorStore
 from workers.offline import checkpoint_root
 from workers.recall.client import RecallClient, RecallError
@@ -173,14 +174,11 @@ class LiveStack:
     def _start(self) -> None:
         began = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.broker = self._stack.enter_context(
-            EmbeddedBroker("127.0.0.1", free_port(), log_path=self.workdir / "tansu.log")
-        )
+        self.broker = self._stack.enter_context(KafkaCluster(self.workdir / "kafka"))
         self.milvus = self._stack.enter_context(EmbeddedMilvus(self.workdir / "milvus", port=free_port()))
         self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
         self.settings = self.settings.model_copy(update={"kafka": self.kafka})
-        k = self.kafka
-        ensure_topics(k.client_config(), [k.clicks_topic, k.clicks_dlq_topic, k.requests_topic, k.replies_topic])
+        ensure_stack_topics(self.kafka.client_config(), self.kafka)
         self.setup.update(write_base_model(self.settings, self.spec, self.cfg.base_batches))
         self.store = self._stack.enter_context(VectorStore(self.milvus.uri, self.settings.milvus))
         env = self.child_env()
@@ -308,7 +306,7 @@ class LiveStack:
         pids = {name: p.pid for name, p in self.procs.items()}
         if (pid := self.milvus.pid) is not None:
             pids["milvus"] = pid
-        if (pid := self.broker.pid) is not None:
+        if (pid := self.broker.pid(1)) is not None:
             pids["broker"] = pid
         pids["bench"] = os.getpid()
         return pids

@@ -170,7 +170,7 @@ def main() -> None:
         return
 
     from workers.infra.milvus_server import EmbeddedMilvus
-    from workers.infra.tansu import free_port
+    from workers.infra.ports import free_port
 
     summary: dict[str, Any] = {
         "events": args.events,

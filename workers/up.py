@@ -1,6 +1,6 @@
 """``mindstream up``: the whole live system on one machine, on embedded defaults.
 
-Embedded Tansu broker + embedded Milvus (or the configured external ones) -> first model trained
+Embedded Apache Kafka broker + embedded Milvus (or the configured external ones) -> first model trained
 (or reused) -> ingest, refresh, recall and HTTP gateway workers as supervised processes -> held-out
 users' clicks replayed as a live stream, then a continuous stream over the same catalogue (drifting
 users, new items, bursts: ``workers.stream``), with recall requests alongside -> a progress line.
@@ -28,9 +28,9 @@ import numpy as np
 from model.checkpoint import open_checkpoint
 from model.data.types import Dataset, IntArray
 from model.export import external_heldout
-from workers.infra.kafka import ensure_topics
+from workers.infra.kafka_broker import open_kafka
 from workers.infra.milvus_server import open_milvus
-from workers.infra.tansu import open_kafka
+from workers.infra.topics import ensure_stack_topics
 from workers.offline import checkpoint_root, load, run_train
 from workers.recall.client import RecallClient
 from workers.replay import held_out_clicks
@@ -247,19 +247,14 @@ def run_up(
         run_train(settings, dataset=dataset, resume=False)
     log.info("base model: %s", open_checkpoint(root, "best").manifest.version)
     token, created = ensure_admin_token(settings)
-    embedded = settings.kafka.bootstrap_servers is None
     kafka = settings.kafka
-    if embedded and kafka.topic_generation_s is None:  # the embedded broker's cost model (README)
-        kafka = kafka.model_copy(update={"topic_generation_s": kafka.embedded_topic_generation_s})
     with contextlib.ExitStack() as stack:
-        bootstrap = stack.enter_context(open_kafka(settings.kafka, log_path=settings.state_dir / "logs" / "tansu.log"))
+        bootstrap = stack.enter_context(open_kafka(kafka, settings.kafka_dir))
         milvus_uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
         conf = kafka.client_config(bootstrap)
-        ensure_topics(conf, [kafka.clicks_topic, kafka.clicks_dlq_topic, kafka.requests_topic, kafka.replies_topic])
+        ensure_stack_topics(conf, kafka)
         env = _child_env(settings, bootstrap, milvus_uri)
         env["MINDSTREAM_HTTP__ADMIN_TOKEN"] = token
-        if kafka.topic_generation_s is not None:
-            env["MINDSTREAM_KAFKA__TOPIC_GENERATION_S"] = str(kafka.topic_generation_s)
         supervisor = Supervisor(_children(settings, env))
         stack.callback(supervisor.stop)
         supervisor.start()
@@ -269,9 +264,7 @@ def run_up(
         histories = [h.tolist() for h in test.histories if len(h)]
         held_out = [int(u) for held in (valid, test) for u in held.user_ids]
         stream = ClickStream.from_dataset(dataset, _stream_users(dataset, held_out, stream_cfg.users), stream_cfg)
-        sender = StreamSender(
-            conf, kafka.clicks_topic, rate, linger_ms=stream_cfg.linger_ms, generation_s=kafka.topic_generation_s
-        )
+        sender = StreamSender(conf, kafka.clicks_topic, rate, linger_ms=stream_cfg.linger_ms)
         sources = [("replay", chunks_of(held_out_clicks(valid, test)))] if replay else []
         sources.append(("stream", stream.chunk))
         probes = {}
@@ -280,7 +273,7 @@ def run_up(
         if http_rate > 0:
             base = f"http://{settings.http.host}:{settings.http.port}"
             probes["http"] = _RecallProbe(_http_send(base, settings.recall.client_timeout_s), histories, http_rate)
-        print_urls(settings)
+        print_urls(settings, bootstrap)
         print_admin_token(settings, token, created)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
         live = threading.Event()
@@ -317,9 +310,11 @@ def print_admin_token(settings: Settings, token: str, created: bool) -> None:
         sys.stderr.write(f"  admin token   in {settings.admin_token_file} (Authorization: Bearer <token>)\n")
 
 
-def print_urls(settings: Settings) -> None:
+def print_urls(settings: Settings, bootstrap: str) -> None:
     base = f"http://{settings.http.host}:{settings.http.port}"
-    lines = ["mindstream is up. Where to look:", f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
+    lines = ["mindstream is up. Where to look:", f"  the page      {base}/ui  (live system, recommendations by title)"]
+    lines += [f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
+    lines += [f"  kafka         {bootstrap} (bootstrap.servers for your own producers and consumers)"]
     lines += [f"  {name:<13} http://127.0.0.1:{metrics_port(settings, name)}/metrics" for name in METRICS_PORTS]
     lines += [f"  worker logs   {settings.state_dir / 'logs'}", "  stop          Ctrl-C, or: mindstream down"]
     sys.stderr.write("\n".join(lines) + "\n")

@@ -26,7 +26,6 @@ def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
         refresh_interval_s=10,
         drain_s=120,
         base_batches=10,
-        env={"MINDSTREAM_KAFKA__TOPIC_GENERATION_S": "5", "MINDSTREAM_KAFKA__CLICKS_GENERATION_RETIRE_S": "5"},
     )
     result = run_soak(cfg, tmp_path / "stack")
     assert result["clicks_sent"] > 0.8 * cfg.click_rate * cfg.duration_s
@@ -35,10 +34,7 @@ def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
     assert result["kafka_requests"] > 0.8 * cfg.kafka_rate * cfg.duration_s
     assert len(result["windows"]) == 3
     last = result["windows"][-1]
-    assert last["reply_topics_retired"] >= 5  # the client's private reply topic went through generations
-    assert last["broker_topics"]["request_generations"] <= 4  # drained request generations were deleted
-    assert last["broker_topics"]["reply_topics"] <= 3
-    # the clicks went through ~12 generations of 5 s; drained ones were deleted once applied
-    assert 1 <= last["broker_topics"]["click_generations"] <= 5
+    assert last["broker_topics"]["reply_topics"] == 1  # the one client's private reply topic, fixed
+    assert last["broker_topics"]["disk_mb"] > 0  # the broker's log is on disk
     plot(result, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 0

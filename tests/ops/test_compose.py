@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from workers.cli import build_parser
-from workers.settings import Settings
+from workers.settings import KafkaSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -194,6 +194,13 @@ def test_kafka_init_creates_the_settings_topics(
     assert created == expected
     assert "/opt/kafka/bin/kafka-topics.sh" in script and "--if-not-exists" in script
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_compose_runs_the_embedded_broker_version(services: dict[str, dict[str, Any]]) -> None:
+    """Development, tests and production run one Kafka version."""
+    version = KafkaSettings().embedded_version
+    assert services["kafka"]["image"] == f"apache/kafka:{version}"
+    assert services["kafka-init"]["image"] == f"apache/kafka:{version}"
 
 
 # ------------------------------------------------------------------------------ images, restarts, health

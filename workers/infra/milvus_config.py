@@ -2,12 +2,19 @@
 
 The production image does not install that package (compose runs Milvus as a service), so
 :mod:`workers.infra.milvus_server` imports this module only when it starts an embedded server.
+
+Long runs: Milvus' defaults are sized for a cluster that keeps days of history; the embedded
+server of a dev box runs for hours or days with a new collection every round, so
+:data:`EMBEDDED_LIMITS` and :data:`EMBEDDED_ETCD` bound what it keeps (docs/retention.md: what
+each default did, what these change, and what a production operator should set instead).
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from milvus import MilvusServerConfig
 
@@ -15,6 +22,33 @@ __all__ = ["EmbeddedConfig"]
 
 _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 _GRACEFUL_STOP_S = 3  # Milvus' own deadline after SIGTERM (default 1800 s; its shutdown can hang)
+
+# milvus.yaml keys (each must exist in the package's template) -> value.
+EMBEDDED_LIMITS: Final[dict[str, int | float]] = {
+    # rocksmq (the embedded log of every insert, delete and time tick) deletes only pages that every
+    # consumer acknowledged, and only past its retention: defaults 3 days / 8 GB, 64 MB pages (a page
+    # is deletable once full), a rocksdb compaction once a day (until then deletes free nothing) and a
+    # block cache of 6% of the host's memory. 30 minutes is far longer than the data node's checkpoint
+    # lag (it syncs every 10 minutes at most, and every swap flushes), so a restart still replays what
+    # it needs; 1 GB per topic is several rounds' inserts even at 1M items (256 MB a version).
+    "rocksmq.retentionTimeInMinutes": 30,
+    "rocksmq.retentionSizeInMB": 1024,
+    "rocksmq.rocksmqPageSize": 16 << 20,
+    "rocksmq.compactionInterval": 1800,
+    "rocksmq.lrucacheratio": 0.01,
+    # Binlogs of dropped collections (one per superseded version) stay dropTolerance (default 3 h)
+    # after the drop, and the collector runs every gc.interval (default 1 h).
+    "dataCoord.gc.interval": 600,
+    "dataCoord.gc.dropTolerance": 600,
+}
+# The embedded etcd's own config (etcd's defaults: never compacts, keeps 100k raft entries in memory):
+# what Milvus' standalone compose file gives its etcd, as the production stack does.
+EMBEDDED_ETCD: Final[Mapping[str, str | int]] = {
+    "auto-compaction-mode": "revision",
+    "auto-compaction-retention": "1000",
+    "quota-backend-bytes": 4 << 30,
+    "snapshot-count": 50_000,
+}
 
 
 class EmbeddedConfig(MilvusServerConfig):
@@ -32,6 +66,8 @@ class EmbeddedConfig(MilvusServerConfig):
             self.set(f"{component}.ip", host)
         self.set("common.gracefulStopTimeout", _GRACEFUL_STOP_S)
         self.set("common.session.ttl", session_ttl_s)
+        for key, value in EMBEDDED_LIMITS.items():
+            self.set(key, value)
         self.etcd_peer_port = 0
 
     def resolve_port(self, port_start: int) -> tuple[int | None, socket.socket | None]:
@@ -78,7 +114,8 @@ class EmbeddedConfig(MilvusServerConfig):
             f"name: default\n"
             f"listen-client-urls: {client_url}\nadvertise-client-urls: {client_url}\n"
             f"listen-peer-urls: {peer_url}\ninitial-advertise-peer-urls: {peer_url}\n"
-            f"initial-cluster: default={peer_url}\n",
+            f"initial-cluster: default={peer_url}\n"
+            + "".join(f"{key}: {_yaml_scalar(value)}\n" for key, value in EMBEDDED_ETCD.items()),
             encoding="utf-8",
         )
         milvus_yaml = configs / "milvus.yaml"
@@ -87,3 +124,26 @@ class EmbeddedConfig(MilvusServerConfig):
         if patched == text:
             raise RuntimeError(f"no top-level etcd section in {milvus_yaml}")
         milvus_yaml.write_text(patched, encoding="utf-8")
+        unset = [key for key, value in EMBEDDED_LIMITS.items() if yaml_value(patched, key) != str(value)]
+        if unset:  # the package rewrites only keys its template has: a silent no-op otherwise
+            raise RuntimeError(f"{milvus_yaml}: {unset} not set (missing from this milvus package's template?)")
+
+
+def _yaml_scalar(value: str | int) -> str:
+    return f'"{value}"' if isinstance(value, str) and value.isdigit() else str(value)
+
+
+def yaml_value(yaml_text: str, dotted: str) -> str | None:
+    """The value text of key ``dotted`` (``a.b.c``) in ``yaml_text``, comment stripped; None if absent.
+    Enough for milvus.yaml (two-space indentation, one key per line), not a YAML parser."""
+    path: list[str] = []
+    for line in yaml_text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or ":" not in stripped or stripped.startswith("-"):
+            continue
+        level = (len(line) - len(line.lstrip(" "))) // 2
+        key, value = stripped.split(":", 1)
+        path = [*path[:level], key.strip()]
+        if ".".join(path) == dotted:
+            return value.split("#", 1)[0].strip()
+    return None

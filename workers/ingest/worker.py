@@ -6,11 +6,8 @@ the valid ones and the partition's last offset in one SQLite transaction per par
 store the Kafka offsets (librdkafka commits stored offsets in the background and on close). On
 assignment the consumer resumes from the offset kept in the state file, which is always at or past
 Kafka's committed offset; redeliveries are skipped by ``event_id`` (see ``workers.ingest.state_store``).
-
-On the embedded broker (``kafka.topic_generation_s`` set) clicks also arrive on generations of the
-clicks topic (``workers.infra.generations``): each generation ``clicks.g<N>`` is applied to the state
-file of ``clicks`` and its partition, with the generation's own offset kept there; a generation is
-retired (its topic deleted, which frees the broker's memory) once it is over, drained and durable.
+Several ingest workers in one group share the partitions; a partition that moves resumes from its
+state file on the new owner.
 """
 
 from __future__ import annotations
@@ -25,20 +22,17 @@ from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from workers.infra.generations import GenerationSource, parse_generation
-from workers.infra.kafka import Conf, ensure_topics, make_consumer, make_producer
+from workers.infra.kafka import Conf, make_consumer, make_producer
+from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
 from workers.ingest.dead_letters import DeadLetterSink
 from workers.ingest.metrics import IngestMetrics
+from workers.ingest.retention import Retention
 from workers.ingest.state_store import PartitionStore
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Tansu reports the high watermark as the base offset of the last batch + 1, so it can trail the real
-# log end by up to one produce batch: only a stored offset further beyond it means a lost log.
-_WATERMARK_SLACK = 100_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,17 @@ class BatchOutcome:
     dead_lettered: int = 0
     applied: int = 0
     duplicates: int = 0
+
+
+def _log_end(consumer: Consumer, tp: TopicPartition, attempts: int = 3) -> int | None:
+    """The partition's high watermark, or None when no broker answers (a leader moving, a broker down):
+    the state file's position is then trusted as it is."""
+    for attempt in range(attempts):
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)[1])
+        except KafkaException as exc:
+            log.warning("%s[%d]: log end unknown (attempt %d): %s", tp.topic, tp.partition, attempt + 1, exc)
+    return None
 
 
 def _with_stats_cb(interval_ms: int, callback: Callable[[str], None]) -> Conf:
@@ -76,9 +81,8 @@ class IngestWorker:
         dlq_flush_timeout_s: float,
         stats_interval_ms: int,
         metrics: IngestMetrics,
-        generation_s: float | None = None,
-        generation_retire_s: float = 60.0,
         dedupe_window: int | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.topic = topic
         self.state_dir = state_dir
@@ -86,6 +90,7 @@ class IngestWorker:
         self.batch_timeout_s = batch_timeout_s
         self.metrics = metrics
         self.dedupe_window = dedupe_window
+        self.retention = retention  # a bounded step between batches (workers.ingest.retention)
         self._stores: dict[tuple[str, int], PartitionStore] = {}
         self._dlq = DeadLetterSink(make_producer(conf), dlq_topic, dlq_flush_timeout_s)
         self._consumer = make_consumer(
@@ -95,45 +100,7 @@ class IngestWorker:
             overrides=_with_stats_cb(stats_interval_ms, metrics.on_stats),
         )
         self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self._generations: GenerationSource | None = None
-        if generation_s is not None:
-            # Never joined: assigned partitions only. ``generation_retire_s`` after a generation ends
-            # (and once drained) its topic goes: longer than any producer may still be delivering to it.
-            self._generations = GenerationSource(
-                conf,
-                topic,
-                period_s=generation_s,
-                grace_s=0.0,
-                serve_s=generation_retire_s,
-                group_id=f"{group_id}-generations",
-                session_timeout_ms=session_timeout_ms,
-                start_offset=self._resume_offset,
-            )
         self._closed = False
-
-    def _logical(self, topic: str) -> str:
-        """The topic whose state file a message of ``topic`` is applied to (a generation -> its base)."""
-        return self.topic if parse_generation(self.topic, topic) is not None else topic
-
-    def _resume_offset(self, topic: str, partition: int) -> int | None:
-        """A generation resumes after the last offset applied from it (the state file is the truth)."""
-        last = self._store(self._logical(topic), partition).last_offset(topic, partition)
-        return None if last is None else last + 1
-
-    @property
-    def generations_retired(self) -> int:
-        return self._generations.retired if self._generations is not None else 0
-
-    def _take(self) -> tuple[Consumer, list[Message]]:
-        """The next batch: the fixed topic's, else (generations) a generation's."""
-        if self._generations is None:
-            return self._consumer, self._consumer.consume(self.batch_size, self.batch_timeout_s)
-        self._generations.maintain()  # between batches: everything consumed so far is durable
-        messages = self._consumer.consume(self.batch_size, 0)  # producers that write to the topic itself
-        if messages:
-            return self._consumer, messages
-        consumer, messages = self._generations.consume(self.batch_size, self.batch_timeout_s)
-        return (consumer or self._consumer), messages
 
     def _store(self, topic: str, partition: int) -> PartitionStore:
         store = self._stores.get((topic, partition))
@@ -148,11 +115,11 @@ class IngestWorker:
             last = self._store(tp.topic, tp.partition).last_offset(tp.topic, tp.partition)
             if last is None:
                 continue
-            _, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
-            if high == 0 or last - high > _WATERMARK_SLACK:
-                # The log is shorter than what we applied: the topic was recreated (or the in-memory
-                # embedded broker restarted). Our position means nothing there: start from the group's
-                # committed offset (or the earliest); event_id dedupe makes any re-read harmless.
+            high = _log_end(consumer, tp)
+            if high is not None and last >= high:
+                # The log is shorter than what we applied: the topic was deleted and re-created. Our
+                # position means nothing there: start from the group's committed offset (or the
+                # earliest); event_id dedupe makes any re-read harmless.
                 log.warning(
                     "%s[%d]: stored offset %d beyond the log end %d; ignoring it", tp.topic, tp.partition, last, high
                 )
@@ -180,7 +147,10 @@ class IngestWorker:
 
     def run_once(self) -> BatchOutcome:
         """Consume one batch (size or time, whichever comes first) and make it durable."""
-        consumer, messages = self._take()
+        consumer = self._consumer
+        messages = consumer.consume(self.batch_size, self.batch_timeout_s)
+        if self.retention is not None:
+            self.retention.step(self._stores.values())
         if not messages:
             return BatchOutcome()
         started = time.perf_counter()
@@ -193,7 +163,7 @@ class IngestWorker:
         applied = 0
         offsets = []
         for part in batch.partitions.values():
-            applied += self._store(self._logical(part.topic), part.partition).apply(
+            applied += self._store(part.topic, part.partition).apply(
                 part.events, part.topic, part.partition, part.last_offset
             )
             offsets.append(TopicPartition(part.topic, part.partition, part.last_offset + 1))
@@ -244,8 +214,6 @@ class IngestWorker:
             if commit:
                 self._commit(self._consumer)
             self._consumer.close()
-            if self._generations is not None:
-                self._generations.close(commit=commit)
         finally:
             self._dlq.producer.flush(self._dlq.flush_timeout_s)
             for store in self._stores.values():
@@ -277,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kafka = settings.kafka
     conf = kafka.client_config(args.bootstrap)
     topic, dlq_topic = args.topic or kafka.clicks_topic, args.dlq_topic or kafka.clicks_dlq_topic
-    ensure_topics(conf, [topic, dlq_topic])
+    ensure_stack_topics(conf, kafka, clicks_topics(kafka, topic, dlq_topic))
     ingest = settings.ingest
     registry = metrics_registry(args.metrics_port if args.metrics_port is not None else ingest.metrics_port)
     worker = IngestWorker(
@@ -292,9 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         dlq_flush_timeout_s=args.dlq_flush_timeout_s or ingest.dlq_flush_timeout_s,
         stats_interval_ms=ingest.stats_interval_ms if args.stats_interval_ms is None else args.stats_interval_ms,
         metrics=IngestMetrics(registry),
-        generation_s=kafka.topic_generation_s,
-        generation_retire_s=kafka.clicks_generation_retire_s,
         dedupe_window=ingest.dedupe_window,
+        retention=Retention.for_state_dir(ingest.retention, args.state_dir or settings.state_dir)
+        if ingest.retention.enabled
+        else None,
     )
     with stop_on_signals(StopFlag()) as stop:
         worker.run(stop)

@@ -7,13 +7,8 @@ the client starts, never ``subscribe()``: no group join (~3 s), and because the 
 concrete offset rather than "latest" (which librdkafka resolves lazily), no reply produced after the
 constructor returned can be missed. A background thread polls replies, resolves the pending
 ``Future`` of each correlation id, and fails the ones past their deadline with ``TimeoutError``.
-
-On the embedded broker (``kafka.topic_generation_s`` set, see ``workers.infra.generations``) requests
-go to the requests topic's current generation, and a private reply topic is one topic per generation
-(``<replies_topic>.<client id>.g<N>``), each with its own consumer: the next one is created ahead of
-time, and an older one is closed and deleted once every request that named it has been answered or
-has timed out (plus ``generation_grace_s``). The broker's memory and fetch cost for a client then stay
-bounded however long it runs.
+The reply topic keeps ``kafka.request_retention_ms`` of replies (minutes), so a long-running client
+costs the broker a bounded log.
 """
 
 from __future__ import annotations
@@ -25,17 +20,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from schemas.codec import DecodeError, decode_reply, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.infra.generations import delete_topics, generation_of, generation_topic
-from workers.infra.kafka import ensure_topics, make_consumer, make_producer
+from workers.infra.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from workers.infra.topics import reply_topic as reply_topic_spec
 from workers.settings import KafkaSettings, RecallSettings
 
 __all__ = ["RecallClient", "RecallClientClosed", "RecallError"]
@@ -44,7 +39,6 @@ log = logging.getLogger(__name__)
 
 POLL_S: Final = 0.05  # poll thread tick: bounds how late a timeout fires
 _METADATA_TIMEOUT_S: Final = 10.0
-_LEAD_S: Final = 2.0  # the next reply generation is ready this long before it is used
 
 Reply = RecallReply | ErrorReply
 
@@ -60,16 +54,6 @@ class RecallError(RuntimeError):
 
 class RecallClientClosed(RuntimeError):
     """The client was closed while the request was pending."""
-
-
-@dataclass
-class _ReplyTopic:
-    """One reply topic and its consumer; ``last_deadline`` (monotonic) of the requests that named it."""
-
-    topic: str
-    gen: int | None
-    consumer: Consumer
-    last_deadline: float = 0.0
 
 
 class RecallClient:
@@ -91,32 +75,19 @@ class RecallClient:
         self._fetch_wait_max_ms = recall.fetch_wait_max_ms
         self._conf = kafka.client_config(bootstrap)
         self._private = reply_topic is None
-        self._generation_s = kafka.topic_generation_s
-        self._grace_s = kafka.generation_grace_s
-        self._base_reply_topic = reply_topic or f"{kafka.replies_topic}.{self.client_id}"
+        self.reply_topic = reply_topic or f"{kafka.replies_topic}.{self.client_id}"
+        """The topic the requests name in ``reply_to``."""
         self._pending: dict[str, tuple[Future[Reply], float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.retired_topics = 0
-        # generations: a producer's metadata refresh would re-create deleted topics (the embedded broker
-        # auto-creates on metadata requests), so it never asks for that; the topics are created ahead instead
-        no_auto = {"allow.auto.create.topics": False} if self._generation_s is not None else {}
-        self._producer = make_producer(self._conf, {"linger.ms": 0, **no_auto})
-        if self._private and self._generation_s is not None:
-            self._replies = [self._open_reply(generation_of(time.time(), self._generation_s))]
-        else:
-            self._replies = [self._open_reply(None)]
+        self._producer = make_producer(self._conf, {"linger.ms": 0})
+        self._replies = self._open_reply(kafka)
         self._thread = threading.Thread(target=self._loop, name=f"recall-client-{self.client_id}", daemon=True)
         self._thread.start()
 
-    @property
-    def reply_topic(self) -> str:
-        """The reply topic new requests name."""
-        return self._current_reply().topic
-
-    def _open_reply(self, gen: int | None) -> _ReplyTopic:
-        topic = self._base_reply_topic if gen is None else generation_topic(self._base_reply_topic, gen)
-        ensure_topics(self._conf, [topic])
+    def _open_reply(self, kafka: KafkaSettings) -> Consumer:
+        topic = self.reply_topic
+        ensure_topics(self._conf, [reply_topic_spec(kafka, topic)])
         consumer = make_consumer(
             self._conf,
             f"mindstream-recall-client-{self.client_id}",  # required by librdkafka; never joined
@@ -128,20 +99,7 @@ class RecallClient:
         except BaseException:
             consumer.close()
             raise
-        return _ReplyTopic(topic, gen, consumer)
-
-    def _current_reply(self) -> _ReplyTopic:
-        replies = self._replies
-        if self._generation_s is None or len(replies) == 1:
-            return replies[-1]
-        current = generation_of(time.time(), self._generation_s)
-        usable = [r for r in replies if r.gen is not None and r.gen <= current]
-        return usable[-1] if usable else replies[0]
-
-    def _request_topic(self) -> str:
-        if self._generation_s is None:
-            return self.requests_topic
-        return generation_topic(self.requests_topic, generation_of(time.time(), self._generation_s))
+        return consumer
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -156,16 +114,14 @@ class RecallClient:
         deadline = time.monotonic() + wait_s
         with self._lock:
             self._pending[correlation_id] = (future, deadline)
-            reply = self._current_reply()
-            reply.last_deadline = max(reply.last_deadline, deadline)
         headers: list[tuple[str, str | bytes | None]] = [
             (CORRELATION_ID, correlation_id),
-            (REPLY_TO, reply.topic),
+            (REPLY_TO, self.reply_topic),
             (DEADLINE_MS, str(int((time.time() + wait_s) * 1000))),  # workers shed it once we gave up
         ]
         try:
             self._producer.produce(
-                self._request_topic(),
+                self.requests_topic,
                 value=encode(req),
                 headers=headers,
                 on_delivery=lambda err, _msg: self._sent(correlation_id, err),
@@ -212,17 +168,11 @@ class RecallClient:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                replies = self._replies
-                for older in replies[:-1]:  # retiring generations: whatever is there, without waiting
-                    while (msg := older.consumer.poll(0)) is not None:
-                        self._on_message(msg)
-                msg = replies[-1].consumer.poll(POLL_S)
+                msg = self._replies.poll(POLL_S)
                 if msg is not None:
                     self._on_message(msg)
                 self._producer.poll(0)
                 self._expire(time.monotonic())
-                if self._generation_s is not None and self._private:
-                    self._rotate(self._generation_s)
             except Exception:  # never let the thread die: pending futures would hang until close
                 log.exception("recall client poll loop error")
                 self._stop.wait(POLL_S)
@@ -243,30 +193,6 @@ class RecallClient:
             _resolve(entry[0], decode_reply(msg.value()))
         except DecodeError as exc:
             _reject(entry[0], exc)
-
-    def _rotate(self, period_s: float) -> None:
-        """Open the next generation ahead of time; close and delete the ones nobody can be waiting on."""
-        began = time.monotonic()
-        newest = self._replies[-1].gen
-        ahead = generation_of(time.time() + _LEAD_S, period_s)
-        if newest is not None and ahead > newest:
-            ensure_topics(self._conf, [generation_topic(self.requests_topic, ahead)])  # the worker does too
-            opened = self._open_reply(ahead)
-            with self._lock:
-                self._replies = [*self._replies, opened]
-        now = time.monotonic()
-        with self._lock:
-            current = self._current_reply()
-            done = [r for r in self._replies if r is not current and r.gen is not None and r.gen < (current.gen or 0)]
-            done = [r for r in done if now > r.last_deadline + self._grace_s]
-            if done:
-                self._replies = [r for r in self._replies if r not in done]
-        for reply in done:
-            reply.consumer.close()  # before the delete: a consumer that knows a deleted topic crashes
-            delete_topics(self._conf, [reply.topic])
-            self.retired_topics += 1
-        if (took := time.monotonic() - began) > 0.2:
-            log.warning("reply topic rotation took %.2f s (replies waited)", took)
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -294,18 +220,11 @@ class RecallClient:
         for future, _ in left.values():
             _reject(future, RecallClientClosed("the client was closed before the reply came"))
         try:
-            for reply in self._replies:
-                reply.consumer.close()
+            self._replies.close()
             self._producer.flush(1.0)
         finally:
             if self._private:
-                self._drop_topics([r.topic for r in self._replies])
-
-    def _drop_topics(self, topics: list[str]) -> None:
-        try:
-            delete_topics(self._conf, topics, timeout=5)
-        except Exception as exc:
-            log.warning("could not delete reply topics %s: %s", topics, exc)
+                _delete_topic(make_admin(self._conf), self.reply_topic)
 
     def __enter__(self) -> Self:
         return self
@@ -314,6 +233,14 @@ class RecallClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _delete_topic(admin: AdminClient, topic: str, timeout: float = 5.0) -> None:
+    """Best effort: a private reply topic nobody will read again (it would expire with its retention)."""
+    try:
+        admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
+    except KafkaException as exc:
+        log.warning("could not delete reply topic %s: %s", topic, exc)
 
 
 def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:

@@ -6,13 +6,13 @@ good ones with :class:`RecallEngine` (one live model per batch), produce every r
 ``reply_to`` header (default: the replies topic) echoing its ``correlation_id`` header, wait until the
 broker acknowledged or definitively refused each reply, and only then store the request offsets.
 
-On the embedded broker (``kafka.topic_generation_s`` set) requests arrive on generations of the
-requests topic (``workers.infra.generations``) as well as on the topic itself, and a reply whose
-caller's deadline passed more than half a generation grace ago is counted as undeliverable instead of
-produced: its caller gave up and deleted (or will delete) its reply topic, and producing to a deleted
-topic would re-create it on that broker.
+Several recall workers in one group share the requests topic's partitions.
 
-A reply the broker refuses (unknown ``reply_to`` topic, ...) is logged and counted, and its request's
+``reply_to`` names a topic that may not exist yet: the producer asks for it the way any Kafka producer
+does, so a broker with ``auto.create.topics.enable=true`` (Kafka's default, and the embedded broker's)
+creates it and the reply is delivered. On a cluster with auto-creation off, the reply to an unknown
+topic fails after the producer's ``message.timeout.ms`` (the client timeout): a reply the broker
+refuses (unknown ``reply_to`` topic, ...) is logged and counted as undeliverable, and its request's
 offset still advances: replies are only useful within the client's timeout, which is also the
 producer's ``message.timeout.ms`` here, so redelivering the request later could only produce a reply
 nobody waits for. A crash before the acknowledgements redelivers the batch (at-least-once; clients
@@ -30,14 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
-from workers.infra.generations import GenerationSource
-from workers.infra.kafka import Conf, ensure_topics, make_consumer, make_producer
+from workers.infra.kafka import Conf, make_consumer, make_producer
 from workers.infra.milvus_server import open_milvus
+from workers.infra.topics import ensure_stack_topics, request_topics
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.recall.engine import HistorySource, RecallEngine, Reply
@@ -67,7 +67,6 @@ class _Pending:
     correlation_id: str | None
     reply: Reply | None = None
     request: RecallRequest | None = None
-    deadline_ms: int | None = None
 
 
 class RecallWorker:
@@ -87,8 +86,6 @@ class RecallWorker:
         reply_timeout_s: float,
         metrics: RecallMetrics,
         fetch_wait_max_ms: int = 10,
-        generations: GenerationSource | None = None,
-        drop_late_after_ms: int | None = None,
     ) -> None:
         self.engine = engine
         self.replies_topic = replies_topic
@@ -97,35 +94,20 @@ class RecallWorker:
         self.reply_timeout_s = reply_timeout_s
         self.metrics = metrics
         timeout_ms = max(1, int(reply_timeout_s * 1000))
-        # generations (embedded broker): never re-create a deleted reply topic through a metadata refresh
-        no_auto = {"allow.auto.create.topics": False} if generations is not None else {}
-        self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms, **no_auto})
+        self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
         self._consumer = make_consumer(
             conf, group_id, session_timeout_ms=session_timeout_ms, overrides={"fetch.wait.max.ms": fetch_wait_max_ms}
         )
         self._consumer.subscribe([requests_topic])
-        self._generations = generations
-        self._drop_late_after_ms = drop_late_after_ms
         self._undelivered: list[str] = []
         self._closed = False
 
-    def _first(self) -> tuple[Consumer, Message] | None:
-        if self._generations is None:
-            msg = self._consumer.poll(IDLE_POLL_S)
-            return (self._consumer, msg) if msg is not None else None
-        self._generations.maintain()
-        msg = self._consumer.poll(0)  # the fixed topic too: callers that write to it directly
-        if msg is not None:
-            return self._consumer, msg
-        return self._generations.poll(IDLE_POLL_S)
-
-    def _take(self) -> tuple[Consumer, list[Message]]:
+    def _take(self) -> list[Message]:
         """A micro-batch: opened by the first message (waits up to IDLE_POLL_S), closed on size or time."""
-        opened = self._first()
-        if opened is None:
-            return self._consumer, []
-        consumer, first = opened
-        rest = consumer.consume(self.max_batch - 1, self.max_wait_s) if self.max_batch > 1 else []
+        first = self._consumer.poll(IDLE_POLL_S)
+        if first is None:
+            return []
+        rest = self._consumer.consume(self.max_batch - 1, self.max_wait_s) if self.max_batch > 1 else []
         messages = []
         for msg in [first, *rest]:
             error = msg.error()
@@ -133,11 +115,11 @@ class RecallWorker:
                 messages.append(msg)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
-        return consumer, messages
+        return messages
 
     def run_once(self) -> int:
         """Answer one micro-batch; returns the number of requests answered (0 when idle)."""
-        consumer, messages = self._take()
+        messages = self._take()
         if not messages:
             return 0
         started = time.perf_counter()
@@ -150,7 +132,7 @@ class RecallWorker:
         self.metrics.observe_batch(len(messages), users, time.perf_counter() - started)
         replies = [self._produce(p) for p in pending]
         self._flush()
-        self._store_offsets(consumer, messages)
+        self._store_offsets(messages)
         elapsed = time.perf_counter() - started
         for _ in messages:
             self.metrics.latency.observe(elapsed)
@@ -159,10 +141,6 @@ class RecallWorker:
 
     def _produce(self, pending: _Pending) -> Reply:
         reply = pending.reply or ErrorReply(code=ErrorCode.INTERNAL, message="no answer computed")
-        if self._too_late(pending):
-            self.metrics.undeliverable.inc()
-            log.debug("reply to %s dropped: its caller's deadline passed", pending.topic)
-            return reply
         cid = pending.correlation_id
         headers: list[tuple[str, str | bytes | None]] | None = [(CORRELATION_ID, cid)] if cid else None
         while True:
@@ -171,11 +149,6 @@ class RecallWorker:
                 return reply
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
-
-    def _too_late(self, pending: _Pending) -> bool:
-        if self._drop_late_after_ms is None or pending.deadline_ms is None:
-            return False
-        return int(time.time() * 1000) > pending.deadline_ms + self._drop_late_after_ms
 
     def _delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:
@@ -190,15 +163,14 @@ class RecallWorker:
             self.metrics.undeliverable.inc(len(failed))
             log.error("%d replies undeliverable: %s", len(failed), "; ".join(failed[:3]))
 
-    @staticmethod
-    def _store_offsets(consumer: Consumer, messages: Sequence[Message]) -> None:
+    def _store_offsets(self, messages: Sequence[Message]) -> None:
         last: dict[tuple[str, int], int] = {}
         for msg in messages:
             key = (msg.topic() or "", msg.partition() or 0)
             last[key] = max(last.get(key, -1), msg.offset() or 0)
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         try:
-            consumer.store_offsets(offsets=offsets)
+            self._consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:  # partition revoked meanwhile: its next owner redelivers, clients dedupe
             log.warning("could not store offsets: %s", exc)
 
@@ -228,8 +200,6 @@ class RecallWorker:
             if commit:
                 self._commit()
             self._consumer.close()
-            if self._generations is not None:
-                self._generations.close(commit=commit)
         finally:
             self._producer.flush(self.reply_timeout_s)
             stop_watching = getattr(self.engine.live, "close", None)  # LiveModel's alias watcher
@@ -254,13 +224,11 @@ def _parse(msg: Message, default_topic: str, now_ms: int | None = None) -> _Pend
         if late > 0:
             message = f"deadline passed {late} ms before the request was served; not searched"
             timeout = ErrorReply(code=ErrorCode.TIMEOUT, message=message)
-            return _Pending(reply_to, correlation_id, timeout, deadline_ms=int(deadline))
-    deadline_ms = int(deadline) if deadline is not None else None
+            return _Pending(reply_to, correlation_id, timeout)
     try:
-        return _Pending(reply_to, correlation_id, request=decode_request(msg.value()), deadline_ms=deadline_ms)
+        return _Pending(reply_to, correlation_id, request=decode_request(msg.value()))
     except DecodeError as exc:
-        error = ErrorReply(code=exc.code, message=exc.reason)
-        return _Pending(reply_to, correlation_id, error, deadline_ms=deadline_ms)
+        return _Pending(reply_to, correlation_id, ErrorReply(code=exc.code, message=exc.reason))
 
 
 def build_worker(
@@ -273,20 +241,14 @@ def build_worker(
         check_every_s=settings.recall.alias_check_s,
     )
     live.watch()
-    engine = RecallEngine(live, store, history, higher_is_better=settings.milvus.metric_type != "L2")
+    engine = RecallEngine(
+        live,
+        store,
+        history,
+        higher_is_better=settings.milvus.metric_type != "L2",
+        categories=settings.data.item_catalogue(),  # for requests' `diversity`
+    )
     kafka, recall = settings.kafka, settings.recall
-    generations = None
-    if kafka.topic_generation_s is not None:  # embedded broker: see workers.infra.generations
-        generations = GenerationSource(
-            conf,
-            kafka.requests_topic,
-            period_s=kafka.topic_generation_s,
-            grace_s=kafka.generation_grace_s,
-            serve_s=recall.client_timeout_s,
-            group_id=f"{kafka.recall_group}-generations",  # never joined: the group's members could not commit
-            session_timeout_ms=kafka.session_timeout_ms,
-            overrides={"fetch.wait.max.ms": recall.fetch_wait_max_ms},
-        )
     return RecallWorker(
         conf,
         engine,
@@ -299,8 +261,6 @@ def build_worker(
         reply_timeout_s=recall.client_timeout_s,
         metrics=metrics,
         fetch_wait_max_ms=recall.fetch_wait_max_ms,
-        generations=generations,
-        drop_late_after_ms=int(kafka.generation_grace_s * 500) if generations is not None else None,
     )
 
 
@@ -317,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     conf = settings.kafka.client_config(args.bootstrap)
-    ensure_topics(conf, [settings.kafka.requests_topic, settings.kafka.replies_topic])
+    ensure_stack_topics(conf, settings.kafka, request_topics(settings.kafka))
     registry = metrics_registry(args.metrics_port if args.metrics_port is not None else settings.recall.metrics_port)
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))

@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from schemas.dlq import DeadLetter
 from schemas.headers import get_header
-from workers.infra.generations import ClickTopic, parse_generation
 from workers.infra.kafka import ensure_topics, make_admin, make_producer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.state_reader import Cursor, StateReader
@@ -65,8 +64,6 @@ def _worker(
     batch_size: int = 128,
     batch_timeout_s: float = 0.2,
     stats_interval_ms: int = 200,
-    generation_s: float | None = None,
-    generation_retire_s: float = 60.0,
 ) -> IngestWorker:
     return IngestWorker(
         conf,
@@ -80,8 +77,6 @@ def _worker(
         dlq_flush_timeout_s=10.0,
         stats_interval_ms=stats_interval_ms,
         metrics=IngestMetrics(registry),
-        generation_s=generation_s,
-        generation_retire_s=generation_retire_s,
     )
 
 
@@ -209,89 +204,53 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
         reader.close()
 
 
-def _gen_worker(conf: dict[str, str | int], topic: str, state_dir: Path, period_s: float) -> IngestWorker:
-    return _worker(
-        conf,
-        topic,
-        state_dir,
-        CollectorRegistry(),
-        batch_size=64,
-        batch_timeout_s=0.1,
-        stats_interval_ms=0,
-        generation_s=period_s,
-        generation_retire_s=0.5,
-    )
+def _apply_all(worker: IngestWorker, reader: StateReader, count: int) -> list[BatchOutcome]:
+    outcomes: list[BatchOutcome] = []
+    deadline = time.monotonic() + 60
+    while reader.event_count() < count and time.monotonic() < deadline:
+        outcomes.append(worker.run_once())
+    assert reader.event_count() == count, f"{reader.event_count()} of {count} events applied"
+    return outcomes
 
 
-def _listed(conf: dict[str, str | int], topic: str) -> set[int]:
-    topics = make_admin(conf).list_topics(timeout=10).topics
-    return {g for t in topics if (g := parse_generation(topic, t)) is not None}
-
-
-def test_click_generations_are_applied_once_then_deleted_across_a_restart(
+def test_a_recreated_topic_is_read_from_its_start_not_from_the_stored_offset(
     kafka_settings: KafkaSettings, topic_name: str, tmp_path: Path
 ) -> None:
-    """Clicks written to rotating generations (the embedded broker's mode) and to the topic itself all
-    land in the topic's state file exactly once; drained generations are deleted; a restarted worker
-    resumes each generation from the state file (nothing re-applied)."""
-    period_s = 1.0
+    """The state file says offset 99 was applied; the topic is deleted and created again (offsets restart
+    at 0): the worker sees its stored position beyond the log end and reads the new log from its start."""
     conf = kafka_settings.client_config()
     ensure_topics(conf, [topic_name, f"{topic_name}.dlq"])
-    target = ClickTopic(conf, topic_name, period_s)
-    producer = make_producer(conf, target.producer_overrides())
-    used: set[str] = set()
+    producer = make_producer(conf)
 
     def send(first: int, last: int) -> None:
         for n in range(first, last):
             key, value = _click(n)
-            topic = target()
-            used.add(topic)
-            producer.produce(topic, key=key, value=value)
-            if n % 50 == 49:
-                assert producer.flush(10) == 0
-                time.sleep(0.2)  # ~4 generations per 800 clicks
-        assert producer.flush(10) == 0
-
-    def run_until(worker: IngestWorker, count: int, retired: int) -> list[BatchOutcome]:
-        outcomes = []
-        deadline = time.monotonic() + 60
-        with StateReader(tmp_path, topic_name) as reader:
-            while (
-                reader.event_count() < count or worker.generations_retired < retired
-            ) and time.monotonic() < deadline:
-                outcomes.append(worker.run_once())
-            assert reader.event_count() == count, "clicks of some generation were not applied"
-        assert worker.generations_retired >= retired, "drained generations were never retired"
-        return outcomes
-
-    worker = _gen_worker(conf, topic_name, tmp_path, period_s)
-    try:
-        send(0, 800)
-        for n in range(800, 820):  # a producer that writes to the topic itself is still read
-            key, value = _click(n)
             producer.produce(topic_name, key=key, value=value)
         assert producer.flush(10) == 0
-        first = run_until(worker, 820, retired=2)
-    finally:
-        worker.close()
-    assert len(used) >= 3, "the clicks did not span generations"
-    assert sum(o.applied for o in first) == 820 and sum(o.duplicates for o in first) == 0
-    send(820, 1000)  # while no worker runs
-    worker = _gen_worker(conf, topic_name, tmp_path, period_s)
-    try:
-        second = run_until(worker, 1000, retired=1)
-        time.sleep(period_s + 1.0)  # every generation used is over, drained and past its retirement
-        deadline = time.monotonic() + 20
-        while (
-            _listed(conf, topic_name) & {parse_generation(topic_name, t) for t in used} and time.monotonic() < deadline
-        ):
-            second.append(worker.run_once())
-    finally:
-        worker.close()
-    assert sum(o.applied for o in second) == 180
-    assert sum(o.duplicates for o in second) == 0, "a restarted worker re-read what it had applied"
-    leftover = _listed(conf, topic_name) & {parse_generation(topic_name, t) for t in used}
-    assert not leftover, f"generations never deleted: {sorted(leftover)}"
+
+    send(0, 100)
     with StateReader(tmp_path, topic_name) as reader:
-        assert reader.history(1, 2) == [874, 971]  # user 1 clicked n = ..., 873, 970 (through generations)
-    assert sorted(p.name for p in (tmp_path / "ingest").glob("*.sqlite")) == [f"{topic_name}-p0.sqlite"]
+        worker = _worker(conf, topic_name, tmp_path, CollectorRegistry(), stats_interval_ms=0)
+        try:
+            _apply_all(worker, reader, 100)
+        finally:
+            worker.close()
+        admin = make_admin(conf)
+        admin.delete_topics([topic_name], operation_timeout=10)[topic_name].result(10)
+        deadline = time.monotonic() + 30
+        while topic_name in admin.list_topics(timeout=5).topics and time.monotonic() < deadline:
+            time.sleep(0.2)
+        created: list[str] = []
+        while not created and time.monotonic() < deadline:  # the broker may still be finishing the delete
+            try:
+                created = ensure_topics(conf, [topic_name])
+            except Exception:
+                time.sleep(0.5)
+        assert created == [topic_name]
+        send(100, 150)
+        worker = _worker(conf, topic_name, tmp_path, CollectorRegistry(), stats_interval_ms=0)
+        try:
+            outcomes = _apply_all(worker, reader, 150)
+        finally:
+            worker.close()
+    assert sum(o.applied for o in outcomes) == 50 and sum(o.duplicates for o in outcomes) == 0

@@ -1,0 +1,363 @@
+"""Broker faults on a real 3-node Apache Kafka cluster (combined KRaft nodes on loopback): topics with
+replication 3 and ``min.insync.replicas`` 2, idempotent producers with ``acks=all``.
+
+* ``kill -9`` of the leader of the clicks partitions while ingest runs: every produced ``event_id`` is
+  applied exactly once;
+* ``kill -9`` of a broker during recall load over Kafka: every request is answered (the exact top-k of
+  the version its reply names) or cleanly timed out and counted; answers resume within 10 s;
+* scale-out: 2 ingest and 2 recall workers in their groups on 4-partition topics, ``kill -9`` of one of
+  each mid-load: exactly once by event id, every request answered or timed out and counted;
+* a rolling restart of the 3 brokers under load: no click lost, none applied twice.
+
+The cluster is shared by the module's tests; a test that stops a node starts it again before it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from schemas.codec import encode
+from schemas.messages import ClickEvent, ErrorReply, RecallReply, RecallRequest
+from tests.faults.conftest import Names, Worker, publish_live, save_v1, wait_until, worker_env
+from tests.workers.model_fixtures import exact_recall
+from workers.infra.kafka import make_admin, make_producer
+from workers.infra.kafka_broker import KafkaCluster
+from workers.infra.topics import clicks_topics, ensure_stack_topics, request_topics
+from workers.infra.vector_store import VectorStore
+from workers.ingest.state_reader import Cursor, StateReader
+from workers.recall.client import RecallClient
+from workers.refresh.registry import ModelRegistry
+from workers.settings import KafkaSettings, MilvusSettings, RecallSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+
+NODES = 3
+RESUME_WITHIN_S = 10.0
+CLIENT_TIMEOUT_S = 15.0
+ITEMS = 60
+HISTORIES = [[1, 2, 3, 4], [11, 12, 13], [30, 31, 32, 33, 34, 35, 36]]
+TOP_K = 10
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three nodes; a dead broker is fenced after 3 s (Kafka's default 9 s would eat the 10 s budget)."""
+    overrides = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}
+    with KafkaCluster(tmp_path_factory.mktemp("cluster"), nodes=NODES, overrides=overrides) as kafka:
+        yield kafka
+
+
+def _settings(cluster: KafkaCluster, names: Names, partitions: int = 1) -> tuple[KafkaSettings, dict[str, str]]:
+    """Replicated topics (RF 3, min ISR 2) created up front; the workers' env says the same."""
+    env = {
+        "MINDSTREAM_KAFKA__REPLICATION_FACTOR": str(NODES),
+        "MINDSTREAM_KAFKA__MIN_INSYNC_REPLICAS": "2",
+        "MINDSTREAM_KAFKA__CLICKS_PARTITIONS": str(partitions),
+        "MINDSTREAM_KAFKA__REQUESTS_PARTITIONS": str(partitions),
+    }
+    e = names.env()
+    kafka = KafkaSettings(
+        bootstrap_servers=cluster.bootstrap,
+        clicks_topic=e["MINDSTREAM_KAFKA__CLICKS_TOPIC"],
+        clicks_dlq_topic=e["MINDSTREAM_KAFKA__CLICKS_DLQ_TOPIC"],
+        requests_topic=e["MINDSTREAM_KAFKA__REQUESTS_TOPIC"],
+        replies_topic=e["MINDSTREAM_KAFKA__REPLIES_TOPIC"],
+        replication_factor=NODES,
+        min_insync_replicas=2,
+        clicks_partitions=partitions,
+        requests_partitions=partitions,
+    )
+    ensure_stack_topics(kafka.client_config(), kafka, [*clicks_topics(kafka), *request_topics(kafka)])
+    return kafka, env
+
+
+def _leader(cluster: KafkaCluster, topic: str, partition: int = 0) -> int:
+    meta = make_admin({"bootstrap.servers": cluster.bootstrap}).list_topics(topic, timeout=10).topics[topic]
+    return int(meta.partitions[partition].leader)
+
+
+def _fully_replicated(cluster: KafkaCluster, topics: list[str]) -> bool:
+    meta = make_admin({"bootstrap.servers": cluster.bootstrap}).list_topics(timeout=10).topics
+    return all(len(p.isrs) == NODES for t in topics for p in meta[t].partitions.values())
+
+
+def _heal(cluster: KafkaCluster, node_id: int, topics: list[str]) -> None:
+    """Start ``node_id`` again and wait until every partition of ``topics`` has all replicas in sync."""
+    if not cluster.member(node_id).running:
+        cluster.restart(node_id)
+    wait_until(lambda: _fully_replicated(cluster, topics), 60, f"node {node_id} back in every ISR")
+
+
+class ClickFeed:
+    """Produces unique clicks (~``rate``/s) from a thread with an idempotent ``acks=all`` producer; every
+    delivery report is counted, so a click the cluster did not acknowledge is visible."""
+
+    def __init__(self, kafka: KafkaSettings, rate: float = 1000.0) -> None:
+        self.kafka = kafka
+        self.rate = rate
+        self.produced: list[str] = []
+        self.failed: list[str] = []
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ack(self, error: KafkaError | None, msg: Message) -> None:
+        if error is not None:
+            self.failed.append(f"{msg.key()!r}: {error}")
+
+    def _run(self) -> None:
+        producer = make_producer(self.kafka.client_config(), {"acks": "all"})
+        n = 0
+        while self._running.is_set():
+            for _ in range(int(self.rate / 10)):
+                event = ClickEvent(event_id=f"ev-{n}", user_id=n % 97 + 1, item_id=n % 1000 + 1, ts=n)
+                producer.produce(self.kafka.clicks_topic, encode(event), key=event.kafka_key(), on_delivery=self._ack)
+                self.produced.append(event.event_id)
+                n += 1
+            producer.poll(0)
+            time.sleep(0.1)
+        left = producer.flush(120)
+        assert left == 0, f"{left} clicks never acknowledged"
+
+    def start(self) -> ClickFeed:
+        self._running.set()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._running.clear()
+        self._thread.join(150)
+        assert not self._thread.is_alive(), "the producer never finished flushing"
+        assert not self.failed, f"{len(self.failed)} clicks not acknowledged: {self.failed[:3]}"
+
+
+def _exactly_once(reader: StateReader, produced: list[str]) -> None:
+    events, _ = reader.events_since(Cursor())
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} events applied twice"
+    missing = set(produced) - set(ids)
+    assert not missing, f"{len(missing)} of {len(produced)} clicks lost, e.g. {sorted(missing)[:3]}"
+    assert len(ids) == len(produced)
+
+
+@dataclass
+class RecallLoad:
+    """Requests at ~``rate``/s from a thread; each future's completion time is recorded."""
+
+    client: RecallClient
+    rate: float = 20.0
+    sent: list[tuple[float, Future[RecallReply | ErrorReply]]] = field(default_factory=list)
+    completed_at: dict[int, float] = field(default_factory=dict)
+    _running: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> RecallLoad:
+        self._running.set()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        request = RecallRequest(hist_item=HISTORIES, top_k=TOP_K)
+        while self._running.is_set():
+            index = len(self.sent)
+            future = self.client.request(request)
+            future.add_done_callback(lambda _f, i=index: self.completed_at.setdefault(i, time.monotonic()))
+            self.sent.append((time.monotonic(), future))
+            time.sleep(1.0 / self.rate)
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def answered_since(self, t: float) -> bool:
+        return any(at >= t and self.sent[i][1].exception() is None for i, at in list(self.completed_at.items()))
+
+    def check(self, expected: list[list[int]], collection: str) -> tuple[int, int]:
+        """(answered, timed out); fails on a wrong answer, an error reply or any other failure."""
+        answered = timed_out = 0
+        for index, (_, future) in enumerate(self.sent):
+            error = future.exception(CLIENT_TIMEOUT_S + 5)
+            if isinstance(error, TimeoutError):
+                timed_out += 1
+                continue
+            assert error is None, f"request #{index} failed: {error!r}"
+            reply = future.result()
+            assert isinstance(reply, RecallReply), f"request #{index}: error reply {reply}"
+            assert (reply.model_version, reply.collection) == ("v1", collection), f"request #{index}: {reply}"
+            assert reply.items == expected, f"request #{index}: not the exact top-k of v1"
+            answered += 1
+        return answered, timed_out
+
+
+def _live_v1(milvus_uri: str, state: Path, names: Names) -> tuple[str, list[list[int]]]:
+    registry = ModelRegistry(state / "models", names.alias)
+    _, net = save_v1(registry.root, ITEMS, seed=3)
+    with VectorStore(milvus_uri, MilvusSettings(index_type="FLAT")) as store:
+        collection = publish_live(store, registry, net, "v1")
+    return collection, exact_recall(net, HISTORIES, TOP_K)
+
+
+def _until_answered(client: RecallClient, timeout: float) -> None:
+    """Warm-up requests until one is answered (the workers are up and have joined their group)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.recall(hist_item=HISTORIES[:1], top_k=TOP_K, timeout=5.0)
+            return
+        except TimeoutError:
+            assert time.monotonic() < deadline, f"no recall worker answered within {timeout:.0f} s"
+
+
+def _with_recall(kafka: KafkaSettings, body: Callable[[RecallLoad], None]) -> tuple[RecallLoad, RecallClient]:
+    client = RecallClient(kafka, RecallSettings(client_timeout_s=CLIENT_TIMEOUT_S))
+    load = RecallLoad(client)
+    try:
+        body(load)
+    finally:
+        load.stop()
+        wait_until(lambda: client.pending() == 0, CLIENT_TIMEOUT_S + 10, "every request to settle")
+        client.close()
+    return load, client
+
+
+def test_kill_9_of_the_clicks_leader_while_ingest_runs_applies_every_click_once(
+    cluster: KafkaCluster, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    kafka, extra = _settings(cluster, names, partitions=2)
+    env = {**worker_env(tmp_path / "state", names, bootstrap=cluster.bootstrap), **extra}
+    worker = Worker.cli("ingest", env, tmp_path / "ingest.log").start()
+    workers.append(worker)
+    feed = ClickFeed(kafka).start()
+    victim = _leader(cluster, kafka.clicks_topic)
+    with StateReader(tmp_path / "state", kafka.clicks_topic) as reader:
+        try:
+            wait_until(lambda: reader.event_count() > 500, 60, f"ingest to apply clicks ({worker.tail()})")
+            cluster.kill(victim)
+            time.sleep(6.0)  # clicks keep coming while the partition moves to a new leader
+            worker.assert_alive()
+            assert _leader(cluster, kafka.clicks_topic) != victim
+        finally:
+            feed.stop()
+        total = len(feed.produced)
+        wait_until(lambda: reader.event_count() >= total, 90, f"{total} clicks applied ({worker.tail()})")
+        assert worker.stop() == 0, worker.tail()
+        _exactly_once(reader, feed.produced)
+    _heal(cluster, victim, [kafka.clicks_topic])
+
+
+def test_kill_9_of_a_broker_under_recall_load_every_request_answered_or_timed_out(
+    cluster: KafkaCluster, milvus_uri: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    kafka, extra = _settings(cluster, names)
+    env = {**worker_env(tmp_path / "state", names, bootstrap=cluster.bootstrap, milvus_uri=milvus_uri), **extra}
+    collection, expected = _live_v1(milvus_uri, tmp_path / "state", names)
+    worker = Worker.cli("recall", env, tmp_path / "recall.log").start()
+    workers.append(worker)
+    victim = _leader(cluster, kafka.requests_topic)
+    killed_at = 0.0
+
+    def run(load: RecallLoad) -> None:
+        nonlocal killed_at
+        _until_answered(load.client, 90)
+        load.start()
+        wait_until(lambda: load.answered_since(0.0), 60, f"the first replies ({worker.tail()})")
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        wait_until(lambda: load.answered_since(killed_at + 0.5), 30, "answers after the kill")
+        time.sleep(3.0)
+
+    load, _ = _with_recall(kafka, run)
+    resumed = min(
+        at for i, at in load.completed_at.items() if at > killed_at + 0.5 and load.sent[i][1].exception() is None
+    )
+    answered, timed_out = load.check(expected, collection)
+    worker.assert_alive()
+    assert worker.stop() == 0, worker.tail()
+    assert answered > 0 and answered + timed_out == len(load.sent)
+    print(
+        f"recall across a broker kill: {answered} answered, {timed_out} timed out, resumed after "
+        f"{resumed - killed_at:.1f} s"
+    )
+    assert resumed - killed_at <= RESUME_WITHIN_S, f"answers resumed {resumed - killed_at:.1f} s after the kill"
+    _heal(cluster, victim, [kafka.requests_topic, kafka.replies_topic])
+
+
+def test_scale_out_two_ingest_and_two_recall_workers_survive_a_kill_9_of_one_of_each(
+    cluster: KafkaCluster, milvus_uri: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    kafka, extra = _settings(cluster, names, partitions=4)
+    state = tmp_path / "state"
+    env = {**worker_env(state, names, bootstrap=cluster.bootstrap, milvus_uri=milvus_uri), **extra}
+    collection, expected = _live_v1(milvus_uri, state, names)
+    ingest = [Worker.cli("ingest", env, tmp_path / f"ingest-{i}.log").start() for i in range(2)]
+    recall = [Worker.cli("recall", env, tmp_path / f"recall-{i}.log").start() for i in range(2)]
+    workers.extend(ingest + recall)
+    feed = ClickFeed(kafka).start()
+
+    def run(load: RecallLoad) -> None:
+        _until_answered(load.client, 120)  # four workers importing Paddle at once start slowly
+        with StateReader(state, kafka.clicks_topic) as reader:
+            wait_until(lambda: reader.event_count() > 1000, 60, "both ingest workers applying")
+        time.sleep(3.0)  # both members of each group hold partitions by now
+        load.start()
+        wait_until(lambda: load.answered_since(0.0), 60, "the first replies")
+        time.sleep(3.0)
+        ingest[0].kill9()
+        recall[0].kill9()
+        killed = time.monotonic()
+        wait_until(lambda: load.answered_since(killed + 0.5), 30, "answers from the surviving recall worker")
+        time.sleep(4.0)
+
+    try:
+        load, _ = _with_recall(kafka, run)
+    finally:
+        feed.stop()
+    answered, timed_out = load.check(expected, collection)
+    assert answered > 0 and answered + timed_out == len(load.sent)
+    print(f"scale-out kill: {answered} requests answered, {timed_out} timed out")
+    with StateReader(state, kafka.clicks_topic) as reader:
+        total = len(feed.produced)
+        wait_until(lambda: reader.event_count() >= total, 90, f"{total} clicks applied by the survivor")
+        for worker in (ingest[1], recall[1]):
+            assert worker.stop() == 0, worker.tail()
+        _exactly_once(reader, feed.produced)
+    assert len(list((state / "ingest").glob("*.sqlite"))) == 4  # one state file per partition
+
+
+def test_rolling_restart_of_the_three_brokers_under_load_loses_and_duplicates_nothing(
+    cluster: KafkaCluster, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    kafka, extra = _settings(cluster, names, partitions=2)
+    env = {**worker_env(tmp_path / "state", names, bootstrap=cluster.bootstrap), **extra}
+    worker = Worker.cli("ingest", env, tmp_path / "ingest.log").start()
+    workers.append(worker)
+    feed = ClickFeed(kafka).start()
+    topics = [kafka.clicks_topic, kafka.clicks_dlq_topic]
+    with StateReader(tmp_path / "state", kafka.clicks_topic) as reader:
+        try:
+            wait_until(lambda: reader.event_count() > 500, 60, f"ingest to apply clicks ({worker.tail()})")
+            for node in range(1, NODES + 1):  # one at a time, each back in sync before the next
+                cluster.stop_node(node)
+                time.sleep(1.0)
+                _heal(cluster, node, topics)
+                worker.assert_alive()
+        finally:
+            feed.stop()
+        total = len(feed.produced)
+        wait_until(lambda: reader.event_count() >= total, 90, f"{total} clicks applied ({worker.tail()})")
+        assert worker.stop() == 0, worker.tail()
+        _exactly_once(reader, feed.produced)
