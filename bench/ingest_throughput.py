@@ -185,7 +185,7 @@ def run_store(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--source", choices=["broker", "store"], default="broker")
     parser.add_argument("--events", type=int, default=200_000)
@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--batch-timeout-s", type=float, default=0.5)
     parser.add_argument("--timeout-s", type=float, default=None, help="broker mode: give up consuming after this")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 events")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.events = min(args.events, 20_000)
     logging.basicConfig(level=logging.WARNING)

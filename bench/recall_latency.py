@@ -132,7 +132,7 @@ def summarise(rate: float, sent: int, t0: float, outcomes: list[Outcome]) -> dic
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rates", type=float, nargs="+", default=[200.0], help="offered requests/s (sweep)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, help="micro-batch window (default: settings)")
     p.add_argument("--search-ef", type=int, help="HNSW ef at search time (default: settings)")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (skips the ~70 s publish)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = MindConfig(dim=64, k_max=4, maxlen=20)
     load_before = round(os.getloadavg()[0], 2)  # other processes on the machine skew the numbers
     rng = np.random.default_rng(2026)

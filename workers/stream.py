@@ -27,7 +27,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from model.data.types import Dataset, IntArray
-from workers.infra.kafka import Conf, make_producer
+from workers.infra.kafka import Conf, close_producer, make_producer
 from workers.runtime import StopFlag
 from workers.settings import StreamSettings
 
@@ -237,7 +237,7 @@ class StreamSender:
                     break
         finally:
             self.phase = "stopped"
-            producer.flush(30)
+            close_producer(producer, 30)
 
     def _produce(self, producer: Producer, chunk: Chunk) -> None:
         wall_ms = int(time.time() * 1000)

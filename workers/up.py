@@ -157,6 +157,8 @@ class _Progress:
         self.window_s = window_s
         self.began = time.monotonic()
         self.snapshots: deque[tuple[float, dict[str, Buckets]]] = deque()
+        self.applied = 0.0  # as last scraped: the stop's summary line reports them
+        self.version: float | None = None
 
     def _freshness(self) -> str:
         now = time.monotonic()
@@ -178,7 +180,9 @@ class _Progress:
         ingest, refresh = scrape(self.urls["ingest"]), scrape(self.urls["refresh"])
         version = refresh.get("mindstream_live_model_version") or None
         age = refresh.get("mindstream_live_model_age_seconds")
+        self.applied = ingest.get("mindstream_ingest_events_applied_total", self.applied)
         if version is not None:
+            self.version = version
             live.set()
         head = f"[{time.monotonic() - self.began:5.0f}s] {self.sender.phase} sent {self.sender.sent:,}"
         if version is None or age is None:
@@ -287,12 +291,16 @@ def run_up(
             sys.stderr.write(progress.line(live) + f" | new items {len(stream.births.born)}, bursts {stream.bursts}\n")
             if duration_s is not None and time.monotonic() - progress.began >= duration_s:
                 stop.set("duration reached")
-        log.info(
-            "stopping (%s): workers, then Milvus and the broker; state kept in %s", stop.reason, settings.state_dir
-        )
+        log.info("stopping (%s): the load, the workers, then Milvus and the broker", stop.reason)
         for thread in threads:
             thread.join(timeout=35)
     pid_file(settings).unlink(missing_ok=True)
+    live_text = f"v{progress.version:.0f}" if progress.version is not None else "none"
+    sys.stderr.write(
+        f"mindstream stopped ({stop.reason}) after {time.monotonic() - progress.began:.0f} s: "
+        f"{sender.sent:,} clicks sent, {progress.applied:,.0f} applied, live model {live_text}; "
+        f"state kept in {settings.state_dir}\n"
+    )
     return 0
 
 

@@ -55,6 +55,10 @@ def _assert_backoff_grows(worker: str, log: str) -> None:
     assert max(n for _, n, _ in retries) >= 2, f"{worker}: no call retried twice, growth unseen: {retries[:5]}"
 
 
+def _retried_twice(log: str) -> bool:
+    return any(int(m["n"]) >= 2 for m in RETRY.finditer(log))
+
+
 @pytest.fixture
 def own_milvus(tmp_path: Path) -> Iterator[EmbeddedMilvus]:
     with EmbeddedMilvus(tmp_path / "milvus", port=free_port()) as server:
@@ -122,7 +126,9 @@ def test_milvus_killed_and_restarted_workers_back_off_and_recover_by_themselves(
             assert pid is not None  # never os.kill(0): that is our own process group
             os.kill(pid, signal.SIGKILL)
             at_kill = RefreshState.load(state_path)
-            time.sleep(4.0)  # both workers run into the outage and back off
+            # both workers run into the outage and back off: each logs a second retry of one call
+            wait_until(lambda: _retried_twice(refresh.log_text()), 60, f"refresh backing off ({refresh.tail()})")
+            wait_until(lambda: _retried_twice(recall.log_text()), 60, f"recall backing off ({recall.tail()})")
             during = client.request(request, timeout=15).result(17)
             assert isinstance(during, ErrorReply) and during.code is ErrorCode.UNAVAILABLE, during
             after_outage = RefreshState.load(state_path)

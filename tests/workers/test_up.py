@@ -1,5 +1,7 @@
 """``mindstream up``: the admin token of the local stack, the continuous stream, and the whole command
-on a small synthetic catalogue (it keeps streaming after the replay; the seed's admin calls work)."""
+on a small synthetic catalogue: it keeps streaming after the replay, the seed's admin calls work, a
+killed worker is restarted with a growing delay, Ctrl-C stops it quietly with one summary line, and the
+embedded broker keeps its topics and the clicks produced while the stack was down."""
 
 from __future__ import annotations
 
@@ -20,8 +22,13 @@ import pytest
 from pydantic import SecretStr
 
 from model.data.synthetic import SyntheticSpec, synthetic_dataset
+from schemas.codec import encode
+from schemas.messages import ClickEvent
+from workers.infra.kafka import make_admin, make_producer
+from workers.infra.kafka_broker import KafkaCluster, NodePorts
 from workers.infra.ports import free_port
-from workers.settings import HttpSettings, Settings, StreamSettings
+from workers.ingest.state_reader import StateReader
+from workers.settings import HttpSettings, KafkaSettings, Settings, StreamSettings
 from workers.stream import ClickStream
 from workers.up import ensure_admin_token
 
@@ -62,7 +69,9 @@ def test_the_stream_speaks_catalogue_ids_and_births_fresh_ones() -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_path: Path) -> None:
+def test_up_streams_after_the_replay_restarts_killed_workers_stops_quietly_and_keeps_the_broker_log(
+    tmp_path: Path,
+) -> None:
     http_port = free_port()
     env = {
         **os.environ,
@@ -75,6 +84,7 @@ def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_p
         "MINDSTREAM_REFRESH__MIN_NEW_EVENTS": "100000000",
         "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
         "MINDSTREAM_KAFKA__EMBEDDED_PORT": str(free_port()),
+        "MINDSTREAM_KAFKA__EMBEDDED_CONTROLLER_PORT": str(free_port()),
         "MINDSTREAM_MILVUS__EMBEDDED_PORT": str(free_port()),
         "MINDSTREAM_MILVUS__INDEX_TYPE": "FLAT",
         "MINDSTREAM_HTTP__PORT": str(http_port),
@@ -108,14 +118,73 @@ def test_up_keeps_streaming_after_the_replay_and_the_seed_admin_calls_work(tmp_p
         assert _post(f"{base}/qa/drop", "wrong") == 403
         assert _post_retrying(f"{base}/rec/insert_data", token) == 200
         assert _post_retrying(f"{base}/qa/drop", token) == 200
+        # the supervisor: a killed worker comes back, each time after a longer delay
+        for _ in range(2):
+            before = log.read_text()
+            pid = _child_pid(before, "ingest")
+            os.kill(pid, signal.SIGKILL)
+            _wait_for(log, proc, lambda text, p=pid: _child_pid(text, "ingest") not in (None, p), 60)
+        delays = [float(d) for d in re.findall(r"ingest exited with -9; restarting in (\d+) s", log.read_text())]
+        assert delays == [1.0, 2.0], delays
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    stopping = text.rindex("stopping (SIGINT")
+    assert "Connect to" not in text[stopping:], "clients still ran after the broker stopped"
+    assert text.strip().splitlines()[-1].startswith("mindstream stopped (SIGINT) after "), text[-1000:]
+
+    # while the stack is down: the broker alone (same storage and ports) still has the topics, and takes
+    # clicks that the next `up` applies
+    kafka = KafkaSettings(
+        embedded_port=int(env["MINDSTREAM_KAFKA__EMBEDDED_PORT"]),
+        embedded_controller_port=int(env["MINDSTREAM_KAFKA__EMBEDDED_CONTROLLER_PORT"]),
+    )
+    ports = [NodePorts(kafka.embedded_port, kafka.embedded_controller_port)]
+    with KafkaCluster(tmp_path / "state" / "kafka", ports=ports) as broker:
+        conf = {"bootstrap.servers": broker.bootstrap}
+        topics = make_admin(conf).list_topics(timeout=10).topics
+        assert {kafka.clicks_topic, kafka.clicks_dlq_topic, kafka.requests_topic, kafka.replies_topic} <= set(topics)
+        producer = make_producer(conf)
+        for n in range(300):
+            event = ClickEvent(event_id=f"offline-{n}", user_id=OFFLINE_USER, item_id=n % 50 + 1, ts=n)
+            producer.produce(kafka.clicks_topic, encode(event), key=event.kafka_key())
+        assert producer.flush(30) == 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "up", "--no-replay", "--rate", "50", "--recall-rate", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with StateReader(tmp_path / "state", kafka.clicks_topic) as reader:
+            deadline = time.monotonic() + 300
+            while len(reader.history(OFFLINE_USER, 1000)) < 300 and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(1)
+            assert len(reader.history(OFFLINE_USER, 1000)) == 300, "clicks produced while up was down"
+    finally:
+        _stop(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+OFFLINE_USER = 987_654_321
+
+
+def _child_pid(text: str, name: str) -> int | None:
+    found = re.findall(rf"started {name} \(pid (\d+)\)", text)
+    return int(found[-1]) if found else None
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _sent_in_phase(text: str, phase: str) -> int:

@@ -29,7 +29,6 @@ CONSUMER_DEFAULTS: Final[Mapping[str, ConfValue]] = {
     "enable.auto.commit": True,
     "enable.auto.offset.store": False,
     "auto.commit.interval.ms": 1000,
-    "fetch.wait.max.ms": 10,
 }
 
 
@@ -45,6 +44,18 @@ def make_admin(conf: Conf) -> AdminClient:
 def make_producer(conf: Conf, overrides: Conf | None = None) -> Producer:
     """An idempotent producer; ``overrides`` win over ``conf``, which wins over the defaults."""
     return Producer(_merged(conf, PRODUCER_DEFAULTS, overrides))
+
+
+def close_producer(producer: Producer, timeout: float) -> int:
+    """Flush for up to ``timeout`` s, drop what is left, and close the producer's connections now (a
+    producer left to the garbage collector keeps reconnecting to a broker that is stopping).
+    Returns the number of messages that were not delivered."""
+    left = producer.flush(timeout)
+    if left:
+        producer.purge()
+        producer.flush(0)
+    producer.close()
+    return int(left)
 
 
 def make_consumer(conf: Conf, group_id: str, *, session_timeout_ms: int, overrides: Conf | None = None) -> Consumer:

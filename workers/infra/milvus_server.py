@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import signal
 import subprocess
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -72,6 +74,24 @@ _SESSION_TTL_S = 10
 
 class _ExitedDuringStartup(RuntimeError):
     pass
+
+
+def _own_session(module: object) -> None:
+    """The package starts Milvus with a bare ``subprocess.Popen``: in the terminal's process group, so a
+    Ctrl-C meant for ``mindstream up`` stopped Milvus while the workers still used it (and it aborted
+    half-way, -6). Its module gets a ``subprocess`` whose ``Popen`` starts a new session: the owner stops
+    Milvus itself, after its clients."""
+    current = getattr(module, "subprocess", None)
+    if isinstance(current, types.SimpleNamespace):
+        return
+    shim = types.SimpleNamespace(
+        Popen=functools.partial(subprocess.Popen, start_new_session=True),
+        TimeoutExpired=subprocess.TimeoutExpired,
+        PIPE=subprocess.PIPE,
+        DEVNULL=subprocess.DEVNULL,
+        STDOUT=subprocess.STDOUT,
+    )
+    module.subprocess = shim  # type: ignore[attr-defined]
 
 
 class EmbeddedMilvus:
@@ -190,7 +210,10 @@ class EmbeddedMilvus:
         return proc
 
     def _start_once(self) -> None:
+        import milvus
         from milvus import MilvusServer
+
+        _own_session(milvus)
 
         from workers.infra.milvus_config import EmbeddedConfig
 

@@ -22,7 +22,7 @@ from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from workers.infra.kafka import Conf, make_consumer, make_producer
+from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer
 from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
 from workers.ingest.dead_letters import DeadLetterSink
@@ -215,7 +215,7 @@ class IngestWorker:
                 self._commit(self._consumer)
             self._consumer.close()
         finally:
-            self._dlq.producer.flush(self._dlq.flush_timeout_s)
+            close_producer(self._dlq.producer, self._dlq.flush_timeout_s)
             for store in self._stores.values():
                 store.close()
             self._stores.clear()

@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.codec import DecodeError, decode_reply, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.infra.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from workers.infra.kafka import close_producer, ensure_topics, make_admin, make_consumer, make_producer
 from workers.infra.topics import reply_topic as reply_topic_spec
 from workers.settings import KafkaSettings, RecallSettings
 
@@ -221,7 +221,7 @@ class RecallClient:
             _reject(future, RecallClientClosed("the client was closed before the reply came"))
         try:
             self._replies.close()
-            self._producer.flush(1.0)
+            close_producer(self._producer, 1.0)
         finally:
             if self._private:
                 _delete_topic(make_admin(self._conf), self.reply_topic)

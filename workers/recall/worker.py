@@ -35,7 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
-from workers.infra.kafka import Conf, make_consumer, make_producer
+from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer
 from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics
 from workers.infra.vector_store import VectorStore
@@ -85,7 +85,7 @@ class RecallWorker:
         max_wait_ms: float,
         reply_timeout_s: float,
         metrics: RecallMetrics,
-        fetch_wait_max_ms: int = 10,
+        fetch_wait_max_ms: int = 500,
     ) -> None:
         self.engine = engine
         self.replies_topic = replies_topic
@@ -201,7 +201,7 @@ class RecallWorker:
                 self._commit()
             self._consumer.close()
         finally:
-            self._producer.flush(self.reply_timeout_s)
+            close_producer(self._producer, self.reply_timeout_s)
             stop_watching = getattr(self.engine.live, "close", None)  # LiveModel's alias watcher
             if callable(stop_watching):
                 stop_watching()

@@ -27,7 +27,8 @@ from model.net import MindNet
 from schemas.codec import decode_reply
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.infra.kafka import ensure_topics, make_producer
+from workers.infra.kafka import ensure_topics, make_admin, make_producer
+from workers.infra.kafka_broker import KafkaCluster
 from workers.infra.vector_store import VectorStore
 from workers.recall.client import RecallClient, RecallError
 from workers.recall.engine import RecallEngine
@@ -202,6 +203,78 @@ def test_bad_requests_get_error_replies_and_the_worker_survives(env: Env) -> Non
     assert info.value.code is ErrorCode.BAD_REQUEST
     assert env.client.recall(hist_item=[[5]], top_k=3).items == exact(env.nets["v1"], [[5]], 3)
     assert env.metrics.requests.labels(status="bad_request")._value.get() >= len(BAD) + 2
+
+
+def test_a_reply_to_topic_nobody_created_is_auto_created_and_gets_its_reply(env: Env) -> None:
+    """Kafka's default (and the embedded broker's): a producer's first reply creates the topic."""
+    topic = f"{env.kafka.replies_topic}.new-{uuid.uuid4().hex[:8]}"
+    producer = make_producer(env.kafka.client_config())
+    headers = [(CORRELATION_ID, "auto"), (REPLY_TO, topic)]
+    producer.produce(env.kafka.requests_topic, value=b'{"hist_item": [[5]], "top_k": 3}', headers=headers)
+    assert producer.flush(10) == 0
+    reader = _raw_reader(env, topic)
+    try:
+        (msg,) = _collect(reader, 1)
+    finally:
+        reader.close()
+    reply = decode_reply(msg.value())
+    assert get_header(msg.headers(), CORRELATION_ID) == "auto"
+    assert isinstance(reply, RecallReply) and reply.items == exact(env.nets["v1"], [[5]], 3)
+
+
+def test_on_a_cluster_without_auto_create_an_unknown_reply_to_is_counted_undeliverable(
+    env: Env, tmp_path: Path
+) -> None:
+    """auto.create.topics.enable=false: the reply fails within the client timeout, is counted and logged,
+    its request's offset advances (no redelivery), and the worker goes on answering."""
+    with KafkaCluster(tmp_path / "kafka", overrides={"auto.create.topics.enable": "false"}) as strict:
+        kafka = env.kafka.model_copy(update={"bootstrap_servers": strict.bootstrap})
+        conf = kafka.client_config()
+        ensure_topics(conf, [kafka.requests_topic, kafka.replies_topic])
+        metrics = RecallMetrics(CollectorRegistry())
+        live = LiveModel(env.store, ModelRegistry(env.root, env.alias), check_every_s=ALIAS_CHECK_S)
+        worker = RecallWorker(
+            conf,
+            RecallEngine(live, env.store),
+            requests_topic=kafka.requests_topic,
+            replies_topic=kafka.replies_topic,
+            group_id=kafka.recall_group,
+            session_timeout_ms=3000,
+            max_batch=8,
+            max_wait_ms=0.0,
+            reply_timeout_s=2.0,
+            metrics=metrics,
+        )
+        producer = make_producer(conf)
+        body = b'{"hist_item": [[5]], "top_k": 3}'
+        producer.produce(kafka.requests_topic, value=body, headers=[(CORRELATION_ID, "x"), (REPLY_TO, "nowhere")])
+        assert producer.flush(10) == 0
+        try:
+            deadline = time.monotonic() + 30
+            while worker.run_once() == 0 and time.monotonic() < deadline:
+                pass
+            assert metrics.undeliverable._value.get() == 1
+            assert "nowhere" not in strict_topics(conf)  # nothing created it
+            producer.produce(kafka.requests_topic, value=body, headers=[(CORRELATION_ID, "y")])
+            assert producer.flush(10) == 0
+            reader = Consumer({**conf, "group.id": f"raw-{uuid.uuid4().hex}"})
+            reader.assign([TopicPartition(kafka.replies_topic, 0, 0)])
+            deadline = time.monotonic() + 30
+            answered = 0
+            while answered == 0 and time.monotonic() < deadline:
+                answered = worker.run_once()  # the undeliverable request is not redelivered first
+            assert answered == 1
+            (msg,) = _collect(reader, 1)
+            reader.close()
+            assert get_header(msg.headers(), CORRELATION_ID) == "y"
+            assert metrics.undeliverable._value.get() == 1
+        finally:
+            worker.close()
+            live.close()
+
+
+def strict_topics(conf: dict[str, str | int]) -> set[str]:
+    return set(make_admin(conf).list_topics(timeout=10).topics)
 
 
 def test_expired_requests_are_shed_and_fresh_ones_served(env: Env) -> None:

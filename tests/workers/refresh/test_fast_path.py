@@ -6,6 +6,7 @@ exactly the answer of the (version, generation) it names."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -161,11 +162,16 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
         fast = FastPath(settings, store, reader, cursor=Cursor(), metrics=RefreshMetrics(registry))
         engine = _engine(settings, store)
         replies: list[RecallReply] = []
+        errors: list[BaseException] = []  # an assertion inside the loader would die with its thread
         stop = threading.Event()
 
         def load() -> None:
             while not stop.is_set():
-                replies.append(_ask(engine, top_k=10))
+                try:
+                    replies.append(_ask(engine, top_k=10))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
 
         loader = threading.Thread(target=load, daemon=True)
         loader.start()
@@ -181,11 +187,16 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
             target, _ = worker.rollback()  # back to (v1, 2)
             assert target == f"{alias}_v1"
             rolled = _ask(engine)
+            deadline = time.monotonic() + 10 * settings.recall.alias_check_s + 10  # a few check intervals
             while (rolled.model_version, rolled.generation) != ("v1", 2):
+                assert time.monotonic() < deadline, f"the engine never saw the rollback: {rolled}"
                 rolled = _ask(engine)  # the engine picks the rollback up within its check interval
+            assert rolled.collection == store.resolve_alias(alias) == target  # what the alias points at
         finally:
             stop.set()
             loader.join(timeout=30)
+        assert not loader.is_alive(), "the load thread hung"
+        assert not errors, f"the load thread failed: {errors[0]!r}"
         again = fast.step()  # v1 never knew the third item: it is added to the rolled-back version too
         assert again is not None and again.added == [10**13 + 3] and again.version == "v1"
         counted = registry.get_sample_value("mindstream_freshness_new_item_seconds_count")
@@ -200,3 +211,4 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
             (r.model_version, r.generation) for r in replies if r.items[0] != exact[(r.model_version, r.generation)]
         ]
         assert not wrong, f"{len(wrong)} of {len(replies)} replies differ from their (version, generation): {wrong[:3]}"
+        assert all(r.collection == f"{alias}_{r.model_version}" for r in replies), "a reply named another collection"
