@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine description, peak RSS, JSON output."""
+"""Helpers shared by the benchmarks: machine description, peak RSS, JSON output, disk use by part."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,3 +51,46 @@ def index_and_load(store: VectorStore, name: str, poll_s: float = 0.2) -> None:
     while store.client.describe_index(name, "vector").get("pending_index_rows", 0):
         time.sleep(poll_s)
     store.load(name)
+
+
+def _allocated(root: Path, skip: set[str], seen: set[tuple[int, int]]) -> int:
+    """Bytes allocated (``st_blocks * 512``) to the regular files under ``root``, minus the ``skip`` trees;
+    a file or directory that vanishes during the walk (a rotated log, a compacted segment) is left out."""
+    total = 0
+    todo = [str(root)]
+    while todo:
+        directory = todo.pop()
+        try:
+            entries = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.path not in skip:
+                            todo.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        if (st.st_dev, st.st_ino) not in seen:  # a hard link counts once
+                            seen.add((st.st_dev, st.st_ino))
+                            total += st.st_blocks * 512
+                except FileNotFoundError:
+                    continue
+    return total
+
+
+def disk_usage(parts: Mapping[str, Path], others: Iterable[Path]) -> dict[str, int]:
+    """Disk use in bytes per part: each of ``parts`` (name -> directory; a missing one is 0), ``other`` =
+    what else lies under ``others`` (the part directories left out), ``total`` = their sum. Sizes are the
+    blocks allocated to regular files (``st_blocks * 512``: what ``du`` counts, so a sparse or
+    preallocated file counts what it holds on disk, not its length); symlinks are not followed."""
+    seen: set[tuple[int, int]] = set()
+    dirs = {name: Path(os.path.realpath(d)) for name, d in parts.items()}
+    skip = {str(d) for d in dirs.values()}
+    out = {name: _allocated(d, skip - {str(d)}, seen) for name, d in dirs.items()}
+    roots = [Path(os.path.realpath(r)) for r in others]
+    roots = [r for r in roots if not any(o != r and r.is_relative_to(o) for o in roots)]  # nested: walked once
+    out["other"] = sum(_allocated(r, skip, seen) for r in dict.fromkeys(roots) if str(r) not in skip)
+    out["total"] = sum(out.values())
+    return out

@@ -1,9 +1,9 @@
-"""A Markdown results block from ``bench/results/*.json``, written into README.md between
+"""A Markdown results block from ``bench/results/*.json``, written into docs/benchmarks.md between
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` (nothing else in the file changes).
 
-    python -m bench.report [--results bench/results] [--readme README.md] [--print-only]
+    python -m bench.report [--results bench/results] [--readme docs/benchmarks.md] [--print-only]
 
-Without the markers in the README the block is printed and nothing is written (exit 0). Rows carry
+Without the markers in that page the block is printed and nothing is written (exit 0). Rows carry
 a reference and a ratio where one exists: goals (freshness p99 30 s, 0 errors through swaps), K=1
 and MostPopular vs MIND K=4, HTTP vs Kafka latency at the same offered load, exact search vs Milvus
 (from ``demo.json`` when present), the 368k-row table vs the ML-100K table in training speed.
@@ -24,7 +24,7 @@ from bench.plots import load_results
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # the page holding the block
 
 Row = tuple[str, str, str, str, str]  # benchmark, metric, measured, reference / goal, ratio
 Results = dict[str, dict[str, Any]]
@@ -316,7 +316,7 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     plots = sorted(p.name for p in plots_dir.glob("*.png")) if plots_dir.exists() else []
     if plots:
-        where = Path(os.path.relpath(plots_dir.resolve(), README.parent)).as_posix()
+        where = Path(os.path.relpath(plots_dir.resolve(), RESULTS_PAGE.parent)).as_posix()
         lines += ["", "Plots: " + ", ".join(f"[{p}]({where}/{p})" for p in plots)]
     return "\n".join(lines) + "\n"
 
@@ -350,7 +350,7 @@ def write_readme(readme: Path, block: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--readme", type=Path, default=RESULTS_PAGE)
     p.add_argument("--print-only", action="store_true", help="print the block, write nothing")
     args = p.parse_args(argv)
     block = render(load_results(args.results), args.results)

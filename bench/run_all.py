@@ -1,7 +1,7 @@
-"""Every benchmark in sequence, then the plots and the README results block: one command.
+"""Every benchmark in sequence, then the plots and the results block of docs/benchmarks.md: one command.
 
-    python -m bench.run_all            # full run (hours on 2 cores): results in bench/results/, README updated
-    python -m bench.run_all --quick    # smoke run (~6-8 min): results in bench/results/quick/, README untouched
+    python -m bench.run_all            # full run (hours on 2 cores): bench/results/, docs/benchmarks.md updated
+    python -m bench.run_all --quick    # smoke run (~6-8 min): results in bench/results/quick/, docs untouched
     python -m bench.run_all --only freshness swap_impact --skip quality
 
 Each benchmark runs as its own subprocess with its own timeout; its stdout/stderr go to
@@ -48,6 +48,8 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
         return [
             Step("quality", ["bench.quality", "--batches", "40", "--seeds", "2026", "--datasets", "ml-100k",
                              "--variants", "mind_k4", "mind_k1"], 300),
+            Step("multi_interest", ["bench.multi_interest", "--datasets", "ml-100k", "--seeds", "2026",
+                                    "--batches", "40", "--jobs", "1", "--rounds", "1", "--requests", "50"], 600),
             Step("train_speed", ["bench.train_speed", "--steps", "10"], 300),
             Step("ingest_throughput", ["bench.ingest_throughput", "--quick"], 180),
             Step("ingest_store", ["bench.ingest_throughput", "--source", "store", "--quick"], 180),
@@ -67,6 +69,7 @@ def plan(quick: bool, work: Path, items: list[int]) -> list[Step]:
         ]  # fmt: skip
     steps = [
         Step("quality", ["bench.quality"], 3 * 3600),
+        Step("multi_interest", ["bench.multi_interest"], 3 * 3600),
         Step("train_speed", ["bench.train_speed"], 1800),
         Step("ingest_throughput", ["bench.ingest_throughput", "--events", "1000000"], 1800),
         Step("ingest_store", ["bench.ingest_throughput", "--source", "store", "--events", "10000000"], 3600),
@@ -179,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", help="run only these steps")
     p.add_argument("--skip", nargs="+", default=[], help="skip these steps")
     p.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000], help="latency catalogues (full)")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README to update (full mode)")
+    p.add_argument(
+        "--readme", type=Path, default=ROOT / "docs" / "benchmarks.md", help="page whose results block is rewritten"
+    )
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every step's timeout")
     args = p.parse_args(argv)
     results = args.results or (RESULTS / "quick" if args.quick else RESULTS)

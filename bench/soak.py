@@ -4,8 +4,11 @@
 second, bursts), 200 recall requests/s over Kafka and 20 over HTTP, for ``--duration`` (default 2 h;
 CI never runs it). Every ``--window`` seconds (default 5 min): recall p50/p99 per path, errors,
 timeouts, swaps, the freshness histograms over the window, RSS and CPU of every process, the
-broker's topic count and on-disk size. After the load stops the clicks are drained: ``lost_clicks = sent - applied -
-dead-lettered``. Writes ``bench/results/soak.json`` (or ``--out``) and ``soak.png``.
+broker's topic count and on-disk size, the load average, the distinct users that have clicked, and the disk
+use of the stack's directory by part (``disk_bytes``: ``ingest_state``, ``checkpoints``, ``models``,
+``milvus``, ``broker``, ``other``, ``total``; blocks allocated, see :func:`disk_parts`). After the load stops
+the clicks are drained: ``lost_clicks = sent - applied - dead-lettered``. Writes ``bench/results/soak.json``
+(or ``--out``) and ``soak.png``. ``bench.days`` runs it for days of traffic compressed into hours.
 
     python -m bench.soak --duration 7200
     python -m bench.soak --duration 1200 --window 120      # what fits in a working session
@@ -14,6 +17,7 @@ dead-lettered``. Writes ``bench/results/soak.json`` (or ``--out``) and ``soak.pn
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import emit
+from bench.common import disk_usage, emit
 from bench.stack import LiveStack, StackConfig, percentiles
 from model.data.synthetic import synthetic_dataset
 from model.export import external_heldout
@@ -39,7 +43,7 @@ from workers.recall.client import RecallClient
 from workers.runtime import StopFlag
 from workers.settings import StreamSettings
 from workers.status import Buckets, scrape, scrape_histograms, window_quantile
-from workers.stream import ClickStream, StreamSender
+from workers.stream import Chunk, ClickStream, StreamSender
 
 FRESHNESS = {
     "user": ("ingest", "mindstream_freshness_user_seconds"),
@@ -197,12 +201,37 @@ def _freshness(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[st
 
 def _broker_topics(conf: dict[str, Any], replies: str, data_dir: Path) -> dict[str, float]:
     topics = make_admin(conf).list_topics(timeout=10).topics
-    disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+    disk = 0
+    for root, _, files in os.walk(data_dir):  # a directory gone during the walk is skipped
+        for name in files:
+            try:  # the broker deletes old segments while this walks (the clicks' retention)
+                disk += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
     return {
         "total": len(topics),
         "reply_topics": sum(t.startswith(f"{replies}.") for t in topics),
         "disk_mb": round(disk / 2**20, 1),
     }
+
+
+def disk_parts(stack: LiveStack) -> tuple[dict[str, Path], list[Path]]:
+    """The directories of the stack's state by part, and the roots whose remainder is ``other``.
+
+    As the stack runs them: the ingest state (``settings.ingest_dir``), the training checkpoints
+    (``settings.checkpoint_dir``), the served models (``settings.models_dir``), the embedded Milvus'
+    directory (data, etcd and its logs) and the embedded broker's (its storage and logs). ``other``: the
+    rest of the stack's work directory and state directory (the refresh worker's state, the workers' logs,
+    which ``mindstream up`` keeps in its state directory too)."""
+    s = stack.settings
+    parts = {
+        "ingest_state": s.ingest_dir,
+        "checkpoints": s.checkpoint_dir,
+        "models": s.models_dir,
+        "milvus": stack.milvus.base_dir,
+        "broker": stack.broker.data_dir,
+    }
+    return parts, [stack.workdir, s.state_dir]
 
 
 def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
@@ -223,13 +252,21 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         stream_cfg = StreamSettings(rate=cfg.click_rate, new_items_per_s=cfg.new_items_per_s, users=50_000)
         users = np.arange(10_000_000, 10_000_000 + stream_cfg.users, dtype=np.int64)
         stream = ClickStream.from_dataset(data, users, stream_cfg)
+        clicked = np.zeros(len(users), dtype=bool)  # per stream user: has clicked (only the sender writes)
+
+        def chunk(n: int, now: float) -> Chunk:
+            who, items = stream.chunk(n, now)
+            clicked[who - users[0]] = True
+            return who, items
+
+        parts, other_roots = disk_parts(stack)
         conf = kafka.client_config()
         sender = StreamSender(conf, kafka.clicks_topic, cfg.click_rate, linger_ms=stream_cfg.linger_ms)
         rec = _Recorder()
         stop = StopFlag()
         client = RecallClient(kafka, stack.settings.recall)
         threads = [
-            threading.Thread(target=sender.run, args=([("stream", stream.chunk)], stop), daemon=True),
+            threading.Thread(target=sender.run, args=([("stream", chunk)], stop), daemon=True),
             threading.Thread(target=_kafka_load, args=(client, rec, cfg.kafka_rate, reqs, stop), daemon=True),
         ]
         if cfg.http_rate > 0:
@@ -263,6 +300,9 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                         "new_items_born": len(stream.births.born),
                         "processes": procs.sample(),
                         "broker_topics": _broker_topics(conf, kafka.replies_topic, stack.broker.data_dir),
+                        "users_clicked": int(clicked.sum()),
+                        "disk_bytes": disk_usage(parts, other_roots),
+                        "load_average": [round(x, 2) for x in os.getloadavg()],
                     }
                 )
                 print(f"window {len(windows)}: {windows[-1]}", flush=True)
@@ -286,8 +326,14 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             if applied + dead >= sent or time.monotonic() - drain_began > cfg.drain_s:
                 break
             time.sleep(2)
+        drained_s = time.monotonic() - drain_began
         rounds = stack.refresh_rounds()
-    return _summary(cfg, windows, rec, sender, applied, dead, rounds, time.monotonic() - drain_began)
+        end = {
+            "users_clicked": int(clicked.sum()),
+            "stream_users": len(users),
+            "disk_bytes_end": disk_usage(parts, other_roots),  # after the drain
+        }
+    return {**_summary(cfg, windows, rec, sender, applied, dead, rounds, drained_s), **end}
 
 
 def _ratio(first: float | None, last: float | None) -> float | None:

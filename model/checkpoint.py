@@ -8,6 +8,8 @@ vocabulary existed have none: their ids were rows, so they load with the identit
 Versions are ``v1, v2, ...`` (monotonic within a checkpoint directory). ``LATEST`` and ``BEST``
 files name the newest and the best-by-validation version. Every write goes to a temporary
 directory first and is renamed into place, so a crash never leaves a half-written checkpoint.
+:func:`prune_versions` deletes old versions (training keeps ``train.keep_checkpoints``, the refresh
+worker ``refresh.keep_versions`` plus whatever Milvus still serves), never the two pointers' targets.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +184,41 @@ def save_checkpoint(
     if best:
         _write_pointer(root, "BEST", version)
     return Checkpoint(root / version, manifest)
+
+
+def pointed_versions(root: Path) -> set[str]:
+    """The versions the ``LATEST`` and ``BEST`` pointers name (those that exist)."""
+    named = set()
+    for name in ("LATEST", "BEST"):
+        pointer = root / name
+        if pointer.exists():
+            named.add(pointer.read_text().strip())
+    return named
+
+
+def prune_versions(root: Path, keep: int, protect: Iterable[str] = ()) -> list[str]:
+    """Delete the version directories of ``root`` older than its newest ``keep``, except ``protect``
+    and what ``LATEST`` and ``BEST`` name; returns the deleted versions, oldest first.
+
+    Version numbers never repeat (the newest always stays, and ``next_version`` counts from it). A
+    directory is renamed out of the ``v<N>`` namespace before it is removed, so a crash never leaves a
+    half-deleted version that still looks like one; leftovers of such crashes are removed here."""
+    if keep < 1:
+        raise ValueError("keep at least one version")
+    versions = list_versions(root)
+    spared = set(versions[-keep:]) | set(protect) | pointed_versions(root)
+    deleted = []
+    for version in versions:
+        if version in spared:
+            continue
+        doomed = root / f".{version}.deleting"
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(root / version, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(version)
+    for leftover in root.glob(".v*.deleting") if root.exists() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
+    return deleted
 
 
 def open_checkpoint(root: Path, which: str = "best") -> Checkpoint:

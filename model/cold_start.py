@@ -13,7 +13,7 @@ that introduced the new items:
 
 Everything here is numpy: no Paddle autograd or global Paddle state is touched, so the refresh
 worker's fast-path thread can run it while its main thread trains. ``bench.cold_start`` measures
-which rule the recall metrics prefer (README: Freshness).
+which rule the recall metrics prefer (docs/freshness.md).
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ def _readout(
     """The training readout (:meth:`~model.net.MindNet.label_aware`): user vectors ``[B, D]`` and,
     for 'soft', the attention ``[B, K]`` (for 'hard' no gradient passes the argmax, as in Paddle)."""
     att = np.einsum("bkd,bd->bk", interests, target)
+    att = np.where(np.any(interests != 0, axis=-1), att, -np.inf)  # interests switched off (dynamic K): never read
     if readout == "hard":
         return interests[np.arange(interests.shape[0]), np.argmax(att, axis=1)], None
     shaped = np.sign(att) * np.abs(att) ** pow_p if pow_p != 1.0 else att

@@ -40,6 +40,12 @@ class MindConfig(BaseModel):
         description="Training readout: 'soft' = label-aware attention (pow_p); 'hard' = the interest "
         "closest to the target (ComiRec)",
     )
+    dynamic_k: bool = Field(
+        False,
+        description="MIND's dynamic interest count: a user whose history (as the tower sees it, at most maxlen "
+        "known clicks) has n clicks gets K_u = max(1, min(k_max, floor(log2 n))) interests, in training and "
+        "serving; the others are zero and retrieve nothing",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -66,6 +72,11 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="REMI interest-aware hard negatives: negatives reweighted by exp(beta * score); 0 = off"
     )
     patience: int = Field(0, ge=0, description="Stop after this many evaluations without a better validation; 0 = off")
+    keep_checkpoints: int | None = Field(
+        3,
+        ge=1,
+        description="Newest checkpoints kept per checkpoint directory (LATEST and BEST always stay); unset = all",
+    )
     seed: int = 2026
     threads: int = Field(0, ge=0, description="CPU threads for Paddle kernels; 0 = all cores")
 

@@ -1,5 +1,6 @@
-"""Recall@N, NDCG@N and HitRate@N with ComiRec's definitions, the interest merge, and diagnostics
-of how much the K interests differ."""
+"""Recall@N, NDCG@N and HitRate@N with ComiRec's definitions, the interest merge, diagnostics of how
+much the K interests differ, and what the lists cover (category coverage, intra-list diversity,
+novelty)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.data.types import IntArray
+from model.diversity import ItemContext, intra_list_diversity
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,54 @@ def ranking_metrics(recommended: Sequence[IntArray], truths: Sequence[IntArray],
             hit_users += 1
     n = max(len(truths), 1)
     return RankingMetrics(recall_sum / n, ndcg_sum / n, hit_users / n, len(truths), top_n)
+
+
+@dataclass(frozen=True)
+class BeyondAccuracy:
+    """What the lists cover, per-user means over users with a list (None where not computable).
+
+    ``coverage``: distinct categories in the top-N list (needs a catalogue). ``diversity``: intra-list
+    diversity, 1 - mean pairwise similarity of the list's items (by categories where both items have
+    them, by item vectors otherwise; see :mod:`model.diversity`). ``novelty``: mean popularity rank of
+    the recommended items (1 = the most clicked training item; higher = less popular, more novel).
+    """
+
+    coverage: float | None
+    diversity: float | None
+    novelty: float | None
+    basis: str | None
+    top_n: int
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        n = self.top_n
+        return {
+            f"coverage@{n}": None if self.coverage is None else round(self.coverage, 6),
+            f"diversity@{n}": None if self.diversity is None else round(self.diversity, 6),
+            f"novelty@{n}": None if self.novelty is None else round(self.novelty, 4),
+            "diversity_basis": self.basis,
+        }
+
+
+def beyond_accuracy(recommended: Sequence[IntArray], context: ItemContext, top_n: int) -> BeyondAccuracy:
+    """Coverage, intra-list diversity and novelty of each top-``top_n`` list (``context``: items in the
+    lists' id space)."""
+    coverage: list[float] = []
+    diversity: list[float] = []
+    novelty: list[float] = []
+    for recs in recommended:
+        items = np.asarray(recs, dtype=np.int64)[:top_n]
+        items = items[items > 0]
+        if not items.size:
+            continue
+        features = context.features(items)
+        if features.categories is not None:
+            coverage.append(float(features.categories.any(axis=0).sum()))
+        ild = intra_list_diversity(features)
+        if ild is not None:
+            diversity.append(ild)
+        novelty.append(float(context.popularity_rank[np.minimum(items, context.popularity_rank.shape[0] - 1)].mean()))
+
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    return BeyondAccuracy(mean(coverage), mean(diversity), mean(novelty), context.basis, top_n)

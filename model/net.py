@@ -3,6 +3,8 @@ label-aware attention. Pure layers: no data feeding, no loss, no optimiser."""
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 import paddle
 from paddle import nn
 
@@ -25,6 +27,21 @@ def sequence_mask(seq_len: paddle.Tensor, maxlen: int) -> paddle.Tensor:
     return (positions < seq_len.astype("int64").unsqueeze(1)).astype("float32")
 
 
+def interest_counts(lengths: npt.ArrayLike, k_max: int) -> npt.NDArray[np.int64]:
+    """MIND's dynamic interest count ``K_u = max(1, min(k_max, floor(log2 n)))`` for history lengths ``n``
+    (computed on integers: the number of ``k`` in 1..k_max with ``2^k <= n``, at least 1)."""
+    n = np.asarray(lengths, dtype=np.int64)
+    powers = np.left_shift(1, np.arange(1, k_max + 1, dtype=np.int64))
+    return np.maximum(1, (n[..., None] >= powers).sum(axis=-1)).astype(np.int64)
+
+
+def interest_mask(seq_len: paddle.Tensor, k_max: int) -> paddle.Tensor:
+    """``[B] -> [B, K]`` float mask of the first :func:`interest_counts` interests of each user."""
+    powers = paddle.to_tensor(np.left_shift(1, np.arange(1, k_max + 1, dtype=np.int64)))
+    counts = paddle.clip(paddle.sum((seq_len.astype("int64").unsqueeze(1) >= powers).astype("int64"), axis=1), min=1)
+    return (paddle.arange(k_max, dtype="int64").unsqueeze(0) < counts.unsqueeze(1)).astype("float32")
+
+
 class CapsuleLayer(nn.Layer):
     """Behaviour-to-interest (B2I) dynamic routing.
 
@@ -35,12 +52,14 @@ class CapsuleLayer(nn.Layer):
     inference starts from the fixed tensor, so serving is deterministic). A bilinear map ``[dim, dim]``
     shared by all interests ('comirec_dr': one per interest, ``[K, dim, dim]``) maps item vectors to
     the interest space; ``iters`` rounds refine the logits, the gradient flowing only through the
-    last one unless ``routing_grad`` is asked for (REMI's routing regularisation needs it).
+    last one unless ``routing_grad`` is asked for (REMI's routing regularisation needs it). With
+    ``dynamic_k`` the interests past a user's :func:`interest_counts` are zero (and route nothing).
     """
 
     def __init__(self, cfg: MindConfig, seed: int = 0) -> None:
         super().__init__()
         self.k_max = cfg.k_max
+        self.dynamic_k = cfg.dynamic_k
         self.maxlen = cfg.maxlen
         self.iters = cfg.iters
         self.per_sample = cfg.routing != "reference"
@@ -90,6 +109,10 @@ class CapsuleLayer(nn.Layer):
             interests = squash(self._combine(weight, low if last else low_iter))
             if not last:
                 logits = logits + self._agreement(interests, low_iter)
+        if self.dynamic_k:
+            active = interest_mask(seq_len, self.k_max)  # [B, K]
+            interests = interests * active.unsqueeze(-1)
+            weight = weight * active.unsqueeze(-1)
         return interests, weight
 
     def _combine(self, weight: paddle.Tensor, low: paddle.Tensor) -> paddle.Tensor:
@@ -132,6 +155,9 @@ class MindNet(nn.Layer):
         'hard': the interest with the largest ``a`` (ComiRec), the gradient reaching only that one.
         """
         att = paddle.matmul(interests, target_emb.unsqueeze(-1)).squeeze(-1)  # [B, K]
+        if self.cfg.dynamic_k:  # interests switched off (all zero) are never read out
+            silent = paddle.sum(paddle.abs(interests), axis=-1) == 0
+            att = paddle.where(silent, paddle.full_like(att, _NEG_INF), att)
         if self.cfg.readout == "hard":
             pick = nn.functional.one_hot(paddle.argmax(att, axis=-1), self.cfg.k_max).astype(interests.dtype)
             return paddle.sum(pick.unsqueeze(-1) * interests, axis=1)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.data.types import IntArray
-from model.net import MindNet
+from model.net import MindNet, interest_counts
 from model.vocab import ItemVocab
 
 __all__ = ["ServingTower"]
@@ -40,6 +40,7 @@ class ServingTower:
         iters: int,
         model_version: str,
         vocab: ItemVocab | None = None,
+        dynamic_k: bool = False,
     ) -> None:
         self.table = np.ascontiguousarray(table, dtype=np.float32)  # [items, dim], row 0 = padding
         self.bilinear = np.ascontiguousarray(bilinear, dtype=np.float32)  # [dim, dim] or [K, dim, dim]
@@ -51,6 +52,7 @@ class ServingTower:
         self.item_count = int(self.table.shape[0])
         self.dim = int(self.table.shape[1])
         self.per_interest = self.bilinear.ndim == 3
+        self.dynamic_k = dynamic_k
 
     @classmethod
     def from_net(cls, net: MindNet, model_version: str, *, vocab: ItemVocab | None = None) -> ServingTower:
@@ -62,7 +64,15 @@ class ServingTower:
             iters=caps.iters,
             model_version=model_version,
             vocab=vocab,
+            dynamic_k=net.cfg.dynamic_k,
         )
+
+    def item_vectors(self, item_ids: IntArray) -> FloatArray:
+        """``[n, dim]`` vectors of items (external ids with ``vocab``, rows otherwise); zero for ids this
+        version does not know (the diversity-aware merge then has no vector to compare)."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        rows = self.vocab.rows(ids) if self.vocab is not None else np.where((ids > 0) & (ids < self.item_count), ids, 0)
+        return self.table[rows]  # row 0 (padding) is all zero
 
     def interests(self, histories: Sequence[Sequence[int] | IntArray]) -> FloatArray:
         hist, seq_len = self._pad([self._known(h) for h in histories])
@@ -92,6 +102,9 @@ class ServingTower:
                 else:
                     agreement = interests @ low.transpose(0, 2, 1)
                 logits = logits + agreement
+        if self.dynamic_k:
+            active = np.arange(self.k_max)[None, :] < interest_counts(seq_len, self.k_max)[:, None]
+            interests = interests * active[:, :, None]
         return np.asarray(interests, dtype=np.float32)
 
     def _pad(self, histories: list[IntArray]) -> tuple[IntArray, IntArray]:

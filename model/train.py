@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from model.checkpoint import Checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, prune_versions, save_checkpoint
 from model.config import MindConfig, TrainConfig
 from model.data.types import HeldOut, IntArray, Sequences
 from model.evaluate import EvalReport, evaluate_model
@@ -228,6 +228,8 @@ def train(
             latest = trainer.checkpoint(checkpoint_dir, metrics, best=is_best)
             if is_best:
                 best_recall, best = recall, latest
+            if cfg.keep_checkpoints is not None:  # LATEST and BEST always stay
+                prune_versions(checkpoint_dir, cfg.keep_checkpoints)
         if "valid" in metrics:
             stale, best_seen = (0, recall) if recall > best_seen else (stale + 1, best_seen)
             if cfg.patience and stale >= cfg.patience:

@@ -19,6 +19,7 @@ MAX_USERS_PER_REQUEST: Final = 256
 MAX_SEQUENCE_LENGTH: Final = 1000
 MAX_TOP_K: Final = 1000
 DEFAULT_TOP_K: Final = 50
+MAX_DIVERSITY: Final = 1000.0
 MAX_ERROR_MESSAGE_LENGTH: Final = 1000
 
 SchemaVersion = Literal[1]
@@ -78,6 +79,15 @@ class RecallRequest(WireModel):
         description="Users whose history the workers collected from the clicks topic",
     )
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    diversity: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_DIVERSITY,
+        allow_inf_nan=False,
+        description="Trade score for a broader list (ComiRec's greedy merge of the K x top_k candidates: each pick "
+        "maximises score / spread - diversity x its summed similarity to the items already picked, by categories "
+        "where the catalogue has them, item vectors otherwise); 0 or absent = merge by score",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RecallRequest:

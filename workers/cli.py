@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mindstream",
         description="Near-real-time MIND embeddings for recall: Kafka in, Milvus out.",
-        epilog="Settings: MINDSTREAM_* environment variables, nested with '__' (see README).",
+        epilog="Settings: MINDSTREAM_* environment variables, nested with '__' (see docs/configuration.md).",
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--state-dir", default=None, help="checkpoints, embedded Milvus data, worker state")

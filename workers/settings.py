@@ -30,7 +30,7 @@ class MilvusSettings(_Section):
     embedded_port: int = Field(19530, ge=1, le=65535)
     alias: str = Field("mindstream_items", description="Alias the recall side searches (the live collection)")
     index_type: Literal["AUTO", "HNSW", "IVF_FLAT", "FLAT"] = Field(
-        "AUTO", description="AUTO: FLAT up to flat_max_items (exact), IVF_FLAT above (README: Index choice)"
+        "AUTO", description="AUTO: FLAT up to flat_max_items (exact), IVF_FLAT above (docs/benchmarks.md: Index choice)"
     )
     flat_max_items: int = Field(50_000, ge=0, description="AUTO picks FLAT (exact search) up to this many items")
     metric_type: Literal["IP", "COSINE", "L2"] = "IP"
@@ -272,10 +272,11 @@ class RecallSettings(_Section):
         0.0, ge=0, description="Extra wait to fill a micro-batch (0: batch what is already queued, add no delay)"
     )
     fetch_wait_max_ms: int = Field(
-        10,
+        500,
         ge=0,
-        description="librdkafka fetch.wait.max.ms of request/reply consumers; 1 ms halves an idle hop but makes "
-        "every idle consumer poll the broker 1000 times a second, which saturated 2 cores at 100 req/s",
+        description="librdkafka fetch.wait.max.ms of request/reply consumers: how long an empty fetch waits on the "
+        "broker. Kafka answers a waiting fetch as soon as a record arrives, so this costs no latency; a small value "
+        "only makes idle consumers poll the broker more often (10 ms: 4x the broker's idle CPU, docs/broker.md)",
     )
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
     client_timeout_s: float = Field(

@@ -10,6 +10,9 @@
   separated, as the header shows). It is split with ComiRec's protocol (k-core, users 80/10/10 by a
   seeded shuffle, history / truth cut), as MovieLens is.
 
+An optional item file (``items.csv`` / ``items.tsv`` in the directory, or ``DataSettings.items``) with
+the columns ``item_id`` and ``category`` gives the items' categories (:mod:`model.data.items`).
+
 Ids may be sparse 64-bit numbers (item ids 1..2^63-1): the item vocabulary maps them to rows. A bad
 line raises :class:`~model.data.errors.DataFormatError` naming the file and the line.
 """
@@ -17,12 +20,14 @@ line raises :class:`~model.data.errors.DataFormatError` naming the file and the 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from model.data.amazonbook import heldout_dataset, read_eval_lines, read_train_lines
 from model.data.errors import DataFormatError
+from model.data.items import find_item_file, read_item_file
 from model.data.movielens import RawClicks, comirec_split
 from model.data.types import Dataset, HeldOut, Sequences
 
@@ -36,14 +41,21 @@ def dataset_name(path: Path) -> str:
     return f"custom-{stem or 'data'}"
 
 
-def load_path(path: Path | str, *, seed: int, core: int, history_share: float) -> Dataset:
-    """A directory in PaddleRec formats or an interaction log file (see the module docstring)."""
+def load_path(path: Path | str, *, seed: int, core: int, history_share: float, items: Path | None = None) -> Dataset:
+    """A directory in PaddleRec formats or an interaction log file (see the module docstring), with the
+    item file ``items`` (``item_id``, ``category``; default: ``items.csv`` / ``items.tsv`` inside a
+    data directory, none for a log file) as the data set's item metadata when there is one."""
     path = Path(path)
+    if items is None and path.is_dir():
+        items = find_item_file(path)
+    catalogue = read_item_file(items) if items is not None else None
     if path.is_dir():
-        return load_paddlerec_dir(path, seed=seed)
+        return replace(load_paddlerec_dir(path, seed=seed), items=catalogue)
     if path.is_file():
         raw = read_interaction_log(path)
-        return comirec_split(raw, core=core, seed=seed, history_share=history_share, name=dataset_name(path))
+        return comirec_split(
+            raw, core=core, seed=seed, history_share=history_share, name=dataset_name(path), items=catalogue
+        )
     raise FileNotFoundError(f"no data at {path}: give a directory (train/valid[/test]) or a CSV/TSV log")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data.errors import DataFormatError
+from model.data.items import ML100K_ITEM_FILE, ItemCatalogue, read_ml100k_items
 from model.data.split import split_users
 from model.data.types import Dataset, IntArray, Sequences
 from model.vocab import ItemVocab
@@ -93,7 +94,13 @@ def _raise_first_bad(path: Path, body: str, width: int) -> None:
 
 
 def comirec_split(
-    raw: RawClicks, *, core: int = 5, seed: int, history_share: float = 0.8, name: str = "ml-100k"
+    raw: RawClicks,
+    *,
+    core: int = 5,
+    seed: int,
+    history_share: float = 0.8,
+    name: str = "ml-100k",
+    items: ItemCatalogue | None = None,
 ) -> Dataset:
     """ComiRec's protocol: every rating is a click.
 
@@ -103,12 +110,13 @@ def comirec_split(
     data set's vocabulary maps the rows back to MovieLens' item ids.
     Each user's clicks are sorted by (timestamp, item id), since timestamps tie. Users are split
     80/10/10 by a seeded shuffle; held-out users keep the first ``int(len * history_share)``
-    clicks (at least 1) as history and the rest as truth.
+    clicks (at least 1) as history and the rest as truth (the histories keep their click times).
+    ``items`` (categories by MovieLens id) travels with the data set.
     """
     if core < 1:
         raise ValueError("core must be >= 1")
-    items, counts = np.unique(raw.item, return_counts=True)
-    keep = np.isin(raw.item, items[counts >= core])
+    item_ids, counts = np.unique(raw.item, return_counts=True)
+    keep = np.isin(raw.item, item_ids[counts >= core])
     user, item, ts = raw.user[keep], raw.item[keep], raw.ts[keep]
     users, counts = np.unique(user, return_counts=True)
     keep = np.isin(user, users[counts >= core])
@@ -117,12 +125,22 @@ def comirec_split(
     catalogue = np.unique(item)
     order = np.lexsort((item, ts, user))
     user, new_item = user[order], np.searchsorted(catalogue, item[order]).astype(np.int64) + 1
+    times = ts[order].astype(np.int64)
     user_ids, starts = np.unique(user, return_index=True)
     offsets = np.append(starts, user.size).astype(np.int64)
     seqs = Sequences(user_ids.astype(np.int64), offsets, new_item, int(catalogue.size) + 1)
     vocab = ItemVocab(np.concatenate([[0], catalogue]).astype(np.int64), np.zeros(catalogue.size + 1))
-    return split_users(seqs, seed=seed, history_share=history_share, name=name, vocab=vocab)
+    return split_users(seqs, seed=seed, history_share=history_share, name=name, vocab=vocab, times=times, items=items)
+
+
+def ml100k_items(inter: Path) -> ItemCatalogue | None:
+    """Genres and titles from ``ml-100k.item`` beside ``inter``; None when the file is not there."""
+    path = inter.with_name(ML100K_ITEM_FILE)
+    return read_ml100k_items(path) if path.is_file() else None
 
 
 def load_ml100k(*, seed: int, core: int = 5, history_share: float = 0.8) -> Dataset:
-    return comirec_split(read_inter(locate_ml100k()), core=core, seed=seed, history_share=history_share)
+    inter = locate_ml100k()
+    return comirec_split(
+        read_inter(inter), core=core, seed=seed, history_share=history_share, items=ml100k_items(inter)
+    )

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from model.data.items import ItemCatalogue
     from model.vocab import ItemVocab
 
 IntArray = npt.NDArray[np.int64]
@@ -76,16 +77,22 @@ class Sequences:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Held-out users for evaluation: a history to feed the model and a truth set to find."""
+    """Held-out users for evaluation: a history to feed the model and a truth set to find.
+
+    ``times`` (optional) holds the click time of every history item, aligned with ``histories``,
+    where the data has timestamps (the mixed-tastes protocol merges two histories by them)."""
 
     user_ids: IntArray
     histories: list[IntArray]
     truths: list[IntArray]
     truth_protocol: str = field(default="all remaining items")
+    times: list[IntArray] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.user_ids) == len(self.histories) == len(self.truths)):
             raise ValueError("user_ids, histories and truths must have the same length")
+        if self.times is not None and [t.shape for t in self.times] != [h.shape for h in self.histories]:
+            raise ValueError("times must hold one time per history item")
 
     @property
     def num_users(self) -> int:
@@ -93,13 +100,15 @@ class HeldOut:
 
     def head(self, n: int) -> HeldOut:
         """The first ``n`` users (e.g. a fixed quality slice)."""
-        return HeldOut(self.user_ids[:n], self.histories[:n], self.truths[:n], self.truth_protocol)
+        times = self.times[:n] if self.times is not None else None
+        return HeldOut(self.user_ids[:n], self.histories[:n], self.truths[:n], self.truth_protocol, times)
 
 
 @dataclass(frozen=True)
 class Dataset:
     """A training set plus validation and test users over one row space, and the vocabulary that
-    maps those rows to the catalogue's item ids (identity when the data's ids are already dense)."""
+    maps those rows to the catalogue's item ids (identity when the data's ids are already dense), and,
+    where the data has them, the items' categories and titles by external id (``items``)."""
 
     name: str
     train: Sequences
@@ -107,6 +116,7 @@ class Dataset:
     test: HeldOut
     item_count: int
     vocab: ItemVocab = field(default=None)  # type: ignore[assignment]
+    items: ItemCatalogue | None = None
 
     def __post_init__(self) -> None:
         from model.vocab import ItemVocab

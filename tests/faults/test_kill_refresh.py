@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import version_number
+from model.checkpoint import list_versions, pointed_versions, version_number
 from tests.faults.conftest import (
     SYNTHETIC_ITEMS,
     Names,
@@ -30,7 +30,7 @@ from tests.faults.refresh_crash import CRASH_CODE
 from workers.infra.vector_store import VectorStore
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
-from workers.settings import MilvusSettings
+from workers.settings import MilvusSettings, RefreshSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -145,8 +145,16 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             assert set(store.list_collections(names.alias + "_v")) <= kept, "orphans survived the round"
             assert saved.events_seen == feeder.total, "events lost or counted twice by the refresh cursor"
             assert worker.stop() == 0, worker.tail()
-            for version in seen | {registry.version_of(final) or ""}:
-                registry.checkpoint(version).load_net()  # every version that was ever live loads
+            held = {v for name in store.list_collections(names.alias + "_v") if (v := registry.version_of(name))}
+            assert registry.version_of(final) in held
+            for version in held:
+                registry.checkpoint(version).load_net()  # every version Milvus serves or can roll back to loads
+            on_disk, keep = set(list_versions(registry.root)), RefreshSettings().keep_versions
+            assert held <= on_disk
+            # version retention (refresh.keep_versions) kept the newest ones besides what Milvus holds
+            newest = sorted(on_disk, key=version_number)[-keep:]
+            assert on_disk <= held | set(newest) | pointed_versions(registry.root), on_disk
+            assert len(seen) > keep or seen <= on_disk
         finally:
             running.clear()
             feeder.close()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from schemas.codec import encode
 from schemas.messages import (
+    MAX_DIVERSITY,
     MAX_EVENT_ID_LENGTH,
     MAX_ID,
     MAX_SEGMENT_LENGTH,
@@ -73,9 +74,20 @@ clicks = st.builds(
 simple_clicks = st.builds(ClickEvent, event_id=plain_event_ids, user_id=ids, item_id=ids, ts=st.integers(0, 2**41))
 
 sequences = st.lists(ids, min_size=1, max_size=8)
+diversities = st.none() | st.just(0.0) | st.floats(0, MAX_DIVERSITY)
 requests = st.one_of(
-    st.builds(RecallRequest, hist_item=st.lists(sequences, min_size=1, max_size=4), top_k=st.integers(1, MAX_TOP_K)),
-    st.builds(RecallRequest, user_ids=st.lists(ids, min_size=1, max_size=8), top_k=st.integers(1, MAX_TOP_K)),
+    st.builds(
+        RecallRequest,
+        hist_item=st.lists(sequences, min_size=1, max_size=4),
+        top_k=st.integers(1, MAX_TOP_K),
+        diversity=diversities,
+    ),
+    st.builds(
+        RecallRequest,
+        user_ids=st.lists(ids, min_size=1, max_size=8),
+        top_k=st.integers(1, MAX_TOP_K),
+        diversity=diversities,
+    ),
 )
 
 json_scalars = st.one_of(
@@ -193,7 +205,9 @@ def bad_request_shape(draw: st.DrawFn) -> bytes:
         | st.builds(lambda i: {"user_ids": [i]}, bad_ids)
     )
     top_k = draw(st.none() | st.integers(MAX_TOP_K + 1, 2**70) | st.integers(-(2**70), 0) | json_scalars)
-    return _dumps(source if top_k is None else {**source, "top_k": top_k})
+    body = source if top_k is None else {**source, "top_k": top_k}
+    diversity = draw(st.none() | st.floats(max_value=-1e-9) | st.floats(min_value=1000.0001) | json_scalars)
+    return _dumps(body if diversity is None else {**body, "diversity": diversity})
 
 
 garbage = st.one_of(

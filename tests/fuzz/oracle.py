@@ -29,6 +29,7 @@ MAX_SEGMENT_LENGTH = 32
 MAX_USERS = 256
 MAX_SEQUENCE = 1000
 MAX_TOP_K = 1000
+MAX_DIVERSITY = 1000
 
 _EVENT_ID = re.compile(r"[!-~]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -127,10 +128,16 @@ def click_fields_ok(body: Any) -> bool:
 
 def request_fields_ok(body: Any) -> bool:
     """``RecallRequest``: exactly one of hist_item (1..256 sequences of 1..1000 ids) or user_ids
-    (1..256 ids), null meaning absent; optional top_k in 1..1000; nothing else."""
+    (1..256 ids), null meaning absent; optional top_k in 1..1000; optional diversity (null, or a finite
+    number, not a boolean, in 0..1000); nothing else."""
     if not isinstance(body, dict):
         return False
-    if not set(body) <= {"schema_version", "hist_item", "user_ids", "top_k"} or not _version_ok(body):
+    if not set(body) <= {"schema_version", "hist_item", "user_ids", "top_k", "diversity"} or not _version_ok(body):
+        return False
+    diversity = body.get("diversity")
+    if diversity is not None and not (
+        isinstance(diversity, int | float) and not isinstance(diversity, bool) and 0 <= diversity <= MAX_DIVERSITY
+    ):  # NaN compares false, infinity is above the bound
         return False
     hist, users = body.get("hist_item"), body.get("user_ids")
     if (hist is None) == (users is None):

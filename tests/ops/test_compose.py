@@ -7,6 +7,7 @@ real ``mindstream`` sub-command, every scrape target a compose service on the ri
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -138,6 +139,8 @@ def test_resolve_rejects_what_settings_lacks() -> None:
 def _plain(value: Any) -> str:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
+    if isinstance(value, dict | list):  # a JSON value in the environment
+        return json.dumps(value)
     return str(value)
 
 

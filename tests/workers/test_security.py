@@ -29,6 +29,7 @@ from workers import cli
 from workers.gateway.admin import DropResult, InsertResult
 from workers.gateway.app import create_app
 from workers.recall.engine import RecallEngine
+from workers.refresh.registry import ModelRegistry
 from workers.settings import HttpSettings, KafkaSettings, MilvusSettings, Settings
 
 TOKEN = "admin-Tok3n-s3cr3t"
@@ -65,6 +66,7 @@ class FakeAdmin:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.registry = ModelRegistry(Path("no-models"), "c")  # the /ui sampler names versions by it
 
     def insert_data(self) -> InsertResult:
         self.calls.append("insert_data")

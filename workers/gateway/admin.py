@@ -7,6 +7,11 @@
   newest version is already live nothing is rebuilt (idempotent).
 * ``drop``: the live alias, then every collection of ours (``<alias>_v<N>``) that no other alias
   points at; the refresh state forgets the dropped ones.
+* ``rollback``: what ``mindstream rollback`` does: the alias goes back to the most recently superseded
+  collection that still exists, and the one it leaves is kept as superseded (so a second rollback
+  undoes the first).
+* ``refresh``: what ``mindstream refresh --now`` does: ask the running refresh loop (any process
+  sharing the state directory) for a round now; the round itself runs there.
 
 Publishing and dropping are serialised with every other publisher of the alias, in this process and
 in others (the refresh worker, ``mindstream rollback``: ``workers.refresh.publish_lock``); a call while one
@@ -30,7 +35,18 @@ from workers.refresh.segments import SegmentMap
 from workers.refresh.state import RefreshState
 from workers.settings import Settings
 
-__all__ = ["Admin", "Busy", "CountResult", "DropResult", "InsertResult", "NoModel", "NotLive"]
+__all__ = [
+    "Admin",
+    "Busy",
+    "CountResult",
+    "DropResult",
+    "InsertResult",
+    "NoModel",
+    "NotLive",
+    "NothingToRollBack",
+    "RefreshRequested",
+    "RollbackResult",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +76,17 @@ class DropResult(_Result):
     kept: list[str] = Field(description="Collections of ours kept because another alias points at them")
 
 
+class RollbackResult(_Result):
+    live: str = Field(description="Collection the alias points at now")
+    model_version: str | None = Field(description="Model version of that collection")
+    was: str | None = Field(description="Collection it pointed at before (kept for the next rollback)")
+
+
+class RefreshRequested(_Result):
+    requested: bool = Field(description="The refresh loop's trigger is set: it starts a round within a poll")
+    trigger: str = Field(description="The trigger file, under the state directory")
+
+
 class Busy(RuntimeError):
     """Another publish or drop is running."""
 
@@ -70,6 +97,10 @@ class NoModel(RuntimeError):
 
 class NotLive(RuntimeError):
     """The live alias points at no collection."""
+
+
+class NothingToRollBack(RuntimeError):
+    """No superseded collection is left to point the alias back at."""
 
 
 class Admin:
@@ -144,6 +175,22 @@ class Admin:
                 swapped=report.swapped,
                 phases=report.phases,
             )
+
+    def rollback(self) -> RollbackResult:
+        with self._exclusive():
+            state = RefreshState.load(self.state_path)
+            try:
+                target, previous = Publisher(self.store, self.registry, self.settings.refresh).rollback(state)
+            except RuntimeError as exc:
+                raise NothingToRollBack(str(exc)) from None
+            state.save(self.state_path)
+        log.warning("rolled alias %s back to %s (was %s)", self.registry.alias, target, previous)
+        return RollbackResult(live=target, model_version=self.registry.version_of(target), was=previous)
+
+    def refresh(self) -> RefreshRequested:
+        from workers.refresh.worker import request_refresh
+
+        return RefreshRequested(requested=True, trigger=str(request_refresh(self.settings)))
 
     def drop(self) -> DropResult:
         with self._exclusive():

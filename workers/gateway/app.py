@@ -9,7 +9,11 @@ Endpoints (interactive docs at ``/docs``, served offline):
 * ``POST /rec/insert_data`` — publish the registry's newest checkpoint and swap the alias (admin).
 * ``POST /rec/drop`` — drop the live alias and our collections (admin); ``POST /qa/drop`` is the same
   endpoint under the seed's path (same guard, same answers).
+* ``POST /rec/rollback`` — point the live alias back at the previous collection (admin), as
+  ``mindstream rollback``; 409 when a publish runs or nothing is left to roll back to.
+* ``POST /rec/refresh`` — ask the refresh loop for a round now (admin), as ``mindstream refresh --now``.
 * ``GET /healthz`` (process up), ``GET /readyz`` (live alias resolves), ``GET /metrics`` (Prometheus).
+* ``GET /ui`` — the page to look at (:mod:`workers.gateway.ui`); ``GET /`` links it and ``/docs``.
 
 Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>`` (see ``gateway_auth``).
 """
@@ -31,12 +35,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from schemas.codec import MAX_PAYLOAD_BYTES
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.gateway.admin import Admin, Busy, CountResult, DropResult, InsertResult, NoModel, NotLive
+from workers.gateway.admin import (
+    Admin,
+    Busy,
+    CountResult,
+    DropResult,
+    InsertResult,
+    NoModel,
+    NothingToRollBack,
+    NotLive,
+    RefreshRequested,
+    RollbackResult,
+)
 from workers.gateway.auth import admin_guard
+from workers.gateway.catalogue import Catalogue, catalogue_of
 from workers.gateway.docs import mount_docs
 from workers.gateway.fast_recall import FastRecallMiddleware
 from workers.gateway.middleware import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
 from workers.gateway.recall import INTERNAL_MESSAGE, RecallService
+from workers.gateway.ui import LiveReader, mount_ui
+from workers.gateway.ui_status import Source, StatusSampler, http_source, registry_source
 from workers.infra.vector_store import VectorStore
 from workers.recall.engine import RecallEngine
 from workers.recall.metrics import RecallMetrics
@@ -87,6 +105,18 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
 
 
+def worker_metrics_urls(settings: Settings) -> dict[str, str]:
+    """The workers' ``/metrics`` the ``/ui`` status reads: ``http.ui_metrics``, else their configured ports."""
+    urls = {
+        worker: f"http://127.0.0.1:{port}/metrics"
+        for worker in ("ingest", "refresh", "recall")
+        if (port := getattr(settings, worker).metrics_port) is not None
+    }
+    for worker, url in settings.http.ui_metrics.items():
+        urls[str(worker)] = url
+    return urls
+
+
 def create_app(
     settings: Settings,
     *,
@@ -94,10 +124,29 @@ def create_app(
     engine: RecallEngine,
     registry: CollectorRegistry | None = None,
     admin: Admin | None = None,
+    sampler: StatusSampler | None = None,
+    catalogue: Catalogue | None = None,
 ) -> FastAPI:
-    """The gateway app on an open ``store`` and a ready ``engine``; metrics go to ``registry``."""
+    """The gateway app on an open ``store`` and a ready ``engine``; metrics go to ``registry``.
+
+    ``sampler`` feeds ``/ui``'s status (default: the workers of :func:`worker_metrics_urls` and this
+    gateway's ``registry``, every ``http.ui_sample_s``, in a thread started with the app);
+    ``catalogue`` names the items on the page (default: the configured data set's titles).
+    """
     registry = registry if registry is not None else CollectorRegistry()
     admin = admin or Admin(settings, store)
+    if sampler is None:
+        urls = worker_metrics_urls(settings)
+        sources: dict[str, Source] = {worker: http_source(url) for worker, url in urls.items()}
+        sources["gateway"] = registry_source(registry)
+        sampler = StatusSampler(
+            sources,
+            LiveReader(store, admin.registry),
+            sample_s=settings.http.ui_sample_s,
+            window_s=settings.stream.window_s,
+            urls={**urls, "gateway": "/metrics"},
+        )
+    status = sampler
     recall = RecallService(
         engine,
         store,
@@ -109,12 +158,27 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        status.start()
         yield
+        status.close()
         recall.close()
 
     require_admin = Depends(admin_guard(settings.http.admin_token))
     app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, description=DESCRIPTION, lifespan=lifespan)
     mount_docs(app, TITLE)
+    mount_ui(
+        app,
+        engine=engine,
+        recall=recall,
+        sampler=status,
+        catalogue=catalogue if catalogue is not None else catalogue_of(settings),
+        higher_is_better=settings.milvus.metric_type != "L2",
+        info=lambda: {
+            "alias": settings.milvus.alias,
+            "dataset": settings.data.name,
+            "admin": settings.http.admin_token is not None,
+        },
+    )
     app.add_middleware(FastRecallMiddleware, service=recall)  # innermost: valid /rec/recall bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
@@ -157,6 +221,22 @@ def create_app(
             return _error(409, ErrorCode.BAD_REQUEST, str(exc))
         recall.refresh_live()
         return result
+
+    @app.post("/rec/rollback", response_model=RollbackResult, dependencies=[require_admin], responses=_ADMIN_ERRORS)
+    def rollback() -> Any:
+        """Point the live alias back at the most recently superseded collection (as ``mindstream rollback``)."""
+        try:
+            result = admin.rollback()
+        except (Busy, NothingToRollBack) as exc:
+            return _error(409, ErrorCode.BAD_REQUEST, str(exc))
+        recall.refresh_live()
+        status.sample()  # the page shows the new version at once
+        return result
+
+    @app.post("/rec/refresh", response_model=RefreshRequested, dependencies=[require_admin], responses=_ADMIN_ERRORS)
+    def refresh() -> Any:
+        """Ask the refresh loop for a round now (as ``mindstream refresh --now``); the round runs there."""
+        return admin.refresh()
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -205,7 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
         registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
-        engine = RecallEngine(live, store, history, higher_is_better=settings.milvus.metric_type != "L2")
+        engine = RecallEngine(
+            live,
+            store,
+            history,
+            higher_is_better=settings.milvus.metric_type != "L2",
+            categories=settings.data.item_catalogue(),  # for requests' `diversity`
+        )
         engine.warm_up()
         app = create_app(settings, store=store, engine=engine, admin=Admin(settings, store, registry))
         config = uvicorn.Config(

@@ -307,7 +307,7 @@ class VectorStore:
 
     def index_kind(self, rows: int) -> str:
         """The index a collection of ``rows`` items gets: the configured one, or for AUTO exact FLAT up
-        to ``flat_max_items`` and IVF_FLAT above (measured in the README's Index choice)."""
+        to ``flat_max_items`` and IVF_FLAT above (measured in docs/benchmarks.md, Index choice)."""
         kind = self.settings.index_type
         if kind != "AUTO":
             return kind

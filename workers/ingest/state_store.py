@@ -18,20 +18,30 @@ Why this store (the full argument is in ``docs/state-store.md``):
   of thousands of events is cheap.
 * **Scales by partition.** Exactly one consumer owns a partition, so each file has one writer and
   no lock contention; readers (refresh, recall) open every file read-only and never block it (WAL).
+* **Bounded by retention.** :meth:`PartitionStore.retain` deletes, in small transactions between
+  batches, the rows outside the kept set: each user's last ``history`` clicks and the training
+  buffer (events the refresh has not consumed, and the newest ``window`` of the file). The digests
+  of deleted rows still inside the dedupe window move to the ``digests`` table in the same
+  transaction, so a restart rebuilds exactly the window it would have had; ``auto_vacuum=INCREMENTAL``
+  gives the freed pages back to the file system a few at a time (``docs/retention.md``).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from schemas.messages import ClickEvent
 from workers.ingest.digest_set import DigestSet, DigestWindow, digest
 
-SCHEMA_VERSION: Final = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 3
 _EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id TEXT NOT NULL,
@@ -51,6 +61,16 @@ _SCHEMA: Final = (
         updated_ms INTEGER NOT NULL,
         PRIMARY KEY (topic, partition)
     )""",
+    # Schema 3: retention. The digests of deleted rows that a restart still reads into the dedupe
+    # window, and the retention pass's progress (both scans' last seq, rows deleted so far).
+    "CREATE TABLE IF NOT EXISTS digests (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS retention (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        deleted INTEGER NOT NULL,
+        crossed_seq INTEGER NOT NULL,
+        appended_seq INTEGER NOT NULL
+    )""",
+    "INSERT OR IGNORE INTO retention (id, deleted, crossed_seq, appended_seq) VALUES (0, 0, 0, 0)",
 )
 _INSERT: Final = "INSERT INTO events (event_id, digest, user_id, item_id, ts, segment) VALUES (?, ?, ?, ?, ?, ?)"
 # Schema 1 -> 2: drop the UNIQUE index on event_id, add the digest column (seq, hence append order, kept).
@@ -70,6 +90,20 @@ _HISTORY: Final = "SELECT ts, seq, item_id FROM events WHERE user_id = ? ORDER B
 _HISTORY_ITEMS: Final = "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?"
 _SINCE: Final = "SELECT seq, event_id, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq"
 _CACHE_KIB: Final = 65_536  # page cache per connection; random event_id inserts need it
+# A user's rows past their newest ``history`` (the index gives the order; seq is its last column)
+# and at or below the buffer's boundary.
+_BEYOND_HISTORY: Final = (
+    "SELECT seq FROM (SELECT seq FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT -1 OFFSET ?) "
+    "WHERE seq <= ?"
+)
+_USERS_IN: Final = "SELECT seq, user_id FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+_KEEP_DIGEST: Final = "INSERT OR IGNORE INTO digests (seq, digest) SELECT seq, digest FROM events WHERE seq = ?"
+_TOTAL: Final = "SELECT (SELECT count(*) FROM events) + coalesce((SELECT deleted FROM retention WHERE id = 0), 0)"
+# A file older than schema 3 has auto_vacuum off: switching needs one VACUUM (rewrites the file,
+# blocks the writer meanwhile). Done on open up to this size; a bigger file keeps its free pages for
+# new rows (it stops growing but does not shrink) until it is vacuumed offline (docs/retention.md).
+VACUUM_ON_OPEN_MAX_BYTES: Final = 512 * 1024 * 1024
+_AUTO_VACUUM_INCREMENTAL: Final = 2
 
 
 class StoredClick(NamedTuple):
@@ -120,7 +154,51 @@ def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple
 
 
 def event_total(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    """Events ever applied to the file: the rows there plus those retention deleted."""
+    try:
+        return int(conn.execute(_TOTAL).fetchone()[0])
+    except sqlite3.OperationalError:  # a schema-2 file whose writer has not migrated it yet
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What :meth:`PartitionStore.retain` keeps: each user's newest ``history`` clicks (by event
+    time, ties by arrival, as ``history`` reads them), and the training buffer: every event after
+    ``consumed`` (the refresh's cursor in this file) and the newest ``window`` events whatever the
+    cursor. ``max_unconsumed``: keep at most this many unconsumed events (a refresh that stopped
+    must not fill the disk); None = until consumed. ``batch``: rows scanned per step."""
+
+    history: int
+    window: int
+    max_unconsumed: int | None = None
+    batch: int = 1000
+    vacuum_pages: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.history < 1 or self.window < 1 or self.batch < 1 or self.vacuum_pages < 0:
+            raise ValueError(f"invalid retention policy {self}")
+        if self.max_unconsumed is not None and self.max_unconsumed < 1:
+            raise ValueError(f"invalid retention policy {self}")
+
+    def boundary(self, last_seq: int, consumed: int) -> int:
+        """Rows with ``seq`` at or below this are outside the training buffer."""
+        cut = min(consumed, last_seq - self.window)
+        if self.max_unconsumed is not None:
+            cut = max(cut, last_seq - self.max_unconsumed)
+        return max(0, min(cut, last_seq - self.window))  # the window is kept whatever the cap
+
+
+@dataclass(frozen=True)
+class RetentionStep:
+    """One :meth:`PartitionStore.retain` call: rows deleted, users looked at, and whether scanned
+    rows are left (call again soon) or the pass is complete for now."""
+
+    deleted: int
+    users: int
+    pending: bool
+    boundary: int
+    freed_pages: int = 0
 
 
 class PartitionStore:
@@ -131,12 +209,15 @@ class PartitionStore:
         events only (bounded memory for a stream that never ends); None = every event of the file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.dedupe_window = dedupe_window
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Takes effect only on a new file, and only before the journal mode writes its header.
+        self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):
             self._conn.close()
             raise RuntimeError(f"{path}: state schema {version}, this code reads {SCHEMA_VERSION}")
         with self._transaction():
@@ -147,14 +228,38 @@ class PartitionStore:
             for statement in _SCHEMA:
                 self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._switch_auto_vacuum()
         self._seen: DigestSet | DigestWindow = DigestSet() if dedupe_window is None else DigestWindow(dedupe_window)
         # the digests of every row up to this seq are in ``_seen`` (with a window: the last rows only)
         self._known_seq = 0 if dedupe_window is None else max(0, self._last_seq() - dedupe_window)
         self._catch_up()
 
+    def _switch_auto_vacuum(self) -> None:
+        """A file created before schema 3 without incremental auto-vacuum: switch it (one VACUUM) when small."""
+        if int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == _AUTO_VACUUM_INCREMENTAL:
+            return
+        size = self.path.stat().st_size
+        if size > VACUUM_ON_OPEN_MAX_BYTES:
+            log.warning(
+                "%s (%d MB) has auto_vacuum off: retention frees pages for new rows but the file will not "
+                "shrink until it is vacuumed offline (docs/retention.md)",
+                self.path,
+                size >> 20,
+            )
+            return
+        began = time.perf_counter()
+        self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self._conn.execute("VACUUM")
+        log.info("%s: switched to incremental auto-vacuum in %.1f s", self.path, time.perf_counter() - began)
+
     def _catch_up(self) -> None:
-        """Add the digests of rows appended since ``_known_seq`` (all rows on open; a zombie's later)."""
-        rows = self._conn.execute("SELECT seq, digest FROM events WHERE seq > ? ORDER BY seq", (self._known_seq,))
+        """Add the digests of rows appended since ``_known_seq`` (all rows on open; a zombie's later),
+        including those retention deleted since (their digests moved to ``digests``)."""
+        rows = self._conn.execute(
+            "SELECT seq, digest FROM events WHERE seq > ? UNION ALL SELECT seq, digest FROM digests WHERE seq > ? "
+            "ORDER BY seq",
+            (self._known_seq, self._known_seq),
+        )
         last, digests = self._known_seq, []
         for seq, row_digest in rows:
             digests.append(row_digest)
@@ -218,6 +323,80 @@ class PartitionStore:
 
     def event_count(self) -> int:
         return event_total(self._conn)
+
+    def retain(self, policy: RetentionPolicy, consumed: int) -> RetentionStep:
+        """One bounded retention step (one short transaction, then a few pages given back).
+
+        Kept: each user's newest ``policy.history`` clicks and every row after
+        ``policy.boundary(last, consumed)``. Two scans find the users whose rows may have left the
+        kept set: rows that crossed the boundary since the last step, and rows appended since (a
+        newer click pushes an older one out of its user's history); each scan reads at most
+        ``policy.batch`` rows by seq. For those users, rows past their history and at or below the
+        boundary are deleted. The scans' positions are stored in the same transaction, so a crash
+        rolls the step back whole and the next step redoes it: idempotent, nothing kept is ever
+        deleted, and the digests of deleted rows still in the dedupe window are kept in ``digests``
+        (a restart reads them back: re-sent copies stay duplicates).
+        """
+        with self._transaction():
+            last = self._last_seq()
+            boundary = policy.boundary(last, consumed)
+            deleted, crossed, appended = self._conn.execute(
+                "SELECT deleted, crossed_seq, appended_seq FROM retention WHERE id = 0"
+            ).fetchone()
+            users: set[int] = set()
+            pending = False
+            if boundary > crossed:
+                crossed, more = self._scan(crossed, boundary, policy.batch, users)
+                pending |= more
+            if last > appended:
+                appended, more = self._scan(appended, last, policy.batch, users)
+                pending |= more
+            victims = [
+                seq
+                for user in sorted(users)
+                for (seq,) in self._conn.execute(_BEYOND_HISTORY, (user, policy.history, boundary))
+            ]
+            if victims:
+                dedupe_floor = 0 if self.dedupe_window is None else last - self.dedupe_window
+                self._conn.executemany(_KEEP_DIGEST, [(seq,) for seq in victims if seq > dedupe_floor])
+                self._conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in victims])
+            if self.dedupe_window is not None:  # digests a restart no longer reads (bounded per step)
+                self._conn.execute(
+                    "DELETE FROM digests WHERE seq IN (SELECT seq FROM digests WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                    (last - self.dedupe_window, policy.batch),
+                )
+            self._conn.execute(
+                "UPDATE retention SET deleted = ?, crossed_seq = ?, appended_seq = ? WHERE id = 0",
+                (deleted + len(victims), crossed, appended),
+            )
+        freed = self.give_back(policy.vacuum_pages)
+        return RetentionStep(len(victims), len(users), pending, boundary, freed)
+
+    def _scan(self, after: int, upto: int, limit: int, users: set[int]) -> tuple[int, bool]:
+        """Add the users of rows ``after < seq <= upto`` (at most ``limit`` rows) to ``users``; returns
+        the new position and whether rows are left."""
+        rows = self._conn.execute(_USERS_IN, (after, upto, limit)).fetchall()
+        users.update(user for _, user in rows)
+        if len(rows) < limit:
+            return upto, False
+        return int(rows[-1][0]), int(rows[-1][0]) < upto
+
+    def give_back(self, pages: int) -> int:
+        """Return up to ``pages`` free pages to the file system (incremental vacuum); the pages freed.
+
+        In WAL mode the file itself shrinks at the next checkpoint."""
+        if pages <= 0:
+            return 0
+        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        if not free:
+            return 0
+        self._conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+        return free - int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def retention_progress(self) -> tuple[int, int, int]:
+        """``(deleted, crossed_seq, appended_seq)``: rows deleted so far and both scans' positions."""
+        row = self._conn.execute("SELECT deleted, crossed_seq, appended_seq FROM retention WHERE id = 0").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     def close(self) -> None:
         self._conn.close()

@@ -19,6 +19,13 @@ Choices:
 * If the search fails, the alias is re-resolved at once (``current(force=True)``); when it now points
   elsewhere (a swap dropped the collection we held), the whole batch is recomputed once on the new
   model. Otherwise the error stands.
+* ``diversity`` (lambda > 0) replaces a request's merge by score with ComiRec's greedy selection
+  (:mod:`model.diversity`) over its users' ``K x top_k`` candidates (each interest's list cut to the
+  request's own ``top_k`` first, so the reply does not depend on the batch it shared): similarities
+  by the catalogue's categories where both items have them, by the served version's item vectors
+  otherwise. Absent or 0 takes the plain merge, unchanged. Scores in such a reply are the items' search
+  scores, in pick order (no longer sorted).
+* An interest that is all zero (beyond a user's dynamic interest count) retrieves nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from model.data.items import ItemCatalogue
+from model.diversity import ItemFeatures, Similarity, greedy_select, merge_candidates
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.infra.vector_store import PAD_ID, SearchResult, is_transient
 
@@ -49,6 +58,13 @@ class Tower(Protocol):
     def maxlen(self) -> int: ...
 
     def interests(self, histories: Sequence[Sequence[int]]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class VectorTower(Protocol):
+    """A tower that can also give item vectors by external id (:class:`model.serving.ServingTower`)."""
+
+    def item_vectors(self, item_ids: np.ndarray) -> np.ndarray: ...
 
 
 class ServedModel(Protocol):
@@ -111,10 +127,12 @@ class RecallEngine:
         history: HistorySource | None = None,
         *,
         higher_is_better: bool = True,
+        categories: ItemCatalogue | None = None,
     ) -> None:
         self.live = live
         self.store = store
         self.history = history
+        self.categories = categories  # by external id, for the `diversity` merge; None = item vectors only
         self._sign = 1.0 if higher_is_better else -1.0
         self.last_version: str | None = None  # version that answered the last served batch
 
@@ -193,7 +211,13 @@ class RecallEngine:
             histories.extend(users)
         if spans:
             top_k = max(requests[i].top_k for i, _, _ in spans)
-            items, scores = self._search(served, histories, top_k)
+            lambdas = [0.0] * len(histories)
+            for index, lo, n in spans:
+                lambdas[lo : lo + n] = [requests[index].diversity or 0.0] * n
+            cuts = [0] * len(histories)
+            for index, lo, n in spans:
+                cuts[lo : lo + n] = [requests[index].top_k] * n
+            items, scores = self._search(served, histories, top_k, lambdas, cuts)
             took_ms = (time.perf_counter() - started) * 1000
             for index, lo, n in spans:
                 cut = requests[index].top_k
@@ -209,9 +233,15 @@ class RecallEngine:
         return [r for r in replies if r is not None]
 
     def _search(
-        self, served: ServedModel, histories: list[list[int]], top_k: int
+        self,
+        served: ServedModel,
+        histories: list[list[int]],
+        top_k: int,
+        lambdas: Sequence[float] | None = None,
+        cuts: Sequence[int] | None = None,
     ) -> tuple[list[list[int]], list[list[float]]]:
-        """Merged candidates (up to ``top_k``) per user; empty lists for users without history."""
+        """Merged candidates (up to ``top_k``; ``cuts[u]`` with ``lambdas[u]`` > 0) per user; empty lists
+        for users without history."""
         interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
         users, k, dim = interests.shape
         active = np.flatnonzero(np.any(interests.reshape(users, -1) != 0, axis=1))
@@ -225,11 +255,35 @@ class RecallEngine:
         )
         ids = result.ids.reshape(active.size, k, -1)
         signed = result.scores.reshape(active.size, k, -1) * self._sign
+        silent = ~np.any(interests[active] != 0, axis=-1)  # [users, K]: interests switched off
+        if silent.any():
+            ids = np.where(silent[..., None], PAD_ID, ids)
+            signed = np.where(silent[..., None], -np.inf, signed)
         for row, user in enumerate(active.tolist()):
-            got_ids, got_scores = merge_scored(ids[row], signed[row], top_k)
+            lam = lambdas[user] if lambdas is not None else 0.0
+            if lam > 0:
+                cut = cuts[user] if cuts is not None else top_k
+                tower = served.tower
+                got_ids, got_scores = self.diverse_merge(tower, ids[row, :, :cut], signed[row, :, :cut], cut, lam)
+            else:
+                got_ids, got_scores = merge_scored(ids[row], signed[row], top_k)
             items[user] = got_ids
             scores[user] = [s * self._sign for s in got_scores]
         return items, scores
+
+    def diverse_merge(
+        self, tower: Tower, ids: np.ndarray, scores: np.ndarray, top_n: int, lam: float
+    ) -> tuple[list[int], list[float]]:
+        """One user's ``K x n`` candidates -> ``top_n`` ids picked by ComiRec's greedy rule (higher scores
+        better), with their scores, in pick order."""
+        cand, cand_scores, _ = merge_candidates(ids, scores)
+        categories = self.categories.matrix(cand) if self.categories is not None else None
+        vectors = None  # only needed for the pairs the catalogue cannot compare
+        if (categories is None or not categories.any(axis=1).all()) and isinstance(tower, VectorTower):
+            vectors = tower.item_vectors(cand)
+        sim = Similarity(ItemFeatures(categories, vectors), cand.shape[0])
+        pick = greedy_select(cand_scores, sim, top_n, lam)
+        return cand[pick].tolist(), cand_scores[pick].tolist()
 
 
 def _error(code: ErrorCode, message: str) -> ErrorReply:

@@ -3,7 +3,7 @@
 An item belongs to the segment of its most recent click that named one; items never clicked with
 a segment live in the default segment. Each segment is one Milvus partition of the collection, so
 a search can be pruned to the segments a caller asks for. Every version is still built whole (see
-the README's Freshness section for why per-segment rebuilds do not pay)."""
+docs/freshness.md for why per-segment rebuilds do not pay)."""
 
 from __future__ import annotations
 

@@ -116,6 +116,8 @@ BAD: dict[str, tuple[Any, str]] = {
     "too-many-users": ({"hist_item": LONG}, "hist_item"),
     "too-many-user-ids": ({"user_ids": list(range(1, 258))}, "user_ids"),
     "unknown-field": ({"hist_item": [[1]], "topk": 5}, "topk"),
+    "diversity-negative": ({"hist_item": [[1]], "diversity": -0.5}, "greater than or equal to 0"),
+    "diversity-string": ({"hist_item": [[1]], "diversity": "high"}, "valid number"),
     "not-an-object": ([1, 2], "body"),
 }
 

@@ -84,3 +84,19 @@ def test_open_milvus_starts_and_stops_an_embedded_server(tmp_path: Path) -> None
         assert client.list_collections() == []
         client.close()
     assert _processes_under(tmp_path.resolve()) == []
+
+
+@pytest.mark.integration
+def test_the_embedded_server_runs_with_the_long_run_limits(milvus_server: EmbeddedMilvus, milvus_uri: str) -> None:
+    from workers.infra.milvus_config import EMBEDDED_ETCD, EMBEDDED_LIMITS, yaml_value
+
+    configs = milvus_server.base_dir / "configs"
+    milvus_yaml = (configs / "milvus.yaml").read_text(encoding="utf-8")
+    for key, value in EMBEDDED_LIMITS.items():
+        assert yaml_value(milvus_yaml, key) == str(value), key
+    etcd_yaml = (configs / "embed-etcd.yaml").read_text(encoding="utf-8")
+    for key in EMBEDDED_ETCD:
+        assert yaml_value(etcd_yaml, key) is not None, key
+    client = MilvusClient(uri=milvus_uri)  # and the server took them
+    assert isinstance(client.list_collections(), list)
+    client.close()

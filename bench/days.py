@@ -1,0 +1,240 @@
+"""Days, not hours: a compressed-days soak. Four days of a stack's traffic at 100 clicks/s (36M clicks) in two
+hours at 5k clicks/s, with 50 Kafka + 10 HTTP recall requests/s, a new item every second and 100k items
+(the rates of ``bench.broker``'s soak, the click rate of the issue), through ``bench.soak``.
+
+Every window (default 5 min) samples the RSS of every process of the stack and the disk use of the stack's
+state by part (ingest state, checkpoints, models, Milvus, broker, other: see ``bench.soak.disk_parts``). The
+goal: from the end of the warm-up (30 min) to the end, every process' RSS and the state's disk within 1.2x
+of their values at 30 min; 0 lost clicks, 0 failed replies. Writes ``bench/results/days.json`` with exactly
+the keys of :data:`KEYS` and ``days_details.json`` (the per-window series, load averages, the machine, the
+warm-up window used).
+
+    python -m bench.days                                          # 2 h + start and drain
+    python -m bench.days --quick                                  # 3-minute smoke, results/quick/
+    python -m bench.days --duration 1200 --window 120 --warmup-s 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, machine
+
+PARTS = ("ingest_state", "checkpoints", "models", "milvus", "broker", "other")
+KEYS = (
+    "clicks_sent",
+    "duration_s",
+    "lost_clicks",
+    "failed_replies",
+    "rss_growth_ratio_after_warmup",
+    "disk_growth_ratio_after_warmup",
+    "state_bytes_per_user",
+    "rss_mb_last",
+    "disk_mb_last",
+)
+# The benchmark process (load generators, the recorder of every outcome) is not a process of the stack: its
+# RSS is in the details, not in the goal.
+NOT_STACK = ("bench",)
+QUICK = {
+    "duration": 180.0,
+    "warmup_s": 60.0,
+    "window": 30.0,
+    "click_rate": 1000.0,
+    "kafka_rate": 10.0,
+    "http_rate": 2.0,
+    "items": 3000,
+    "base_batches": 10,
+    "refresh_interval": 10.0,
+    "drain": 120.0,
+}
+
+
+def _ratio(ref: float | None, last: float | None) -> float | None:
+    return round(last / ref, 3) if ref and last is not None else None
+
+
+def _mb(n: float) -> float:
+    return round(n / 2**20, 1)
+
+
+def reference_window(windows: Sequence[dict[str, Any]], warmup_s: float) -> tuple[int, str | None]:
+    """The window ending at the warm-up: the last one whose end is at or before ``warmup_s``. The first one
+    (and the reason) when no window comes after the warm-up (a run no longer than it) or none ends by then
+    (windows longer than the warm-up)."""
+    if not windows:
+        raise ValueError("no windows")
+    if windows[-1]["t_end_s"] <= warmup_s:
+        why = f"the run ({windows[-1]['t_end_s']:g} s) is no longer than warmup_s={warmup_s:g}"
+        return 0, f"{why}: the first window is the reference"
+    inside = [i for i, w in enumerate(windows) if w["t_end_s"] <= warmup_s]
+    if inside:
+        return inside[-1], None
+    why = f"no window ends by warmup_s={warmup_s:g} (the first ends at {windows[0]['t_end_s']:g} s)"
+    return 0, f"{why}: the first window is the reference"
+
+
+def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A soak's result (``bench.soak.run_soak``) -> (``days.json``, exactly :data:`KEYS`; its details).
+
+    Growth ratios: last window / the reference window (:func:`reference_window`), per process (the stack's:
+    :data:`NOT_STACK` left out of the maximum) and per disk part; the disk ratio of ``days.json`` is the
+    total's. ``failed_replies`` counts both paths (Kafka replies that failed or never came, failed HTTP
+    requests). ``state_bytes_per_user``: the ingest state's bytes after the drain over the distinct users
+    that clicked (the soak counts them); the stream's user population when a result lacks the count."""
+    windows = soak["windows"]
+    ref_i, fallback = reference_window(windows, warmup_s)
+    ref, last = windows[ref_i], windows[-1]
+    rss_ratio = {
+        name: _ratio(ref["processes"].get(name, {}).get("rss_mb"), p["rss_mb"]) for name, p in last["processes"].items()
+    }
+    stack_ratios = [r for name, r in rss_ratio.items() if name not in NOT_STACK and r is not None]
+    disk_ref, disk_last = ref["disk_bytes"], last["disk_bytes"]
+    disk_ratio = {part: _ratio(disk_ref.get(part), disk_last.get(part)) for part in (*PARTS, "total")}
+    end = soak.get("disk_bytes_end") or disk_last
+    users = soak.get("users_clicked")
+    basis = "distinct users that clicked (counted by the soak as it sent)"
+    if not users:
+        users, basis = soak.get("stream_users"), "the stream's user population (no distinct count in the result)"
+    kafka_failed, http_failed = int(soak["failed_replies"]), int(soak.get("http_failed", 0))
+    summary = {
+        "clicks_sent": int(soak["clicks_sent"]),
+        "duration_s": soak["duration_s"],
+        "lost_clicks": int(soak["lost_clicks"]),
+        "failed_replies": kafka_failed + http_failed,
+        "rss_growth_ratio_after_warmup": max(stack_ratios, default=None),
+        "disk_growth_ratio_after_warmup": disk_ratio["total"],
+        "state_bytes_per_user": round(end["ingest_state"] / users, 1) if users else None,
+        "rss_mb_last": {name: p["rss_mb"] for name, p in last["processes"].items() if name not in NOT_STACK},
+        "disk_mb_last": {part: _mb(disk_last[part]) for part in (*PARTS, "total")},
+    }
+    details = {
+        "warmup_s": warmup_s,
+        "warmup_s_effective": ref["t_end_s"],
+        "warmup_fallback": fallback,
+        "reference_window": ref_i + 1,
+        "windows": len(windows),
+        "rss_growth_ratio_per_process": rss_ratio,
+        "rss_processes_in_goal": sorted(n for n in rss_ratio if n not in NOT_STACK),
+        "disk_growth_ratio_per_part": disk_ratio,
+        "disk_size": "blocks allocated to regular files (st_blocks * 512), per part; total = sum of the parts",
+        "disk_mb_at_reference": {part: _mb(disk_ref[part]) for part in (*PARTS, "total")},
+        "disk_mb_end_after_drain": {part: _mb(end[part]) for part in (*PARTS, "total")},
+        "ingest_state_bytes_end": end["ingest_state"],
+        "users": {"count": users, "basis": basis, "stream_population": soak.get("stream_users")},
+        "failed_replies": {"kafka": kafka_failed, "http": http_failed},
+        "clicks": {k: soak.get(k) for k in ("clicks_applied", "clicks_dead_lettered", "clicks_delivery_failed")},
+        "drain_s": soak.get("drain_s"),
+        "series": [
+            {
+                "t_end_s": w["t_end_s"],
+                "rss_mb": {name: p["rss_mb"] for name, p in w["processes"].items()},
+                "cpu_cores": {name: p["cpu"] for name, p in w["processes"].items()},
+                "disk_mb": {part: _mb(w["disk_bytes"][part]) for part in (*PARTS, "total")},
+                "load_average": w.get("load_average"),
+                "clicks_sent": w.get("clicks_sent"),
+                "clicks_applied": w.get("clicks_applied"),
+                "users_clicked": w.get("users_clicked"),
+                "kafka": w.get("kafka"),
+                "http": w.get("http"),
+                "swaps": w.get("swaps"),
+            }
+            for w in windows
+        ],
+    }
+    assert tuple(summary) == KEYS
+    return summary, details
+
+
+def _write(out: Path, name: str, payload: dict[str, Any]) -> None:
+    """As ``bench.common.emit(name, payload, envelope=False)``, into ``out``."""
+    text = json.dumps(payload, indent=2, default=str)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; ``--quick`` changes the defaults (what is given explicitly still wins) and the
+    output folder (``<results>/quick``, which git ignores)."""
+    argv = list(argv)
+    p = argparse.ArgumentParser(prog="python -m bench.days", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK}), results under <results>/quick")
+    p.add_argument("--click-rate", type=float, default=5000.0)
+    p.add_argument("--duration", type=float, default=7200.0, help="seconds of load")
+    p.add_argument("--warmup-s", type=float, default=1800.0, help="growth is measured from the window ending here")
+    p.add_argument("--window", type=float, default=300.0)
+    p.add_argument("--kafka-rate", type=float, default=50.0)
+    p.add_argument("--http-rate", type=float, default=10.0)
+    p.add_argument("--new-items-per-s", type=float, default=1.0)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--refresh-interval", type=float, default=30.0)
+    p.add_argument("--drain", type=float, default=180.0, help="seconds to wait for the clicks after the load")
+    p.add_argument("--base-batches", type=int, default=200)
+    p.add_argument("--tmpdir", type=Path, help="where the stack's work directory is made (default: the system's)")
+    p.add_argument("--results", type=Path, help="output folder (default: bench/results, --quick: its quick/)")
+    p.add_argument("--out", default="days", help="<out>.json and <out>_details.json")
+    if "--quick" in argv:
+        p.set_defaults(**QUICK)
+    args = p.parse_args(argv)
+    args.results = args.results or (RESULTS / "quick" if args.quick else RESULTS)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    out: Path = args.results
+    from bench.soak import SoakConfig, run_soak  # the stack's imports (Paddle) only when a soak runs
+
+    cfg = SoakConfig(
+        duration_s=args.duration,
+        window_s=args.window,
+        click_rate=args.click_rate,
+        kafka_rate=args.kafka_rate,
+        http_rate=args.http_rate,
+        new_items_per_s=args.new_items_per_s,
+        items=args.items,
+        refresh_interval_s=args.refresh_interval,
+        drain_s=args.drain,
+        base_batches=args.base_batches,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
+    load = {"before": _load()}
+    began = time.strftime("%Y-%m-%d %H:%M:%S")
+    with tempfile.TemporaryDirectory(prefix="days-", dir=args.tmpdir) as tmp:
+        soak = run_soak(cfg, Path(tmp))
+    load["after"] = _load()
+    summary, details = summarize(soak, args.warmup_s)
+    _write(
+        out,
+        f"{args.out}_details",
+        {
+            "benchmark": args.out,
+            "machine": machine(),
+            "began": began,
+            "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "quick": args.quick,
+            "config": cfg.__dict__,
+            "load_average": load,
+            **details,
+            "soak": {k: v for k, v in soak.items() if k != "windows"},
+        },
+    )
+    _write(out, args.out, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
