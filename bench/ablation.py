@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine
-from bench.quality import DEFAULT_SEEDS, REFERENCE, Variant, run_tasks, summarise_variant
+from bench.common import RESULTS, machine, run_in_processes
+from bench.quality import DEFAULT_SEEDS, REFERENCE, Variant, run_task, summarise_variant
 
 # Budget of every variant unless it says otherwise: 3000 batches of 128 (384k samples).
 BATCHES = 3000
@@ -75,7 +75,7 @@ def main() -> None:
     threads = 1 if args.jobs > 1 else 0
     tasks = [("ml-100k", v, seed, VARIANTS[v], BATCHES, threads) for v in args.variants for seed in args.seeds]
     report: dict[str, Any] = {}
-    for variant, run in run_tasks(tasks, args.jobs):
+    for variant, run in run_in_processes(run_task, tasks, args.jobs):
         runs[variant].append(run)
         print(f"{variant} seed {run['seed']}: {run['wall_seconds']} s", flush=True)
         done = {v: summarise_variant(r) for v, r in runs.items() if r}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from workers.infra.vector_store import VectorStore
@@ -94,3 +95,27 @@ def disk_usage(parts: Mapping[str, Path], others: Iterable[Path]) -> dict[str, i
     out["other"] = sum(_allocated(r, skip, seen) for r in dict.fromkeys(roots) if str(r) not in skip)
     out["total"] = sum(out.values())
     return out
+
+
+_Task = TypeVar("_Task")
+_Result = TypeVar("_Result")
+
+
+def run_in_processes(fn: Callable[[_Task], _Result], tasks: Sequence[_Task], jobs: int) -> Iterator[_Result]:
+    """``fn(task)`` for every task, yielded as each finishes: in this process when ``jobs`` <= 1, else in
+    ``jobs`` fresh spawned processes at a time (one task per process: no state carried between runs)."""
+    if jobs <= 1:
+        for task in tasks:
+            yield fn(task)
+        return
+    pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=1)
+    finished = False
+    try:
+        yield from pool.imap_unordered(fn, tasks)
+        finished = True
+    finally:
+        if finished:
+            pool.close()  # let the workers exit on their own: no SIGTERM noise
+        else:
+            pool.terminate()
+        pool.join()

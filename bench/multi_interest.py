@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, machine, peak_rss_mb
+from bench.common import RESULTS, machine, peak_rss_mb, run_in_processes
 from bench.quality import DEFAULT_SEEDS
 from model.checkpoint import open_checkpoint
 from model.config import MindConfig, TrainConfig
@@ -133,25 +132,6 @@ def run_seed(task: Task) -> tuple[str, dict[str, Any]]:
     }
     out["wall_seconds"] = round(time.perf_counter() - began, 1)
     return dataset, out
-
-
-def run_seeds(tasks: Sequence[Task], jobs: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(dataset, run)`` as tasks finish, ``jobs`` fresh processes at a time."""
-    if jobs <= 1:
-        for task in tasks:
-            yield run_seed(task)
-        return
-    pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=1)
-    finished = False
-    try:
-        yield from pool.imap_unordered(run_seed, tasks)
-        finished = True
-    finally:
-        if finished:
-            pool.close()
-        else:
-            pool.terminate()
-        pool.join()
 
 
 def _stat(values: Sequence[float | None]) -> dict[str, float | None]:
@@ -333,7 +313,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {d: [] for d in args.datasets}
     towers: dict[str, dict[str, Any]] = {}
     loads: list[tuple[float, float, float]] = [os.getloadavg()]
-    for dataset, run in run_seeds(tasks, args.jobs):
+    for dataset, run in run_in_processes(run_seed, tasks, args.jobs):
         if "k4_tower" in run:
             towers[dataset] = run.pop("k4_tower")
         runs[dataset].append(run)

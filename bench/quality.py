@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, emit, peak_rss_mb
+from bench.common import RESULTS, emit, peak_rss_mb, run_in_processes
 from model.checkpoint import open_checkpoint
 from model.config import MindConfig, TrainConfig
 from model.data.types import Dataset
@@ -76,27 +74,6 @@ def run_task(task: tuple[str, str, int, Variant, int, int]) -> tuple[str, dict[s
     cfg = TrainConfig(**fields)
     with tempfile.TemporaryDirectory() as tmp:
         return name, run_variant(ds, MindConfig(**mind_over), cfg, Path(tmp))
-
-
-def run_tasks(
-    tasks: Sequence[tuple[str, str, int, Variant, int, int]], jobs: int
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(variant, run)`` as tasks finish, ``jobs`` fresh processes at a time."""
-    if jobs <= 1:
-        for task in tasks:
-            yield run_task(task)
-        return
-    pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=1)
-    finished = False
-    try:
-        yield from pool.imap_unordered(run_task, tasks)
-        finished = True
-    finally:
-        if finished:
-            pool.close()  # let the workers exit on their own: no SIGTERM noise
-        else:
-            pool.terminate()
-        pool.join()
 
 
 def user_weighted(run: dict[str, Any], key: str) -> float:
@@ -208,7 +185,7 @@ def main() -> None:
                 section.setdefault("from_ablation", {})[v] = source
         else:
             tasks = [(name, v, seed, VARIANTS[v], args.batches, threads) for v in args.variants for seed in args.seeds]
-            for variant, run in run_tasks(tasks, args.jobs):
+            for variant, run in run_in_processes(run_task, tasks, args.jobs):
                 runs[variant].append(run)
         for variant, vruns in runs.items():
             section[variant] = summarise_variant(vruns)

@@ -285,15 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
         registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
+        items = settings.data.item_catalogue()  # read once: the `diversity` merge and the page's titles
         engine = RecallEngine(
-            live,
-            store,
-            history,
-            higher_is_better=settings.milvus.metric_type != "L2",
-            categories=settings.data.item_catalogue(),  # for requests' `diversity`
+            live, store, history, higher_is_better=settings.milvus.metric_type != "L2", categories=items
         )
         engine.warm_up()
-        app = create_app(settings, store=store, engine=engine, admin=Admin(settings, store, registry))
+        app = create_app(
+            settings,
+            store=store,
+            engine=engine,
+            admin=Admin(settings, store, registry),
+            catalogue=Catalogue.from_items(items, settings.data.name),
+        )
         config = uvicorn.Config(
             app, host=host, port=port, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
         )

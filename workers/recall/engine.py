@@ -211,11 +211,9 @@ class RecallEngine:
             histories.extend(users)
         if spans:
             top_k = max(requests[i].top_k for i, _, _ in spans)
-            lambdas = [0.0] * len(histories)
+            lambdas, cuts = [0.0] * len(histories), [0] * len(histories)
             for index, lo, n in spans:
                 lambdas[lo : lo + n] = [requests[index].diversity or 0.0] * n
-            cuts = [0] * len(histories)
-            for index, lo, n in spans:
                 cuts[lo : lo + n] = [requests[index].top_k] * n
             items, scores = self._search(served, histories, top_k, lambdas, cuts)
             took_ms = (time.perf_counter() - started) * 1000

@@ -10,21 +10,19 @@ must not have requested anything from a non-loopback host. Needs Debian's ``chro
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures_milvus import free_port
-from tests.required_tools import missing_tool
+from tests.workers.gateway.browser import By, Keys, WebDriverWait, chromium, ec, local, requested_urls
 from tests.workers.model_fixtures import exact_recall, publish_tiny
 from workers.gateway.app import create_app
 from workers.infra.vector_store import VectorStore
@@ -33,40 +31,9 @@ from workers.recall.live_model import LiveModel
 from workers.refresh.registry import ModelRegistry
 from workers.settings import MilvusSettings, Settings
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    missing_tool(
-        "chromium",
-        "needs /usr/bin/chromium and /usr/bin/chromedriver: "
-        "apt-get install -y --no-install-recommends chromium chromium-driver",
-    )
-try:
-    from selenium import webdriver
-except ImportError:
-    missing_tool("chromium", "needs selenium (pip install selenium)")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
-
 pytestmark = pytest.mark.integration
 SCREENSHOT = Path("/tmp/docs.png")
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
-BROWSER_SCHEMES = {"data", "blob", "about", "chrome", "chrome-untrusted"}  # Chromium's own new-tab page
 HISTORIES = [[3, 17, 42], [7, 8]]
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,1600",
-)
 OPERATION = "#operations-default-recall_items_rec_recall_post"
 LIVE_RESPONSE = f"{OPERATION} .live-responses-table tr.response"
 
@@ -102,37 +69,8 @@ def served(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    profile = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium"), {"performance": "ALL"}) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _requested_urls(driver: Any) -> list[str]:
-    """Every URL the page asked for: DevTools network events plus the resource timing entries."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    urls += driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    return urls
-
-
-def _local(url: str) -> bool:
-    """A loopback network request, or one that never leaves the browser (data:, blob:, its own chrome:// pages)."""
-    parts = urlsplit(url)
-    if parts.scheme in NETWORK_SCHEMES:
-        return parts.hostname in LOOPBACK
-    return parts.scheme in BROWSER_SCHEMES
 
 
 def test_docs_render_offline_and_recall_through_swagger_ui(served: tuple[str, Any], browser: Any) -> None:
@@ -157,7 +95,7 @@ def test_docs_render_offline_and_recall_through_swagger_ui(served: tuple[str, An
     reply = json.loads(shown.text)
     assert reply["items"] == exact_recall(net, HISTORIES, 5)
     assert reply["model_version"] == "v1"
-    urls = _requested_urls(browser)
+    urls = requested_urls(browser)
     assert any(u.endswith("/static/docs/swagger-ui-bundle.js") for u in urls)
     assert any(u.endswith("/rec/recall") for u in urls)
-    assert [u for u in urls if not _local(u)] == []
+    assert [u for u in urls if not local(u)] == []

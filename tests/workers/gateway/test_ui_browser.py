@@ -11,7 +11,6 @@ taken and is not blank (``/tmp/ui.png``). Needs Debian's ``chromium`` and ``chro
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -27,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from tests.fixtures_milvus import free_port
-from tests.required_tools import missing_tool
+from tests.workers.gateway.browser import By, WebDriverWait, chromium, local, requested_urls
 from tests.workers.model_fixtures import publish_tiny
 from workers.gateway.app import create_app
 from workers.infra.vector_store import VectorStore
@@ -36,22 +35,6 @@ from workers.recall.live_model import LiveModel
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState, Superseded
 from workers.settings import HttpSettings, MilvusSettings, Settings
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    missing_tool(
-        "chromium",
-        "needs /usr/bin/chromium and /usr/bin/chromedriver: "
-        "apt-get install -y --no-install-recommends chromium chromium-driver",
-    )
-try:
-    from selenium import webdriver
-except ImportError:
-    missing_tool("chromium", "needs selenium (pip install selenium)")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
-
-from tests.workers.gateway.test_docs import FLAGS, _local, _requested_urls  # noqa: E402
 
 pytestmark = pytest.mark.integration
 SCREENSHOT = Path("/tmp/ui.png")
@@ -108,18 +91,8 @@ def served(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    profile = tmp_path_factory.mktemp("chromium-ui")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-ui"), {"performance": "ALL", "browser": "ALL"}) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -208,9 +181,9 @@ def test_ui_now_explore_admin(served: Served, browser: Any) -> None:
     assert _not_blank(SCREENSHOT)
     refused = [e for e in _console_errors(browser) if not _refused_admin_call(e)]
     assert refused == []  # the only "errors": the browser's own notes of the two refused calls
-    urls = _requested_urls(browser)
+    urls = requested_urls(browser)
     assert any(u.endswith("/ui/api/status") for u in urls) and any(u.endswith("/ui/api/explore") for u in urls)
-    assert [u for u in urls if not _local(u)] == []
+    assert [u for u in urls if not local(u)] == []
 
 
 def _refused_admin_call(entry: dict[str, Any]) -> bool:

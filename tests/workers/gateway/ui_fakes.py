@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.workers.exact_search import exact_search
 from workers.infra.vector_store import SearchResult
 
 K, DIM, ITEMS, MAXLEN = 2, 4, 40, 5
@@ -78,9 +79,8 @@ class Store:
         max_generation: int | None = None,
     ) -> SearchResult:
         self.searches += 1
-        scores = queries @ self.collections[name][1:].T
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        return SearchResult(ids=order + 1, scores=np.take_along_axis(scores, order, axis=1).astype(np.float32))
+        found = exact_search(self.collections[name], queries, top_k)
+        return SearchResult(ids=found.ids, scores=found.scores.astype(np.float32))
 
 
 @dataclass

@@ -19,6 +19,7 @@ import pytest
 from model.config import MindConfig
 from model.serving import ServingTower
 from schemas.messages import ClickEvent, RecallReply, RecallRequest
+from tests.workers.exact_search import exact_search
 from workers.infra.vector_store import SearchResult
 from workers.ingest.retention import Retention
 from workers.ingest.state_reader import Cursor, StateReader
@@ -151,9 +152,7 @@ class _ExactStore:
         with_versions: bool = True,
         max_generation: int | None = None,
     ) -> SearchResult:
-        scores = queries @ self.table[1:].T
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        return SearchResult(ids=order + 1, scores=np.take_along_axis(scores, order, axis=1))
+        return exact_search(self.table, queries, top_k)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
 from model.metrics import merge_interests
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from tests.workers.exact_search import exact_search
 from workers.infra.vector_store import PAD_ID, SearchResult
 from workers.recall.engine import RecallEngine, merge_scored
 
@@ -78,10 +79,7 @@ class FakeStore:
         self.calls.append((name, len(queries), top_k))
         if name in self.fail:
             raise self.fail[name]
-        table = self.tables[name]
-        scores = queries @ table[1:].T  # exact IP over items 1..n
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        return SearchResult(ids=order + 1, scores=np.take_along_axis(scores, order, axis=1))
+        return exact_search(self.tables[name], queries, top_k)
 
 
 class DictHistory:
