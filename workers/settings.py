@@ -276,7 +276,7 @@ class RecallSettings(_Section):
         ge=0,
         description="librdkafka fetch.wait.max.ms of request/reply consumers: how long an empty fetch waits on the "
         "broker. Kafka answers a waiting fetch as soon as a record arrives, so this costs no latency; a small value "
-        "only makes idle consumers poll the broker more often (10 ms: 4x the broker's idle CPU, docs/broker.md)",
+        "only makes idle consumers poll the broker more often (docs/broker.md)",
     )
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
     client_timeout_s: float = Field(

@@ -154,7 +154,6 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             # version retention (refresh.keep_versions) kept the newest ones besides what Milvus holds
             newest = sorted(on_disk, key=version_number)[-keep:]
             assert on_disk <= held | set(newest) | pointed_versions(registry.root), on_disk
-            assert len(seen) > keep or seen <= on_disk
         finally:
             running.clear()
             feeder.close()
