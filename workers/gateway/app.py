@@ -190,8 +190,10 @@ def create_app(
         """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry)."""
         # Awaited on the event loop (no thread-pool hop); encoded once by pydantic-core, without
         # FastAPI's re-validation of the reply and its jsonable_encoder pass.
-        status, reply = await recall.answer_async(request)
-        return Response(reply.model_dump_json(), status_code=status, media_type="application/json")
+        status, reply, ready = await recall.answer_timed(request)
+        response = Response(reply.model_dump_json(), status_code=status, media_type="application/json")
+        recall.observe_reply(ready)  # Starlette writes it after we return: that part is not measured here
+        return response
 
     @app.post("/rec/count", response_model=CountResult, responses=_ERRORS)
     def count() -> Any:

@@ -8,7 +8,8 @@ micro-batcher (:meth:`RecallService.answer_async`), one ``model_dump_json``. Any
 paths and methods, another content type, a body that does not validate — is handed to the FastAPI app
 unchanged (the body replayed), so error answers (422 with FastAPI's field details, 400, 413) and the
 OpenAPI schema stay exactly FastAPI's. It sits inside the metrics and body-limit middlewares, which
-therefore still see every request.
+therefore still see every request. Once the response is sent it observes the request's ``reply``
+stage (:meth:`RecallService.observe_reply`: reply ready -> event loop hand-off -> encoded -> sent).
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ class FastRecallMiddleware:
             await self.app(scope, _replay(body, receive), send)  # FastAPI answers with its own details
             return
         scope["route"] = _ROUTE
-        status, reply = await self.service.answer_async(request)
+        status, reply, ready = await self.service.answer_timed(request)
         payload = reply.model_dump_json().encode()
         headers = [(b"content-type", _JSON), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        self.service.observe_reply(ready)
 
 
 def _is_json(scope: Scope) -> bool:

@@ -13,6 +13,13 @@ batch with one ``call_soon_threadsafe``. That removes a thread hand-off each way
 thread pool's 40-thread cap on requests in flight. :meth:`RecallService.answer` (blocking) stays for
 callers without an event loop.
 
+Stage times (``mindstream_recall_stage_seconds`` on the gateway's registry): a request's ``wait`` runs
+from its arrival at the batcher (``answer``/``answer_timed`` queued it) until the batcher starts its
+batch; the engine's stages as :class:`StageTimes`, once per batch; ``reply`` from the moment the
+batch's replies were ready (before the hand-off to the event loop) until the response was written,
+observed by whoever writes it (:meth:`RecallService.observe_reply`: the ``/rec/recall`` fast path
+after its last ``send``, the FastAPI route once its response object is built).
+
 Error replies become HTTP statuses (:data:`STATUS`); their messages are fixed texts, never exception
 details: those are logged. When the engine fails because the live alias is gone (an operator
 dropped it, the engine still holds the old model), the answer is 503, not 500.
@@ -30,7 +37,7 @@ from typing import Final
 
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.infra.vector_store import VectorStore
-from workers.recall.engine import RecallEngine, Reply
+from workers.recall.engine import RecallEngine, Reply, StageTimes
 from workers.recall.metrics import RecallMetrics
 
 __all__ = ["STATUS", "RecallService"]
@@ -56,6 +63,7 @@ class _Job:
     reply: Reply | None = None
     abandoned: bool = False  # its caller timed out: not worth a search any more
     future: asyncio.Future[Reply] | None = None  # set for callers awaiting on an event loop
+    ready: float = 0.0  # perf_counter() when its reply was ready (the stage "reply" starts)
 
 
 def _resolve(jobs: list[_Job]) -> None:
@@ -112,16 +120,23 @@ class RecallService:
 
     def _answer(self, batch: list[_Job]) -> None:
         began = time.perf_counter()
+        self.metrics.observe_waits(began - job.started for job in batch)
+        stages = StageTimes()
         try:
-            replies = self.engine.answer([job.request for job in batch], min(job.started for job in batch))
+            replies = self.engine.answer(
+                [job.request for job in batch], min(job.started for job in batch), stages=stages
+            )
         except Exception as exc:  # the engine turns failures into replies; this is the last line of defence
             log.exception("recall batch failed")
             replies = [ErrorReply(code=ErrorCode.INTERNAL, message=f"recall failed: {type(exc).__name__}")] * len(batch)
         users = sum(job.request.n_users for job in batch)
-        self.metrics.observe_batch(len(batch), users, time.perf_counter() - began)
+        ready = time.perf_counter()
+        self.metrics.observe_batch(len(batch), users, ready - began)
+        self.metrics.observe_engine(stages)
         waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job, reply in zip(batch, replies, strict=True):
             job.reply = reply
+            job.ready = ready
             if job.future is None:
                 job.done.set()
             else:
@@ -152,6 +167,12 @@ class RecallService:
 
     async def answer_async(self, request: RecallRequest) -> tuple[int, Reply]:
         """As :meth:`answer`, awaiting on the running event loop instead of blocking a thread."""
+        status, reply, _ = await self.answer_timed(request)
+        return status, reply
+
+    async def answer_timed(self, request: RecallRequest) -> tuple[int, Reply, float]:
+        """As :meth:`answer_async`, plus the ``perf_counter()`` at which the reply was ready (its batch's
+        end, or the timeout): pass it to :meth:`observe_reply` once the response is written."""
         job = _Job(request, time.perf_counter(), future=asyncio.get_running_loop().create_future())
         self._jobs.put(job)
         assert job.future is not None
@@ -159,10 +180,15 @@ class RecallService:
             reply = await asyncio.wait_for(job.future, self.timeout_s)
         except TimeoutError:
             job.abandoned = True
+            job.ready = time.perf_counter()
             reply = ErrorReply(code=ErrorCode.TIMEOUT, message="recall timed out")
         if isinstance(reply, RecallReply):
-            return self._finish(job, reply)
-        return await asyncio.to_thread(self._finish, job, reply)  # may ask Milvus about the alias
+            return (*self._finish(job, reply), job.ready)
+        return (*await asyncio.to_thread(self._finish, job, reply), job.ready)  # may ask Milvus about the alias
+
+    def observe_reply(self, ready: float) -> None:
+        """The ``reply`` stage of one request: from ``ready`` (:meth:`answer_timed`) until now."""
+        self.metrics.observe_stage("reply", time.perf_counter() - ready)
 
     def _finish(self, job: _Job, reply: Reply) -> tuple[int, Reply]:
         self.metrics.latency.observe(time.perf_counter() - job.started)

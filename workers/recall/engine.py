@@ -26,6 +26,10 @@ Choices:
   otherwise. Absent or 0 takes the plain merge, unchanged. Scores in such a reply are the items' search
   scores, in pick order (no longer sorted).
 * An interest that is all zero (beyond a user's dynamic interest count) retrieves nothing.
+
+Stage timing: ``answer(..., stages=StageTimes())`` fills in the seconds the batch spent reading
+histories, in the tower, in the Milvus search and merging (:class:`StageTimes`; ``perf_counter``
+pairs only, replies unchanged). The callers put them into ``mindstream_recall_stage_seconds``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -42,7 +47,7 @@ from model.diversity import ItemFeatures, Similarity, greedy_select, merge_candi
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.infra.vector_store import PAD_ID, SearchResult, is_transient
 
-__all__ = ["HistorySource", "RecallEngine", "Reply", "merge_scored"]
+__all__ = ["HistorySource", "RecallEngine", "Reply", "StageTimes", "merge_scored"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,34 @@ def merge_scored(ids: np.ndarray, scores: np.ndarray, top_n: int) -> tuple[list[
     return ranked_ids[keep].tolist(), ranked_scores[keep].astype(float).tolist()
 
 
+@dataclass(slots=True)
+class StageTimes:
+    """Seconds one micro-batch spent in the engine's stages; ``None``: the stage did not run.
+
+    * ``history``: the history reads of its ``user_ids`` requests, summed (``None`` when none read any);
+    * ``tower``: the user tower pass (``served.tower.interests``) over all users of the batch;
+    * ``search``: the Milvus search round trip (a failed search included);
+    * ``merge``: from the search's return (the tower's, when no user had an interest to search) until
+      the batch's replies are built: dedupe by score, the diversity merge where asked, reply objects.
+
+    A batch recomputed after the alias moved (see the module doc) adds both passes.
+    """
+
+    history: float | None = None
+    tower: float | None = None
+    search: float | None = None
+    merge: float | None = None
+
+    def measured(self) -> list[tuple[str, float]]:
+        """``(stage, seconds)`` of the stages that ran, in pipeline order."""
+        stages = (("history", self.history), ("tower", self.tower), ("search", self.search), ("merge", self.merge))
+        return [(name, seconds) for name, seconds in stages if seconds is not None]
+
+
+def _plus(total: float | None, seconds: float) -> float:
+    return seconds if total is None else total + seconds
+
+
 class _RequestError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
@@ -150,9 +183,13 @@ class RecallEngine:
             return None
         return served.version
 
-    def answer(self, requests: Sequence[RecallRequest], started: float | None = None) -> list[Reply]:
-        """One reply per request; ``started`` (``time.perf_counter()``) is when the batch was received."""
+    def answer(
+        self, requests: Sequence[RecallRequest], started: float | None = None, *, stages: StageTimes | None = None
+    ) -> list[Reply]:
+        """One reply per request; ``started`` (``time.perf_counter()``) is when the batch was received;
+        ``stages``, when given, receives the batch's stage times (:class:`StageTimes`)."""
         started = time.perf_counter() if started is None else started
+        stages = StageTimes() if stages is None else stages
         if not requests:
             return []
         try:
@@ -163,13 +200,13 @@ class RecallEngine:
         if served is None:
             return [_error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet")] * len(requests)
         try:
-            return self._serve(served, requests, started)
+            return self._serve(served, requests, started, stages)
         except Exception as first:
             retry = self._after_failure(served, first)
             if retry is None:
                 return [_failure(first)] * len(requests)
             try:
-                return self._serve(retry, requests, started)
+                return self._serve(retry, requests, started, stages)
             except Exception as second:
                 return [_failure(second)] * len(requests)
 
@@ -185,25 +222,30 @@ class RecallEngine:
         log.info("search on %s failed (%s); alias moved to %s: retrying", served.collection, exc, fresh.collection)
         return fresh
 
-    def _histories(self, request: RecallRequest, maxlen: int) -> list[list[int]]:
+    def _histories(self, request: RecallRequest, maxlen: int, stages: StageTimes) -> list[list[int]]:
         if request.hist_item is not None:
             return [list(h) for h in request.hist_item]
         if self.history is None:
             raise _RequestError(ErrorCode.BAD_REQUEST, "user_ids need a history source: send hist_item")
+        began = time.perf_counter()
         try:
             return [self.history.history(user, maxlen) for user in request.user_ids or ()]
         except Exception as exc:
             log.exception("history lookup failed")
             raise _RequestError(ErrorCode.INTERNAL, f"history lookup failed: {exc}") from exc
+        finally:
+            stages.history = _plus(stages.history, time.perf_counter() - began)
 
-    def _serve(self, served: ServedModel, requests: Sequence[RecallRequest], started: float) -> list[Reply]:
+    def _serve(
+        self, served: ServedModel, requests: Sequence[RecallRequest], started: float, stages: StageTimes
+    ) -> list[Reply]:
         tower = served.tower
         replies: list[Reply | None] = [None] * len(requests)
         spans: list[tuple[int, int, int]] = []  # (request index, first user row, user count)
         histories: list[list[int]] = []
         for index, request in enumerate(requests):
             try:
-                users = self._histories(request, tower.maxlen)
+                users = self._histories(request, tower.maxlen, stages)
             except _RequestError as err:
                 replies[index] = err.reply
                 continue
@@ -215,8 +257,9 @@ class RecallEngine:
             for index, lo, n in spans:
                 lambdas[lo : lo + n] = [requests[index].diversity or 0.0] * n
                 cuts[lo : lo + n] = [requests[index].top_k] * n
-            items, scores = self._search(served, histories, top_k, lambdas, cuts)
-            took_ms = (time.perf_counter() - started) * 1000
+            items, scores = self._search(served, histories, top_k, stages, lambdas, cuts)
+            merged = time.perf_counter()
+            took_ms = (merged - started) * 1000
             for index, lo, n in spans:
                 cut = requests[index].top_k
                 replies[index] = RecallReply(
@@ -227,6 +270,7 @@ class RecallEngine:
                     collection=served.collection,
                     took_ms=took_ms,
                 )
+            stages.merge = _plus(stages.merge, time.perf_counter() - merged)  # the reply objects
         self.last_version = served.version
         return [r for r in replies if r is not None]
 
@@ -235,22 +279,34 @@ class RecallEngine:
         served: ServedModel,
         histories: list[list[int]],
         top_k: int,
+        stages: StageTimes,
         lambdas: Sequence[float] | None = None,
         cuts: Sequence[int] | None = None,
     ) -> tuple[list[list[int]], list[list[float]]]:
         """Merged candidates (up to ``top_k``; ``cuts[u]`` with ``lambdas[u]`` > 0) per user; empty lists
         for users without history."""
-        interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
+        began = time.perf_counter()
+        try:
+            interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
+        finally:
+            searching = time.perf_counter()
+            stages.tower = _plus(stages.tower, searching - began)
         users, k, dim = interests.shape
         active = np.flatnonzero(np.any(interests.reshape(users, -1) != 0, axis=1))
         items: list[list[int]] = [[] for _ in range(users)]
         scores: list[list[float]] = [[] for _ in range(users)]
         if active.size == 0:
+            stages.merge = _plus(stages.merge, time.perf_counter() - searching)
             return items, scores
         queries = interests[active].reshape(-1, dim)
-        result = self.store.search(
-            served.collection, queries, top_k, with_versions=False, max_generation=served.max_generation
-        )
+        searching = time.perf_counter()
+        try:
+            result = self.store.search(
+                served.collection, queries, top_k, with_versions=False, max_generation=served.max_generation
+            )
+        finally:
+            merging = time.perf_counter()
+            stages.search = _plus(stages.search, merging - searching)
         ids = result.ids.reshape(active.size, k, -1)
         signed = result.scores.reshape(active.size, k, -1) * self._sign
         silent = ~np.any(interests[active] != 0, axis=-1)  # [users, K]: interests switched off
@@ -267,6 +323,7 @@ class RecallEngine:
                 got_ids, got_scores = merge_scored(ids[row], signed[row], top_k)
             items[user] = got_ids
             scores[user] = [s * self._sign for s in got_scores]
+        stages.merge = _plus(stages.merge, time.perf_counter() - merging)
         return items, scores
 
     def diverse_merge(

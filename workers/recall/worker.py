@@ -8,6 +8,11 @@ broker acknowledged or definitively refused each reply, and only then store the 
 
 Several recall workers in one group share the requests topic's partitions.
 
+Stage times (``mindstream_recall_stage_seconds``): a request's ``wait`` runs from the moment the
+consumer handed it over (``poll`` returned the batch's first message, ``consume`` the rest) until its
+batch starts; the engine's stages as :class:`StageTimes`; ``reply`` from the engine's answers until
+every reply of the batch was produced *and acknowledged by the broker* (``flush``), once per batch.
+
 ``reply_to`` names a topic that may not exist yet: the producer asks for it the way any Kafka producer
 does, so a broker with ``auto.create.topics.enable=true`` (Kafka's default, and the embedded broker's)
 creates it and the reply is delivered. On a cluster with auto-creation off, the reply to an unknown
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
@@ -40,7 +45,7 @@ from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
-from workers.recall.engine import HistorySource, RecallEngine, Reply
+from workers.recall.engine import HistorySource, RecallEngine, Reply, StageTimes
 from workers.recall.live_model import LiveModel
 from workers.recall.metrics import RecallMetrics
 from workers.refresh.registry import ModelRegistry
@@ -86,7 +91,10 @@ class RecallWorker:
         reply_timeout_s: float,
         metrics: RecallMetrics,
         fetch_wait_max_ms: int = 500,
+        producer: Producer | None = None,
+        consumer: Consumer | None = None,
     ) -> None:
+        """``producer`` and ``consumer`` default to new clients on ``conf`` (tests pass their own)."""
         self.engine = engine
         self.replies_topic = replies_topic
         self.max_batch = max_batch
@@ -94,44 +102,56 @@ class RecallWorker:
         self.reply_timeout_s = reply_timeout_s
         self.metrics = metrics
         timeout_ms = max(1, int(reply_timeout_s * 1000))
-        self._producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
-        self._consumer = make_consumer(
-            conf, group_id, session_timeout_ms=session_timeout_ms, overrides={"fetch.wait.max.ms": fetch_wait_max_ms}
-        )
+        if producer is None:  # not `producer or ...`: a Producer's truth value is its queue length
+            producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
+        if consumer is None:
+            overrides: Conf = {"fetch.wait.max.ms": fetch_wait_max_ms}
+            consumer = make_consumer(conf, group_id, session_timeout_ms=session_timeout_ms, overrides=overrides)
+        self._producer, self._consumer = producer, consumer
         self._consumer.subscribe([requests_topic])
         self._undelivered: list[str] = []
         self._closed = False
 
-    def _take(self) -> list[Message]:
-        """A micro-batch: opened by the first message (waits up to IDLE_POLL_S), closed on size or time."""
+    def _take(self) -> tuple[list[Message], list[float]]:
+        """A micro-batch: opened by the first message (waits up to IDLE_POLL_S), closed on size or time;
+        with the ``perf_counter()`` at which the consumer handed each message over."""
         first = self._consumer.poll(IDLE_POLL_S)
         if first is None:
-            return []
+            return [], []
+        polled = time.perf_counter()
         rest = self._consumer.consume(self.max_batch - 1, self.max_wait_s) if self.max_batch > 1 else []
-        messages = []
-        for msg in [first, *rest]:
+        consumed = time.perf_counter()
+        messages, arrived = [], []
+        for msg, at in [(first, polled), *((m, consumed) for m in rest)]:
             error = msg.error()
             if error is None:
                 messages.append(msg)
+                arrived.append(at)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
-        return messages
+        return messages, arrived
 
     def run_once(self) -> int:
         """Answer one micro-batch; returns the number of requests answered (0 when idle)."""
-        messages = self._take()
+        messages, arrived = self._take()
         if not messages:
             return 0
         started = time.perf_counter()
+        self.metrics.observe_waits(started - at for at in arrived)
         pending = [_parse(msg, self.replies_topic) for msg in messages]
         good = [p for p in pending if p.request is not None]
-        answers = self.engine.answer([p.request for p in good if p.request is not None], started)
+        stages = StageTimes()
+        answers = self.engine.answer([p.request for p in good if p.request is not None], started, stages=stages)
         for p, answer in zip(good, answers, strict=True):
             p.reply = answer
         users = sum(p.request.n_users for p in good if p.request is not None)
-        self.metrics.observe_batch(len(messages), users, time.perf_counter() - started)
+        answered = time.perf_counter()
+        self.metrics.observe_batch(len(messages), users, answered - started)
+        self.metrics.observe_engine(stages)
+        producing = time.perf_counter()
         replies = [self._produce(p) for p in pending]
         self._flush()
+        self.metrics.observe_stage("reply", time.perf_counter() - producing)
         self._store_offsets(messages)
         elapsed = time.perf_counter() - started
         for _ in messages:

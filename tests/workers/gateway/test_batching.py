@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.gateway.recall import RecallService
 from workers.infra.vector_store import VectorStore
-from workers.recall.engine import RecallEngine, Reply
+from workers.recall.engine import RecallEngine, Reply, StageTimes
 from workers.recall.metrics import RecallMetrics
 
 
@@ -28,11 +28,15 @@ class SlowEngine:
         self.lock = threading.Lock()
         self.entered = threading.Event()  # set when the first batch reaches the engine
 
-    def answer(self, requests: Sequence[RecallRequest], started: float | None = None) -> list[Reply]:
+    def answer(
+        self, requests: Sequence[RecallRequest], started: float | None = None, *, stages: StageTimes | None = None
+    ) -> list[Reply]:
         with self.lock:
             self.batches.append(len(requests))
         self.entered.set()
         time.sleep(self.delay_s)
+        if stages is not None:
+            stages.search = self.delay_s
         if any(r.hist_item and r.hist_item[0][-1] == self.fail_on for r in requests):
             raise RuntimeError("boom: secret detail")
         return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, cast
 
 from fastapi import Body, FastAPI
@@ -15,14 +16,18 @@ from workers.gateway.recall import RecallService
 class FakeService:
     def __init__(self) -> None:
         self.seen: list[RecallRequest] = []
+        self.replies: list[float] = []  # the "reply" stage of each answered request
 
-    async def answer_async(self, request: RecallRequest) -> tuple[int, RecallReply]:
+    async def answer_timed(self, request: RecallRequest) -> tuple[int, RecallReply, float]:
         self.seen.append(request)
         items = [[h[-1]] for h in request.hist_item or []]
         reply = RecallReply(
             items=items, scores=[[0.5]] * len(items), model_version="v1", collection="c_v1", took_ms=1.0
         )
-        return 200, reply
+        return 200, reply, time.perf_counter()
+
+    def observe_reply(self, ready: float) -> None:
+        self.replies.append(time.perf_counter() - ready)
 
 
 def _client() -> tuple[TestClient, FakeService, list[Any]]:
@@ -53,6 +58,7 @@ def test_a_valid_body_is_answered_by_the_fast_path() -> None:
         ).model_dump(mode="json")
     }
     assert [req.top_k for req in service.seen] == [3] and routed == []
+    assert len(service.replies) == 1 and 0 <= service.replies[0] < 1.0  # observed once, after the send
 
 
 def test_an_invalid_body_reaches_fastapi_unchanged_and_gets_its_422() -> None:
