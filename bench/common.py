@@ -45,6 +45,14 @@ def emit(name: str, payload: dict[str, Any], *, envelope: bool = True) -> None:
     sys.stdout.write(text + "\n")
 
 
+def write_json(folder: Path, name: str, payload: dict[str, Any]) -> None:
+    """As ``emit(name, payload, envelope=False)``, into ``folder`` (``--results``, ``<results>/quick``)."""
+    text = json.dumps(payload, indent=2, default=str)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+
+
 def index_and_load(store: VectorStore, name: str, poll_s: float = 0.2) -> None:
     """Build the index of a flushed collection, wait until every row is indexed, load it."""
     rows = int(store.client.get_collection_stats(name).get("row_count", 0))  # flushed: exact

@@ -10,6 +10,17 @@ use of the stack's directory by part (``disk_bytes``: ``ingest_state``, ``checkp
 the clicks are drained: ``lost_clicks = sent - applied - dead-lettered``. Writes ``bench/results/soak.json``
 (or ``--out``) and ``soak.png``. ``bench.days`` runs it for days of traffic compressed into hours.
 
+Serving while the refresh worker works (:mod:`bench.stage_sampler`): every second the recall worker's and
+the gateway's stage histograms and the refresh worker's activity are scraped, and each second is *busy*
+(a round, a swap or a fast-path step seen in it; ``SoakConfig.busy_activities``) or *quiet*. Each window and
+the summary add ``stages`` (path -> ``busy``/``quiet`` -> stage -> p99 ms, from the bucket deltas of that
+class's seconds), ``busy_share``, ``activity_share``, ``p99_stage_busy`` (per path) and
+``p99_stage_busy_overall``; each window's ``kafka`` and ``http`` add ``p99_ms_busy``, ``p99_ms_quiet`` and
+``n_busy``, ``n_quiet``, ``failed_busy``, ``failed_quiet`` (requests by the class of the second they were
+sent in), the summary ``kafka_p99_ms_busy`` and the like. The summary adds ``freshness_run`` (the freshness
+histograms over the whole load) and ``live_model_age_s_run`` (percentiles of the live model's age read every
+second). The sampler costs each of the three workers one ``/metrics`` page per second.
+
     python -m bench.soak --duration 7200
     python -m bench.soak --duration 1200 --window 120      # what fits in a working session
 """
@@ -34,12 +45,14 @@ import psutil
 
 from bench.common import disk_usage, emit
 from bench.stack import LiveStack, StackConfig, percentiles
+from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
 from model.data.synthetic import synthetic_dataset
 from model.export import external_heldout
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
 from workers.infra.kafka import make_admin
 from workers.infra.ports import free_port
 from workers.recall.client import RecallClient
+from workers.refresh.metrics import ACTIVITIES
 from workers.runtime import StopFlag
 from workers.settings import StreamSettings
 from workers.status import Buckets, scrape, scrape_histograms, window_quantile
@@ -64,6 +77,7 @@ class SoakConfig:
     refresh_interval_s: float = 30.0
     drain_s: float = 180.0
     base_batches: int = 200
+    busy_activities: tuple[str, ...] = ACTIVITIES  # what makes a second busy (bench.stage_sampler)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,6 +115,24 @@ class _Recorder:
             "timeouts": sum(o.kind == "timeout" for o in inside),
             "errors": sum(o.kind == "error" for o in inside),
         }
+
+    def by_class(
+        self, path: str, intervals: Sequence[Interval], lo: float = -np.inf, hi: float = np.inf
+    ) -> dict[str, float | int | None]:
+        """Per class of the second they were sent in: the p99 (ms) and count of the requests sent in
+        ``[lo, hi)`` that were answered, and the count of those that failed (error or timeout).
+        ``intervals``: every one of the run, so that a request near a window's edge is found."""
+        with self.lock:
+            inside = [o for o in self.outcomes[path] if lo <= o.due < hi]
+        labels = request_classes(intervals, [o.due for o in inside])
+        out: dict[str, float | int | None] = {}
+        for label in CLASSES:
+            mine = [o for o, c in zip(inside, labels, strict=True) if c == label]
+            ms = [o.ms for o in mine if o.ms is not None]
+            out[f"p99_ms_{label}"] = percentiles(ms)["p99"]
+            out[f"n_{label}"] = len(ms)
+            out[f"failed_{label}"] = len(mine) - len(ms)
+        return out
 
 
 def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
@@ -234,9 +266,22 @@ def disk_parts(stack: LiveStack) -> tuple[dict[str, Path], list[Path]]:
     return parts, [stack.workdir, s.state_dir]
 
 
+def _sampler(stack: LiveStack, env: dict[str, str], busy_activities: Sequence[str]) -> StageSampler:
+    """The stage sampler on the recall worker's (``MINDSTREAM_RECALL__METRICS_PORT`` of ``env``), the
+    gateway's and the refresh worker's ``/metrics``."""
+    recall = f"http://127.0.0.1:{env['MINDSTREAM_RECALL__METRICS_PORT']}/metrics"
+    refresh = f"http://127.0.0.1:{stack.refresh_metrics_port}/metrics"
+    urls = {"kafka": recall, "http": f"{stack.http_url}/metrics", "refresh": refresh}
+    return StageSampler(urls, busy_activities=busy_activities)
+
+
 def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
     ingest_port = free_port()
-    env = {"MINDSTREAM_INGEST__METRICS_PORT": str(ingest_port), **cfg.env}
+    env = {
+        "MINDSTREAM_INGEST__METRICS_PORT": str(ingest_port),
+        "MINDSTREAM_RECALL__METRICS_PORT": str(free_port()),
+        **cfg.env,
+    }
     stack_cfg = StackConfig(
         items=cfg.items,
         base_batches=cfg.base_batches,
@@ -275,7 +320,9 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             )
         procs = _Processes(stack.processes())
         windows: list[dict[str, Any]] = []
+        sampler = _sampler(stack, env, cfg.busy_activities).start()
         _, refresh0, hist0 = _metrics(stack, ingest_port)
+        hist_start = hist0
         t0 = time.monotonic()
         for thread in threads:
             thread.start()
@@ -287,11 +334,12 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                 stack.check_alive()
                 ingest, refresh, hist = _metrics(stack, ingest_port)
                 time.sleep(min(6.0, cfg.window_s / 4))  # let the window's last requests finish
+                every = sampler.intervals()
                 windows.append(
                     {
                         "t_end_s": round(hi - t0, 1),
-                        "kafka": rec.window("kafka", lo, hi),
-                        "http": rec.window("http", lo, hi),
+                        "kafka": {**rec.window("kafka", lo, hi), **rec.by_class("kafka", every, lo, hi)},
+                        "http": {**rec.window("http", lo, hi), **rec.by_class("http", every, lo, hi)},
                         "swaps": refresh.get("mindstream_swaps_total", 0) - refresh0.get("mindstream_swaps_total", 0),
                         "live_model_age_s": refresh.get("mindstream_live_model_age_seconds"),
                         "freshness": _freshness(hist0, hist),
@@ -303,6 +351,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                         "users_clicked": int(clicked.sum()),
                         "disk_bytes": disk_usage(parts, other_roots),
                         "load_average": [round(x, 2) for x in os.getloadavg()],
+                        **stage_summary(sampler.intervals(lo, hi)),
                     }
                 )
                 print(f"window {len(windows)}: {windows[-1]}", flush=True)
@@ -311,6 +360,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             stop.set("duration reached")
             for thread in threads:
                 thread.join(timeout=60)
+            sampler.stop()
             # requests still in flight get their answer or their timeout before the client closes:
             # closing would cut them off, and they would count as failed replies of the stack
             settle = time.monotonic() + stack.settings.recall.client_timeout_s + 2.0
@@ -333,7 +383,28 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             "stream_users": len(users),
             "disk_bytes_end": disk_usage(parts, other_roots),  # after the drain
         }
-    return {**_summary(cfg, windows, rec, sender, applied, dead, rounds, drained_s), **end}
+        run = {
+            **_serving_while_busy(rec, sampler, t0, t0 + cfg.duration_s),
+            "freshness_run": _freshness(hist_start, hist0),  # hist0: the last window's end
+            "live_model_age_s_run": percentiles(sampler.model_ages(t0, t0 + cfg.duration_s)),  # every second
+        }
+    return {**_summary(cfg, windows, rec, sender, applied, dead, rounds, drained_s), **run, **end}
+
+
+def _serving_while_busy(rec: _Recorder, sampler: StageSampler, lo: float, hi: float) -> dict[str, Any]:
+    """The busy/quiet figures of the whole load (``[lo, hi)``): the stage table and shares of
+    :func:`bench.stage_sampler.stage_summary`, and each path's p99 of busy and quiet requests."""
+    every = sampler.intervals()
+    out: dict[str, Any] = stage_summary(sampler.intervals(lo, hi))
+    for path in ("kafka", "http"):
+        for key, value in rec.by_class(path, every, lo, hi).items():
+            out[f"{path}_{key}"] = value
+    out["stage_sampler"] = {
+        "every_s": sampler.every_s,
+        "scrapes": sampler.scrapes,
+        "busy_activities": sampler.busy_activities,
+    }
+    return out
 
 
 def _ratio(first: float | None, last: float | None) -> float | None:

@@ -36,5 +36,12 @@ def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
     last = result["windows"][-1]
     assert last["broker_topics"]["reply_topics"] == 1  # the one client's private reply topic, fixed
     assert last["broker_topics"]["disk_mb"] > 0  # the broker's log is on disk
+    # the stage sampler: every second scraped and classed, both paths' stage tables, rounds seen
+    assert set(last["stages"]) == {"kafka", "http"} and set(last["stages"]["kafka"]) == {"busy", "quiet"}
+    assert result["sampled_s"] > 0.8 * cfg.duration_s and result["stage_sampler"]["scrapes"] > 0.8 * cfg.duration_s
+    assert result["activity_share"]["round"] > 0 and 0 < result["busy_share"] <= 1
+    assert result["kafka_n_busy"] + result["kafka_n_quiet"] > 0.8 * result["kafka_requests"]
+    assert result["p99_stage_busy_overall"]["stage"] in ("wait", "history", "tower", "search", "merge", "reply")
+    assert result["live_model_age_s_run"]["n"] > 0 and "new_item" in result["freshness_run"]
     plot(result, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 0

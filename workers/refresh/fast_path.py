@@ -41,7 +41,7 @@ from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import StoredClick
 from workers.refresh.generations import Generations
-from workers.refresh.metrics import RefreshMetrics
+from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import partition_name
 from workers.settings import Settings
@@ -188,6 +188,12 @@ class FastPath:
         candidates = [i for i in self.pending if i not in announced]
         if not candidates:
             return None
+        with in_progress(self.metrics, "fast_path"):
+            return self._add(live, candidates, began)
+
+    def _add(self, live: _Live, candidates: list[int], began: float) -> StepReport | None:
+        """Embed the candidates, insert those with context as generation g + 1, verify and announce it
+        (the ``fast_path`` activity); ``began``: when the step started (its report's seconds)."""
         ids, vectors, waiting = self._vectors(live, candidates)
         if not ids:
             return None

@@ -1,12 +1,45 @@
-"""Prometheus metrics of the refresh worker (the dual-store swap), on an injected registry."""
+"""Prometheus metrics of the refresh worker (the dual-store swap), on an injected registry.
+
+What the worker is doing now: ``mindstream_refresh_activity{activity}`` is 1 while an activity of
+:data:`ACTIVITIES` is in progress and 0 otherwise, and ``mindstream_refresh_activity_started_total
+{activity}`` counts those started, so that a scraper sampling every second still sees one shorter
+than its period (the counter moved). Where each one begins and ends:
+
+* ``round``: a major round, :meth:`RefreshWorker.run_round` from its start to its end: the publish
+  lock (normally free at once), the clean-up of old collections, reading the round's clicks,
+  training, publishing and sealing (``swap`` below), pruning old model directories, and the memory
+  release after it (a full garbage collection and ``malloc_trim``, CPU work on a large heap).
+* ``swap``: the Milvus side of a round, from :meth:`Publisher.publish` (export of the item table,
+  the shadow collection created, indexed and loaded, the rows inserted, verification by count,
+  probe and quality gate, ``alter_alias``) through recording the swap to :meth:`Publisher.seal`
+  (the flush). That is where Milvus does the heavy work of a round (loading, inserting, the
+  verification searches, sealing segments); a ``VerifyError`` ends it too. It lies inside ``round``.
+  The index built over the sealed segments afterwards runs in Milvus' background and the recall
+  workers switch to the new version when they next resolve the alias: neither is covered.
+* ``fast_path``: a fast-path step with candidate items (:meth:`FastPath.step`: new items the live
+  version does not hold yet), from embedding them (the ``steps`` cold-start rule runs optimiser
+  steps: CPU work beside serving) through inserting the rows into the live collection and
+  verifying them to announcing the generation. A step whose candidates all still wait for context
+  counts too (its embedding ran, nothing was inserted); a step with no candidate does not: it only
+  read the new clicks.
+
+The bootstrap publish (before anything is served) and a rollback (an alias move, no heavy work) are
+none of them. The gauge is incremented and decremented (``Gauge.inc``/``dec``), so it reads the number of that
+activity in progress: 0 or 1, as each runs on one thread at a time (the major loop: ``round`` and
+``swap``; the fast-path thread: ``fast_path``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PHASES = ("read", "prepare", "train", "export", "index", "insert", "verify", "swap", "seal", "fast_path")
+ACTIVITIES: Final = ("round", "swap", "fast_path")
 FRESHNESS_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 
 
@@ -65,6 +98,34 @@ class RefreshMetrics:
         self.orphans_dropped = Counter(
             "mindstream_collections_dropped_total", "Orphan or expired collections dropped", registry=registry
         )
+        self.activity = Gauge(
+            "mindstream_refresh_activity",
+            "1 while the activity (round, swap, fast_path) is in progress, else 0",
+            ["activity"],
+            registry=registry,
+        )
+        # Not mindstream_refresh_activity_total: a counter's family would be named like the gauge.
+        self.activity_started = Counter(
+            "mindstream_refresh_activity_started",
+            "Activities (round, swap, fast_path) started",
+            ["activity"],
+            registry=registry,
+        )
+        self._activity = {
+            a: (self.activity.labels(activity=a), self.activity_started.labels(activity=a)) for a in ACTIVITIES
+        }
+
+    @contextlib.contextmanager
+    def during(self, activity: str) -> Iterator[None]:
+        """``with metrics.during("swap"):``: the activity (one of :data:`ACTIVITIES`) counted as started
+        and in progress until the block ends, by an exception too."""
+        gauge, started = self._activity[activity]
+        started.inc()
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     def _age(self) -> float:
         created = self.live_created._value.get()
@@ -81,3 +142,8 @@ class RefreshMetrics:
         self.live_version.set(int(version.lstrip("v")))
         self.live_created.set(created_at)
         self.live_generation.set(generation)
+
+
+def in_progress(metrics: RefreshMetrics | None, activity: str) -> contextlib.AbstractContextManager[None]:
+    """:meth:`RefreshMetrics.during`, or nothing where a worker runs without metrics."""
+    return metrics.during(activity) if metrics is not None else contextlib.nullcontext()

@@ -31,7 +31,7 @@ from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.ingest.state_store import StoredClick
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
-from workers.refresh.metrics import RefreshMetrics
+from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
@@ -260,11 +260,13 @@ class RefreshWorker:
         return vocab, active
 
     def run_round(self, *, force: bool = False) -> RoundReport | None:
-        try:
-            with self._publishing():
-                return self._round(force)
-        finally:
-            log.debug("round memory released in %.3f s", release_round_memory())
+        """One round (the ``round`` activity, memory release included; the ``swap`` inside it)."""
+        with in_progress(self.metrics, "round"):
+            try:
+                with self._publishing():
+                    return self._round(force)
+            finally:
+                log.debug("round memory released in %.3f s", release_round_memory())
 
     def _round(self, force: bool) -> RoundReport | None:
         state = RefreshState.load(self.state_path)
@@ -287,44 +289,53 @@ class RefreshWorker:
         self._phase(report, "read", read_s)
         if self.metrics:
             self.metrics.rounds.inc()
-        try:
-            t0 = time.perf_counter()
-            cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
-            vocab, keep = self.round_vocab(live, events)
-            if keep is not None:
-                vocab, _ = vocab.compact(keep)
-                log.info("compacting the item table: %d expired rows dropped", live.manifest.item_count - len(vocab))
-            sequences, vocab = self.training_set(users, vocab)
-            trainer = Trainer(sequences, self.settings.mind, cfg, init=live, vocab=vocab, keep_rows=keep)
-            self.segments.update((e.item_id, e.segment) for e in events)
-            t1 = time.perf_counter()
-            self._phase(report, "prepare", t1 - t0)
-            train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
-            ckpt = trainer.checkpoint(self.registry.root, {"events": len(events), "users": len(users)}, best=False)
-            report.train_seconds = time.perf_counter() - t1
-            self._phase(report, "train", report.train_seconds)
-            report.published = self.publisher.publish(ckpt, state, quality=self.quality)
-        except VerifyError as exc:
-            report.error = str(exc)
-            log.error("refresh aborted, live unchanged: %s", exc)
-            if self.metrics:
-                self.metrics.failures.labels(reason="verify").inc()
+        ckpt = self._train(report, state, live, events, users)
+        with in_progress(self.metrics, "swap"):
+            try:
+                report.published = self.publisher.publish(ckpt, state, quality=self.quality)
+            except VerifyError as exc:
+                report.error = str(exc)
+                log.error("refresh aborted, live unchanged: %s", exc)
+                if self.metrics:
+                    self.metrics.failures.labels(reason="verify").inc()
+                state.rounds += 1
+                state.save(self.state_path)  # the cursor stays: the next round retries with these events
+                return report
+            self._click_to_version(report, events)
+            state.cursor = cursor.to_json()
+            state.events_seen += len(events)
             state.rounds += 1
-            state.save(self.state_path)  # the cursor stays: the next round retries with these events
-            return report
-        self._click_to_version(report, events)
-        state.cursor = cursor.to_json()
-        state.events_seen += len(events)
-        state.rounds += 1
-        state.swaps += 1
-        state.save(self.state_path)
-        self._set_live(ckpt)
-        self.publisher.seal(report.published)  # after the state write: alter_alias and the record stay close
+            state.swaps += 1
+            state.save(self.state_path)
+            self._set_live(ckpt)
+            self.publisher.seal(report.published)  # after the state write: alter_alias and the record stay close
         report.pruned += self.prune_versions()  # the new version counts among the newest kept
         if self.metrics:
             self.metrics.swaps.inc()
             self.metrics.events_trained.inc(len(events))
         return report
+
+    def _train(
+        self, report: RoundReport, state: RefreshState, live: Checkpoint, events: list[StoredClick], users: list[int]
+    ) -> Checkpoint:
+        """The round's vocabulary and training set, the live model trained further on them, saved as the
+        next version (the phases ``prepare`` and ``train``)."""
+        t0 = time.perf_counter()
+        cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
+        vocab, keep = self.round_vocab(live, events)
+        if keep is not None:
+            vocab, _ = vocab.compact(keep)
+            log.info("compacting the item table: %d expired rows dropped", live.manifest.item_count - len(vocab))
+        sequences, vocab = self.training_set(users, vocab)
+        trainer = Trainer(sequences, self.settings.mind, cfg, init=live, vocab=vocab, keep_rows=keep)
+        self.segments.update((e.item_id, e.segment) for e in events)
+        t1 = time.perf_counter()
+        self._phase(report, "prepare", t1 - t0)
+        train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
+        ckpt = trainer.checkpoint(self.registry.root, {"events": len(events), "users": len(users)}, best=False)
+        report.train_seconds = time.perf_counter() - t1
+        self._phase(report, "train", report.train_seconds)
+        return ckpt
 
     def _click_to_version(self, report: RoundReport, events: list[StoredClick]) -> None:
         """Click -> live in this version, for a sample of the round's clicks (plausible event times)."""
