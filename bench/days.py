@@ -12,6 +12,7 @@ warm-up window used).
     python -m bench.days                                          # 2 h + start and drain
     python -m bench.days --quick                                  # 3-minute smoke, results/quick/
     python -m bench.days --duration 1200 --window 120 --warmup-s 600
+    python -m bench.days --heap-profile                           # and the refresh worker's heap profile
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine
+from bench.common import RESULTS, machine, write_json
+from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 
 PARTS = ("ingest_state", "checkpoints", "models", "milvus", "broker", "other")
 KEYS = (
@@ -154,14 +156,6 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
     return summary, details
 
 
-def _write(out: Path, name: str, payload: dict[str, Any]) -> None:
-    """As ``bench.common.emit(name, payload, envelope=False)``, into ``out``."""
-    text = json.dumps(payload, indent=2, default=str)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(text + "\n")
-    sys.stdout.write(text + "\n")
-
-
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -183,6 +177,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--refresh-interval", type=float, default=30.0)
     p.add_argument("--drain", type=float, default=180.0, help="seconds to wait for the clicks after the load")
     p.add_argument("--base-batches", type=int, default=200)
+    p.add_argument(
+        "--heap-profile",
+        action="store_true",
+        help="run the refresh worker with MINDSTREAM_REFRESH__HEAP_PROFILE=true; its profile goes into the details",
+    )
     p.add_argument("--tmpdir", type=Path, help="where the stack's work directory is made (default: the system's)")
     p.add_argument("--results", type=Path, help="output folder (default: bench/results, --quick: its quick/)")
     p.add_argument("--out", default="days", help="<out>.json and <out>_details.json")
@@ -209,15 +208,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         refresh_interval_s=args.refresh_interval,
         drain_s=args.drain,
         base_batches=args.base_batches,
+        env={"MINDSTREAM_REFRESH__HEAP_PROFILE": "true"} if args.heap_profile else {},
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
     load = {"before": _load()}
     began = time.strftime("%Y-%m-%d %H:%M:%S")
     with tempfile.TemporaryDirectory(prefix="days-", dir=args.tmpdir) as tmp:
         soak = run_soak(cfg, Path(tmp))
+        profile = next(Path(tmp).rglob(HEAP_PROFILE_FILE), None)  # the refresh worker's, with --heap-profile
+        heap_profile = json.loads(profile.read_text()) if profile is not None else None
     load["after"] = _load()
     summary, details = summarize(soak, args.warmup_s)
-    _write(
+    write_json(
         out,
         f"{args.out}_details",
         {
@@ -229,10 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": cfg.__dict__,
             "load_average": load,
             **details,
+            "refresh_heap_profile": heap_profile,
             "soak": {k: v for k, v in soak.items() if k != "windows"},
         },
     )
-    _write(out, args.out, summary)
+    write_json(out, args.out, summary)
     return 0
 
 

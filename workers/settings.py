@@ -263,6 +263,11 @@ class RefreshSettings(_Section):
         description="CPU niceness of the refresh worker's major rounds: training yields to serving and to the "
         "fast path",
     )
+    heap_profile: bool = Field(
+        False,
+        description="Diagnostic: trace Python allocations and write <refresh dir>/heap_profile.json after every "
+        "major round (RSS, traced and untraced memory, the lines that grew most); slows the worker",
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 

@@ -31,6 +31,8 @@ from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.ingest.state_store import StoredClick
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
+from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
+from workers.refresh.heap_profile import HeapProfile
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
@@ -379,11 +381,16 @@ class RefreshWorker:
             fast.start()
         if nice:  # every thread but the fast path's (training threads started later inherit it)
             nice_threads(nice, keep={fast.native_id} if fast.native_id is not None else set())
+        heap = HeapProfile(self.state_path.parent / HEAP_PROFILE_FILE) if self.cfg.heap_profile else None
+        if heap is not None:
+            heap.start()
         try:
-            self._major_loop(stop)
+            self._major_loop(stop, heap)
         finally:
             if fast.is_alive():
                 fast.join(timeout=30)
+            if heap is not None:
+                heap.stop()
 
     def _fast_loop(self, stop: StopFlag) -> None:
         """Fast-path steps every ``fast_path_interval_s`` until asked to stop (also during a round)."""
@@ -398,7 +405,7 @@ class RefreshWorker:
                 if self.metrics:
                     self.metrics.failures.labels(reason="fast_path").inc()
 
-    def _major_loop(self, stop: StopFlag) -> None:
+    def _major_loop(self, stop: StopFlag, heap: HeapProfile | None = None) -> None:
         while not stop.is_set():
             state = RefreshState.load(self.state_path)
             run, forced = self.due(state)
@@ -407,6 +414,9 @@ class RefreshWorker:
                     report = self.run_round(force=forced)
                     if report is not None:
                         log.info("refresh round: %s", report.as_dict())
+                        if heap is not None:
+                            sample = heap.after_round()
+                            log.info("heap profile: %s", {k: v for k, v in sample.items() if k.endswith("_mb")})
                 except Exception:
                     log.exception("refresh round failed; live unchanged, retrying next round")
                     if self.metrics:
