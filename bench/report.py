@@ -264,6 +264,66 @@ def rows_soak(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_days(r: dict[str, Any]) -> list[Row]:
+    where = f"{_num(r.get('duration_s', 0) / 3600, 1)} h, {_num(r.get('clicks_sent'))} clicks"
+    disk = r.get("disk_mb_last") or {}
+    return [
+        ("days", f"largest RSS growth, last / 30-min window ({where})", _num(r.get("rss_growth_ratio_after_warmup"), 3),
+         "<= 1.2x", ""),
+        ("days", "state disk growth, last / 30-min window", _num(r.get("disk_growth_ratio_after_warmup"), 3), "<= 1.2x",
+         ""),
+        ("days", "lost clicks / failed replies", f"{_num(r.get('lost_clicks'))} / {_num(r.get('failed_replies'))}",
+         "0 / 0", ""),
+        ("days", "ingest state bytes per user / disk MB at the end",
+         f"{_num(r.get('state_bytes_per_user'), 0)} / {_num(disk.get('total'), 0)}", "", ""),
+    ]  # fmt: skip
+
+
+def _mean(table: dict[str, Any], key: str, metric: str) -> float | None:
+    value = (table.get(key) or {}).get(metric) or {}
+    mean = value.get("mean") if isinstance(value, dict) else None
+    return float(mean) if isinstance(mean, int | float) else None
+
+
+def rows_multi_interest(r: dict[str, Any], name: str = "multi_interest") -> list[Row]:
+    std, mixed = r.get("standard") or {}, r.get("mixed") or {}
+    k1_rec, k1_cov = _mean(std, "k1", "recall@50"), _mean(std, "k1", "coverage@50")
+    best: tuple[str, float, float] | None = None  # (config, coverage ratio, recall ratio) at <= 5% recall cost
+    for key in std:
+        rec, cov = _mean(std, key, "recall@50"), _mean(std, key, "coverage@50")
+        if key.startswith("k1") or rec is None or cov is None or not k1_rec or not k1_cov:
+            continue
+        if rec / k1_rec >= 0.95 and (best is None or cov / k1_cov > best[1]):
+            best = (key, cov / k1_cov, rec / k1_rec)
+    cost = r.get("serving_cost_ms") or {}
+    return [
+        (name, "mixed tastes Recall@50, K=4 vs K=1",
+         f"{_num(_mean(mixed, 'k4', 'recall@50'), 4)} vs {_num(_mean(mixed, 'k1', 'recall@50'), 4)}", ">= 1.10x",
+         _ratio(_mean(mixed, "k4", "recall@50"), _mean(mixed, "k1", "recall@50"), 3)),
+        (name, "standard: best K>=2 coverage@50 vs K=1 at <= 5% Recall cost",
+         f"{best[0]}: recall {best[2]:.3f}x" if best else "none within 5%", ">= 1.3x",
+         f"{best[1]:.3f}x" if best else "-"),
+        (name, "engine ms per request, lambda 0 -> 0.5 (K=4, top_k 50)",
+         f"{_num(cost.get('lambda_0'), 3)} -> {_num(cost.get('lambda_0.5'), 3)}", "<= +1 ms", ""),
+    ]  # fmt: skip
+
+
+def rows_serving_under_load(r: dict[str, Any]) -> list[Row]:
+    where = f"{_num(r.get('soak_minutes'), 0)}-min soak"
+    return [
+        ("serving_under_load", f"Kafka / HTTP p99 ms, worst window ({where})",
+         f"{_num(r.get('kafka_p99_ms_max_window'))} / {_num(r.get('http_p99_ms_max_window'))}", "<= 50 / 30", ""),
+        ("serving_under_load", "Kafka / HTTP p99 ms during a round or swap",
+         f"{_num(r.get('kafka_p99_ms_during_round'))} / {_num(r.get('http_p99_ms_during_round'))}",
+         f"stage: {r.get('p99_stage_during_round') or '-'}", ""),
+        ("serving_under_load", "model age / new item p99 s",
+         f"{_num(r.get('model_age_p99_s'), 1)} / {_num(r.get('new_item_p99_s'), 1)}", "<= 60 / 5", ""),
+        ("serving_under_load", "idle HTTP p99 ms at 300 req/s / capacity req/s",
+         f"{_num(r.get('http_p99_ms_at_300_idle'))} / {_num(r.get('http_capacity_rps_idle'), 0)}", "<= 25 / >= 800",
+         ""),
+    ]  # fmt: skip
+
+
 def rows_summary(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for step in r.get("steps", []):
@@ -285,6 +345,10 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         ("swap_impact", rows_swap),
         ("memory", rows_memory),
         ("soak", rows_soak),
+        ("days", rows_days),
+        ("serving_under_load", rows_serving_under_load),
+        ("multi_interest", rows_multi_interest),
+        ("multi_interest_amazonbook", functools.partial(rows_multi_interest, name="multi_interest_amazonbook")),
         ("summary", rows_summary),
     ]
     rows: list[Row] = []
