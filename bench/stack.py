@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -150,7 +151,13 @@ class LiveStack:
         self.settings = Settings(
             state_dir=workdir / "state",
             # the workers' index (child_env) and the one this process searches with must agree
-            milvus=MilvusSettings.model_validate({"index_type": cfg.env.get("MINDSTREAM_MILVUS__INDEX_TYPE", "HNSW")}),
+            # and the embedded server this process starts takes the configured milvus.yaml overrides
+            milvus=MilvusSettings.model_validate(
+                {
+                    "index_type": cfg.env.get("MINDSTREAM_MILVUS__INDEX_TYPE", "HNSW"),
+                    "embedded_config": json.loads(cfg.env.get("MINDSTREAM_MILVUS__EMBEDDED_CONFIG", "{}")),
+                }
+            ),
             mind=MindConfig(),
             train=TrainConfig(),
         )
@@ -175,7 +182,9 @@ class LiveStack:
         began = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.broker = self._stack.enter_context(KafkaCluster(self.workdir / "kafka"))
-        self.milvus = self._stack.enter_context(EmbeddedMilvus(self.workdir / "milvus", port=free_port()))
+        self.milvus = self._stack.enter_context(
+            EmbeddedMilvus(self.workdir / "milvus", port=free_port(), config=self.settings.milvus.embedded_config)
+        )
         self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
         self.settings = self.settings.model_copy(update={"kafka": self.kafka})
         ensure_stack_topics(self.kafka.client_config(), self.kafka)

@@ -6,10 +6,11 @@ Environment variables: prefix ``MINDSTREAM_``, nested sections joined with ``__`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, StrictInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig
@@ -17,6 +18,8 @@ from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
 from model.data.custom import dataset_name, load_path
 from model.data.items import ItemCatalogue, find_item_file, read_item_file
 from model.data.movielens import locate_ml100k, ml100k_items
+
+_DOTTED_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 
 
 class _Section(BaseModel):
@@ -39,6 +42,20 @@ class MilvusSettings(_Section):
     search_ef: int = Field(128, ge=1, description="HNSW ef at search time (>= top_k)")
     insert_batch: int = Field(10_000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    embedded_config: dict[str, StrictBool | StrictInt | StrictFloat | str] = Field(
+        {},
+        description="milvus.yaml keys (dotted, e.g. queryNode.scheduler.maxReadConcurrentRatio) set for the embedded "
+        "server, over its shipped limits (docs/retention.md); as JSON in the environment; a key its milvus.yaml "
+        "template lacks is refused at start",
+    )
+
+    @field_validator("embedded_config")
+    @classmethod
+    def _dotted_keys(cls, value: dict[str, bool | int | float | str]) -> dict[str, bool | int | float | str]:
+        bad = [key for key in value if not _DOTTED_KEY.fullmatch(key)]
+        if bad:
+            raise ValueError(f"not a dotted milvus.yaml key: {bad} (expected e.g. 'queryNode.scheduler.cpuRatio')")
+        return value
 
 
 class KafkaSettings(_Section):

@@ -60,15 +60,51 @@ class EmbeddedConfig(MilvusServerConfig):
     and write that file next to ``milvus.yaml``.
     """
 
-    def __init__(self, base_dir: Path, port: int, host: str, *, session_ttl_s: int) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int,
+        host: str,
+        *,
+        session_ttl_s: int,
+        overrides: Mapping[str, bool | int | float | str] | None = None,
+    ) -> None:
         super().__init__(data_dir=str(base_dir), proxy_port=port)
         for component in _COMPONENTS:
             self.set(f"{component}.ip", host)
         self.set("common.gracefulStopTimeout", _GRACEFUL_STOP_S)
         self.set("common.session.ttl", session_ttl_s)
-        for key, value in EMBEDDED_LIMITS.items():
-            self.set(key, value)
+        self._check_overrides(overrides or {})
+        # what write_config must find in milvus.yaml: the shipped limits, then the operator's overrides
+        self.expected: dict[str, str] = {}
+        for key, value in {**EMBEDDED_LIMITS, **(overrides or {})}.items():
+            text = _yaml_text(value)
+            self.set(key, text)
+            self.expected[key] = text
         self.etcd_peer_port = 0
+
+    def _check_overrides(self, overrides: Mapping[str, object]) -> None:
+        """Refuse what would be ignored or would break the embedded server: a key its template lacks (the
+        package rewrites only keys it has) or one the package and this class manage (ports, addresses,
+        directories: ``{{ ... }}`` placeholders in the template, ``*.ip``, the etcd config path)."""
+        template = self.template_text
+        unknown = [key for key in overrides if yaml_value(template, key) is None]
+        if unknown:
+            raise ValueError(
+                f"milvus.embedded_config: {unknown} not in this milvus package's milvus.yaml "
+                f"(milvus {_package_version()}): check the key's spelling and section"
+            )
+        managed = [
+            key
+            for key in overrides
+            if "{{" in (yaml_value(template, key) or "")
+            or key in {f"{c}.ip" for c in _COMPONENTS} | {"etcd.config.path"}
+        ]
+        if managed:
+            raise ValueError(
+                f"milvus.embedded_config: {managed} are set by the embedded server itself (ports, "
+                "addresses, directories): use an external Milvus (MINDSTREAM_MILVUS__URI) to choose them"
+            )
 
     def resolve_port(self, port_start: int) -> tuple[int | None, socket.socket | None]:
         """Internal ports: let the OS pick free ones.
@@ -124,9 +160,23 @@ class EmbeddedConfig(MilvusServerConfig):
         if patched == text:
             raise RuntimeError(f"no top-level etcd section in {milvus_yaml}")
         milvus_yaml.write_text(patched, encoding="utf-8")
-        unset = [key for key, value in EMBEDDED_LIMITS.items() if yaml_value(patched, key) != str(value)]
+        unset = [key for key, text in self.expected.items() if yaml_value(patched, key) != text]
         if unset:  # the package rewrites only keys its template has: a silent no-op otherwise
             raise RuntimeError(f"{milvus_yaml}: {unset} not set (missing from this milvus package's template?)")
+
+
+def _yaml_text(value: bool | int | float | str) -> str:
+    """A milvus.yaml value as the file spells it (booleans in YAML's lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("milvus")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _yaml_scalar(value: str | int) -> str:

@@ -46,7 +46,7 @@ import time
 import types
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -108,7 +108,9 @@ class EmbeddedMilvus:
         host: str = "127.0.0.1",
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 10.0,
+        config: Mapping[str, bool | int | float | str] | None = None,
     ) -> None:
+        self.config = dict(config or {})  # milvus.yaml overrides (MilvusSettings.embedded_config)
         self.base_dir = Path(base_dir).resolve()
         self.port = port
         self.host = host
@@ -217,7 +219,9 @@ class EmbeddedMilvus:
 
         from workers.infra.milvus_config import EmbeddedConfig
 
-        config = EmbeddedConfig(self.base_dir, self.port, self.host, session_ttl_s=_SESSION_TTL_S)
+        config = EmbeddedConfig(
+            self.base_dir, self.port, self.host, session_ttl_s=_SESSION_TTL_S, overrides=self.config
+        )
         server = MilvusServer(config, wait_for_started=False)
         self._server = server
         log.info("starting embedded Milvus at %s with data under %s", self.uri, self.base_dir)
@@ -283,7 +287,9 @@ class EmbeddedMilvus:
 
 @contextlib.contextmanager
 def _embedded_uri(settings: MilvusSettings, base_dir: Path) -> Iterator[str]:
-    with EmbeddedMilvus(base_dir, port=settings.embedded_port, host=settings.embedded_host) as server:
+    with EmbeddedMilvus(
+        base_dir, port=settings.embedded_port, host=settings.embedded_host, config=settings.embedded_config
+    ) as server:
         yield server.uri
 
 
