@@ -56,6 +56,7 @@ from workers.gateway.recall import INTERNAL_MESSAGE, RecallService
 from workers.gateway.ui import LiveReader, mount_ui
 from workers.gateway.ui_status import Source, StatusSampler, http_source, registry_source
 from workers.infra.vector_store import VectorStore
+from workers.metrics import GcPauses
 from workers.recall.engine import RecallEngine
 from workers.recall.metrics import RecallMetrics
 from workers.settings import Settings
@@ -147,6 +148,7 @@ def create_app(
             urls={**urls, "gateway": "/metrics"},
         )
     status = sampler
+    gc_pauses = GcPauses(registry)
     recall = RecallService(
         engine,
         store,
@@ -159,7 +161,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         status.start()
+        gc_pauses.install()
         yield
+        gc_pauses.uninstall()
         status.close()
         recall.close()
 

@@ -45,6 +45,7 @@ from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
+from workers.metrics import GcPauses
 from workers.recall.engine import HistorySource, RecallEngine, Reply, StageTimes
 from workers.recall.live_model import LiveModel
 from workers.recall.metrics import RecallMetrics
@@ -304,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = stack.enter_context(VectorStore(uri, settings.milvus))
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
         worker = build_worker(settings, conf, store, history, RecallMetrics(registry))
+        gc_pauses = GcPauses(registry)
+        gc_pauses.install()
+        stack.callback(gc_pauses.uninstall)
         with stop_on_signals(StopFlag()) as stop:
             worker.run(stop)
     log.info("recall stopped (%s)", stop.reason)
