@@ -210,6 +210,14 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    """``MINDSTREAM_X=VALUE`` -> (name, value); anything else is refused (argparse reports it)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("MINDSTREAM_"):
+        raise argparse.ArgumentTypeError(f"expected MINDSTREAM_<SECTION>__<NAME>=VALUE, got {text!r}")
+    return name, value
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; ``--quick`` changes the defaults (what is given explicitly still wins) and the
     output folder (``<results>/quick``, which git ignores)."""
@@ -235,6 +243,15 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         choices=ACTIVITIES,
         default=list(DURING_ROUND),
         help="the refresh activities that make a second busy",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=_env_pair,
+        metavar="MINDSTREAM_X=VALUE",
+        help="a setting for the stack's workers (repeatable), e.g. MINDSTREAM_REFRESH__FAST_PATH_INTERVAL_S=5 or "
+        "MINDSTREAM_MILVUS__EMBEDDED_CONFIG='{\"queryNode.scheduler.cpuRatio\": 20}'",
     )
     p.add_argument("--idle", type=Path, default=IDLE, help="bench.http_latency's result (read, never rerun)")
     p.add_argument("--tmpdir", type=Path, help="where the stack's work directory is made (default: the system's)")
@@ -263,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_s=args.drain,
         base_batches=args.base_batches,
         busy_activities=tuple(args.busy_activities),
+        env=dict(args.env),
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
     idle = idle_http(args.idle)
