@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine, write_json
+from bench.soak_cli import QUICK as SMOKE
+from bench.soak_cli import parse as parse_soak
+from bench.soak_cli import run_and_write, soak_config, soak_parser
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 
 PARTS = ("ingest_state", "checkpoints", "models", "milvus", "broker", "other")
@@ -46,18 +44,7 @@ KEYS = (
 # The benchmark process (load generators, the recorder of every outcome) is not a process of the stack: its
 # RSS is in the details, not in the goal.
 NOT_STACK = ("bench",)
-QUICK = {
-    "duration": 180.0,
-    "warmup_s": 60.0,
-    "window": 30.0,
-    "click_rate": 1000.0,
-    "kafka_rate": 10.0,
-    "http_rate": 2.0,
-    "items": 3000,
-    "base_batches": 10,
-    "refresh_interval": 10.0,
-    "drain": 120.0,
-}
+QUICK = {**SMOKE, "warmup_s": 60.0}  # the shared smoke run, growth measured from its 1-minute window
 
 
 def _ratio(ref: float | None, last: float | None) -> float | None:
@@ -156,87 +143,37 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
     return summary, details
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line; ``--quick`` changes the defaults (what is given explicitly still wins) and the
-    output folder (``<results>/quick``, which git ignores)."""
-    argv = list(argv)
-    p = argparse.ArgumentParser(prog="python -m bench.days", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK}), results under <results>/quick")
-    p.add_argument("--click-rate", type=float, default=5000.0)
-    p.add_argument("--duration", type=float, default=7200.0, help="seconds of load")
+    """The command line (:mod:`bench.soak_cli`'s, at this benchmark's rates, plus ``--warmup-s`` and
+    ``--heap-profile``); ``--quick`` as there, with a 1-minute warm-up."""
+    p = soak_parser(
+        "python -m bench.days",
+        __doc__.splitlines()[0] if __doc__ else "",
+        "days",
+        duration=7200.0,
+        click_rate=5000.0,
+        kafka_rate=50.0,
+        http_rate=10.0,
+    )
     p.add_argument("--warmup-s", type=float, default=1800.0, help="growth is measured from the window ending here")
-    p.add_argument("--window", type=float, default=300.0)
-    p.add_argument("--kafka-rate", type=float, default=50.0)
-    p.add_argument("--http-rate", type=float, default=10.0)
-    p.add_argument("--new-items-per-s", type=float, default=1.0)
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--refresh-interval", type=float, default=30.0)
-    p.add_argument("--drain", type=float, default=180.0, help="seconds to wait for the clicks after the load")
-    p.add_argument("--base-batches", type=int, default=200)
     p.add_argument(
         "--heap-profile",
         action="store_true",
         help="run the refresh worker with MINDSTREAM_REFRESH__HEAP_PROFILE=true; its profile goes into the details",
     )
-    p.add_argument("--tmpdir", type=Path, help="where the stack's work directory is made (default: the system's)")
-    p.add_argument("--results", type=Path, help="output folder (default: bench/results, --quick: its quick/)")
-    p.add_argument("--out", default="days", help="<out>.json and <out>_details.json")
-    if "--quick" in argv:
-        p.set_defaults(**QUICK)
-    args = p.parse_args(argv)
-    args.results = args.results or (RESULTS / "quick" if args.quick else RESULTS)
-    return args
+    return parse_soak(p, argv, QUICK)
+
+
+def heap_profile(workdir: Path) -> dict[str, Any]:
+    """The refresh worker's heap profile (``--heap-profile``) from the stack's work directory; None without."""
+    profile = next(workdir.rglob(HEAP_PROFILE_FILE), None)
+    return {"refresh_heap_profile": json.loads(profile.read_text()) if profile is not None else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    out: Path = args.results
-    from bench.soak import SoakConfig, run_soak  # the stack's imports (Paddle) only when a soak runs
-
-    cfg = SoakConfig(
-        duration_s=args.duration,
-        window_s=args.window,
-        click_rate=args.click_rate,
-        kafka_rate=args.kafka_rate,
-        http_rate=args.http_rate,
-        new_items_per_s=args.new_items_per_s,
-        items=args.items,
-        refresh_interval_s=args.refresh_interval,
-        drain_s=args.drain,
-        base_batches=args.base_batches,
-        env={"MINDSTREAM_REFRESH__HEAP_PROFILE": "true"} if args.heap_profile else {},
-    )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
-    load = {"before": _load()}
-    began = time.strftime("%Y-%m-%d %H:%M:%S")
-    with tempfile.TemporaryDirectory(prefix="days-", dir=args.tmpdir) as tmp:
-        soak = run_soak(cfg, Path(tmp))
-        profile = next(Path(tmp).rglob(HEAP_PROFILE_FILE), None)  # the refresh worker's, with --heap-profile
-        heap_profile = json.loads(profile.read_text()) if profile is not None else None
-    load["after"] = _load()
-    summary, details = summarize(soak, args.warmup_s)
-    write_json(
-        out,
-        f"{args.out}_details",
-        {
-            "benchmark": args.out,
-            "machine": machine(),
-            "began": began,
-            "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "quick": args.quick,
-            "config": cfg.__dict__,
-            "load_average": load,
-            **details,
-            "refresh_heap_profile": heap_profile,
-            "soak": {k: v for k, v in soak.items() if k != "windows"},
-        },
-    )
-    write_json(out, args.out, summary)
-    return 0
+    cfg = soak_config(args, env={"MINDSTREAM_REFRESH__HEAP_PROFILE": "true"} if args.heap_profile else {})
+    return run_and_write(args, cfg, lambda soak: summarize(soak, args.warmup_s), collect=heap_profile)
 
 
 if __name__ == "__main__":

@@ -42,16 +42,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench.common import RESULTS, machine, write_json
+from bench.common import RESULTS
+from bench.soak_cli import parse as parse_soak
+from bench.soak_cli import run_and_write, soak_config, soak_parser
 from workers.refresh.metrics import ACTIVITIES
 
 NAME: Final = "serving_under_load"
@@ -78,18 +76,6 @@ GOALS: Final = (
     ("user_freshness_p99_s", "p99 of click -> in the state store over the load (s)", 2.0),
 )
 IDLE: Final = RESULTS / "http_latency.json"
-# The smoke run (bench.days' sizes): a small catalogue, 3 minutes, low rates; results under <results>/quick.
-QUICK: Final = {
-    "duration": 180.0,
-    "window": 30.0,
-    "click_rate": 1000.0,
-    "kafka_rate": 10.0,
-    "http_rate": 2.0,
-    "items": 3000,
-    "base_batches": 10,
-    "refresh_interval": 10.0,
-    "drain": 120.0,
-}
 
 
 def _max(values: Sequence[float | None]) -> float | None:
@@ -206,37 +192,18 @@ def summarize(soak: dict[str, Any], idle: dict[str, Any], soak_minutes: float) -
     return summary, details
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    """``MINDSTREAM_X=VALUE`` -> (name, value); anything else is refused (argparse reports it)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("MINDSTREAM_"):
-        raise argparse.ArgumentTypeError(f"expected MINDSTREAM_<SECTION>__<NAME>=VALUE, got {text!r}")
-    return name, value
-
-
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line; ``--quick`` changes the defaults (what is given explicitly still wins) and the
-    output folder (``<results>/quick``, which git ignores)."""
-    from bench.soak import SoakConfig  # the soak's own defaults, where this benchmark keeps them
-
-    argv = list(argv)
-    d = SoakConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.serving_under_load", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK}), results under <results>/quick")
-    p.add_argument("--duration", type=float, default=1800.0, help="seconds of load")
-    p.add_argument("--window", type=float, default=300.0)
-    p.add_argument("--click-rate", type=float, default=1000.0)
-    p.add_argument("--kafka-rate", type=float, default=50.0)
-    p.add_argument("--http-rate", type=float, default=10.0)
-    p.add_argument("--new-items-per-s", type=float, default=d.new_items_per_s)
-    p.add_argument("--items", type=int, default=d.items)
-    p.add_argument("--refresh-interval", type=float, default=d.refresh_interval_s)
-    p.add_argument("--drain", type=float, default=d.drain_s, help="seconds to wait for the clicks after the load")
-    p.add_argument("--base-batches", type=int, default=d.base_batches)
+    """The command line (:mod:`bench.soak_cli`'s at ``bench.broker``'s soak rates, plus ``--busy-activities``
+    and ``--idle``)."""
+    p = soak_parser(
+        "python -m bench.serving_under_load",
+        __doc__.splitlines()[0] if __doc__ else "",
+        NAME,
+        duration=1800.0,
+        click_rate=1000.0,
+        kafka_rate=50.0,
+        http_rate=10.0,
+    )
     p.add_argument(
         "--busy-activities",
         nargs="+",
@@ -244,69 +211,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         default=list(DURING_ROUND),
         help="the refresh activities that make a second busy",
     )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        type=_env_pair,
-        metavar="MINDSTREAM_X=VALUE",
-        help="a setting for the stack's workers (repeatable), e.g. MINDSTREAM_REFRESH__FAST_PATH_INTERVAL_S=5 or "
-        "MINDSTREAM_MILVUS__EMBEDDED_CONFIG='{\"queryNode.scheduler.cpuRatio\": 20}'",
-    )
     p.add_argument("--idle", type=Path, default=IDLE, help="bench.http_latency's result (read, never rerun)")
-    p.add_argument("--tmpdir", type=Path, help="where the stack's work directory is made (default: the system's)")
-    p.add_argument("--results", type=Path, help="output folder (default: bench/results, --quick: its quick/)")
-    p.add_argument("--out", default=NAME, help="<out>.json and <out>_details.json")
-    if "--quick" in argv:
-        p.set_defaults(**QUICK)
-    args = p.parse_args(argv)
-    args.results = args.results or (RESULTS / "quick" if args.quick else RESULTS)
-    return args
+    return parse_soak(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from bench.soak import SoakConfig, run_soak  # the stack's imports (Paddle) only when a soak runs
-
-    cfg = SoakConfig(
-        duration_s=args.duration,
-        window_s=args.window,
-        click_rate=args.click_rate,
-        kafka_rate=args.kafka_rate,
-        http_rate=args.http_rate,
-        new_items_per_s=args.new_items_per_s,
-        items=args.items,
-        refresh_interval_s=args.refresh_interval,
-        drain_s=args.drain,
-        base_batches=args.base_batches,
-        busy_activities=tuple(args.busy_activities),
-        env=dict(args.env),
-    )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
+    cfg = soak_config(args, busy_activities=tuple(args.busy_activities))
     idle = idle_http(args.idle)
-    load = {"before": _load()}
-    began = time.strftime("%Y-%m-%d %H:%M:%S")
-    with tempfile.TemporaryDirectory(prefix="serving-", dir=args.tmpdir) as tmp:
-        soak = run_soak(cfg, Path(tmp))
-    load["after"] = _load()
-    summary, details = summarize(soak, idle, round(args.duration / 60, 2))
-    write_json(
-        args.results,
-        f"{args.out}_details",
-        {
-            "benchmark": args.out,
-            "machine": machine(),
-            "began": began,
-            "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "quick": args.quick,
-            "config": cfg.__dict__,
-            "load_average": load,
-            **details,
-            "soak": {k: v for k, v in soak.items() if k != "windows"},
-        },
-    )
-    write_json(args.results, args.out, summary)
-    return 0
+    minutes = round(args.duration / 60, 2)
+    return run_and_write(args, cfg, lambda soak: summarize(soak, idle, minutes))
 
 
 if __name__ == "__main__":

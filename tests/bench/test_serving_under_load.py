@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from bench.common import RESULTS
-from bench.serving_under_load import KEYS, QUICK, goals, idle_http, parse, summarize
+from bench.serving_under_load import KEYS, goals, idle_http, parse, summarize
 from bench.soak import _Outcome, _Recorder
+from bench.soak_cli import QUICK
 from bench.stage_sampler import BUSY, QUIET, Interval
 from workers.refresh.metrics import ACTIVITIES
 
