@@ -9,6 +9,12 @@ of their values at 30 min; 0 lost clicks, 0 failed replies. Writes ``bench/resul
 the keys of :data:`KEYS` and ``days_details.json`` (the per-window series, load averages, the machine, the
 warm-up window used).
 
+Time compresses for what is kept by time too: the clicks topic's retention (``kafka.clicks_retention_ms``,
+a day) is scaled by ``100 / click-rate`` (a compressed day of the 2-hour run lasts 28.8 minutes), so that
+the broker keeps a day of clicks as a stack at 100 clicks/s would; ``--real-time-retention`` keeps it as
+configured (then, at 5k clicks/s, the topic's size bound of 1 GB is what stops it, after about an hour).
+The ingest state's retention is by count (clicks per user, the training window) and needs no scaling.
+
     python -m bench.days                                          # 2 h + start and drain
     python -m bench.days --quick                                  # 3-minute smoke, results/quick/
     python -m bench.days --duration 1200 --window 120 --warmup-s 600
@@ -28,6 +34,7 @@ from bench.soak_cli import QUICK as SMOKE
 from bench.soak_cli import parse as parse_soak
 from bench.soak_cli import run_and_write, soak_config, soak_parser
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
+from workers.settings import KafkaSettings
 
 PARTS = ("ingest_state", "checkpoints", "models", "milvus", "broker", "other")
 KEYS = (
@@ -44,6 +51,7 @@ KEYS = (
 # The benchmark process (load generators, the recorder of every outcome) is not a process of the stack: its
 # RSS is in the details, not in the goal.
 NOT_STACK = ("bench",)
+REAL_RATE = 100.0  # clicks/s of the stack whose days are compressed (36M clicks = four days)
 QUICK = {**SMOKE, "warmup_s": 60.0}  # the shared smoke run, growth measured from its 1-minute window
 
 
@@ -157,6 +165,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--warmup-s", type=float, default=1800.0, help="growth is measured from the window ending here")
     p.add_argument(
+        "--real-time-retention",
+        action="store_true",
+        help="keep the clicks topic's time retention as configured (default: scaled by the compression, see above)",
+    )
+    p.add_argument(
         "--heap-profile",
         action="store_true",
         help="run the refresh worker with MINDSTREAM_REFRESH__HEAP_PROFILE=true; its profile goes into the details",
@@ -170,9 +183,24 @@ def heap_profile(workdir: Path) -> dict[str, Any]:
     return {"refresh_heap_profile": json.loads(profile.read_text()) if profile is not None else None}
 
 
+def compressed_env(click_rate: float, real_time_retention: bool) -> dict[str, str]:
+    """The clicks topic's time retention scaled by the compression (a compressed day lasts ``86,400 x
+    REAL_RATE / click_rate`` seconds), so that the broker keeps what a stack at ``REAL_RATE`` clicks/s keeps
+    (a day of clicks); its size bound (``kafka.clicks_retention_bytes``) is left as configured."""
+    if real_time_retention or click_rate <= REAL_RATE:
+        return {}
+    retention_ms = KafkaSettings().clicks_retention_ms
+    if retention_ms <= 0:
+        return {}
+    return {"MINDSTREAM_KAFKA__CLICKS_RETENTION_MS": str(max(60_000, round(retention_ms * REAL_RATE / click_rate)))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    cfg = soak_config(args, env={"MINDSTREAM_REFRESH__HEAP_PROFILE": "true"} if args.heap_profile else {})
+    env = compressed_env(args.click_rate, args.real_time_retention)
+    if args.heap_profile:
+        env["MINDSTREAM_REFRESH__HEAP_PROFILE"] = "true"
+    cfg = soak_config(args, env=env)
     return run_and_write(args, cfg, lambda soak: summarize(soak, args.warmup_s), collect=heap_profile)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.common import RESULTS, disk_usage
-from bench.days import KEYS, PARTS, parse, reference_window, summarize
+from bench.days import KEYS, PARTS, compressed_env, parse, reference_window, summarize
 
 MB = 2**20
 
@@ -227,3 +227,11 @@ def test_the_command_line_defaults_are_the_issues_and_quick_writes_elsewhere() -
     assert quick.click_rate == 500.0  # given explicitly: kept
     assert quick.results == RESULTS / "quick"
     assert parse(["--quick", "--results", "/tmp/x"]).results == Path("/tmp/x")
+
+
+def test_the_clicks_retention_is_compressed_with_time() -> None:
+    # a day at 100 clicks/s is 28.8 minutes at 5k clicks/s
+    assert compressed_env(5000.0, False) == {"MINDSTREAM_KAFKA__CLICKS_RETENTION_MS": str(86_400_000 // 50)}
+    assert compressed_env(5000.0, True) == {}
+    assert compressed_env(100.0, False) == {}  # not compressed: as configured
+    assert compressed_env(1e9, False) == {"MINDSTREAM_KAFKA__CLICKS_RETENTION_MS": "60000"}  # at least a minute
