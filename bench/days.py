@@ -93,6 +93,14 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
     rss_ratio = {
         name: _ratio(ref["processes"].get(name, {}).get("rss_mb"), p["rss_mb"]) for name, p in last["processes"].items()
     }
+    # the same on each window's peak and median of its 5-second samples, where the soak took them
+    rss_ratio_by = {
+        stat: {
+            name: _ratio(ref["processes"].get(name, {}).get(f"rss_mb_{stat}"), p.get(f"rss_mb_{stat}"))
+            for name, p in last["processes"].items()
+        }
+        for stat in ("max", "median")
+    }
     stack_ratios = [r for name, r in rss_ratio.items() if name not in NOT_STACK and r is not None]
     disk_ref, disk_last = ref["disk_bytes"], last["disk_bytes"]
     disk_ratio = {part: _ratio(disk_ref.get(part), disk_last.get(part)) for part in (*PARTS, "total")}
@@ -120,6 +128,8 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
         "reference_window": ref_i + 1,
         "windows": len(windows),
         "rss_growth_ratio_per_process": rss_ratio,
+        "rss_growth_ratio_per_process_window_max": rss_ratio_by["max"],
+        "rss_growth_ratio_per_process_window_median": rss_ratio_by["median"],
         "rss_processes_in_goal": sorted(n for n in rss_ratio if n not in NOT_STACK),
         "disk_growth_ratio_per_part": disk_ratio,
         "disk_size": "blocks allocated to regular files (st_blocks * 512), per part; total = sum of the parts",
@@ -134,6 +144,7 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
             {
                 "t_end_s": w["t_end_s"],
                 "rss_mb": {name: p["rss_mb"] for name, p in w["processes"].items()},
+                "rss_mb_max": {name: p.get("rss_mb_max") for name, p in w["processes"].items()},
                 "cpu_cores": {name: p["cpu"] for name, p in w["processes"].items()},
                 "disk_mb": {part: _mb(w["disk_bytes"][part]) for part in (*PARTS, "total")},
                 "load_average": w.get("load_average"),

@@ -185,12 +185,39 @@ def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest],
 
 
 class _Processes:
-    """RSS (MB) and CPU (share of one core) of every process over each window."""
+    """RSS (MB) and CPU (share of one core) of every process over each window: ``rss_mb`` at the window's
+    end, ``rss_mb_max`` and ``rss_mb_median`` over samples every ``every_s`` within it (a process whose
+    memory swings with its work, the refresh worker in a round, reads the same at any moment only so)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], every_s: float = 5.0) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.cpu0 = {name: self._cpu(p) for name, p in self.procs.items()}
         self.t0 = time.monotonic()
+        self.every_s = every_s
+        self._rss: dict[str, list[float]] = {name: [] for name in self.procs}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-window-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for name, p in self.procs.items():
+                rss = self._rss_mb(p)
+                if rss is not None:
+                    with self._lock:
+                        self._rss[name].append(rss)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+
+    @staticmethod
+    def _rss_mb(p: psutil.Process) -> float | None:
+        try:
+            return float(p.memory_info().rss / 2**20)
+        except psutil.Error:
+            return None
 
     @staticmethod
     def _cpu(p: psutil.Process) -> float:
@@ -203,13 +230,18 @@ class _Processes:
     def sample(self) -> dict[str, dict[str, float]]:
         now = time.monotonic()
         out = {}
+        with self._lock:
+            within, self._rss = self._rss, {name: [] for name in self.procs}
         for name, p in self.procs.items():
             cpu = self._cpu(p)
-            try:
-                rss = p.memory_info().rss / 2**20
-            except psutil.Error:
-                rss = 0.0
-            out[name] = {"rss_mb": round(rss, 1), "cpu": round((cpu - self.cpu0[name]) / max(now - self.t0, 1e-3), 3)}
+            rss = self._rss_mb(p) or 0.0
+            seen = [*within[name], rss]
+            out[name] = {
+                "rss_mb": round(rss, 1),
+                "rss_mb_max": round(max(seen), 1),
+                "rss_mb_median": round(float(np.median(seen)), 1),
+                "cpu": round((cpu - self.cpu0[name]) / max(now - self.t0, 1e-3), 3),
+            }
             self.cpu0[name] = cpu
         self.t0 = now
         return out
@@ -361,6 +393,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             for thread in threads:
                 thread.join(timeout=60)
             sampler.stop()
+            procs.close()
             # requests still in flight get their answer or their timeout before the client closes:
             # closing would cut them off, and they would count as failed replies of the stack
             settle = time.monotonic() + stack.settings.recall.client_timeout_s + 2.0

@@ -36,6 +36,7 @@ def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
     last = result["windows"][-1]
     assert last["broker_topics"]["reply_topics"] == 1  # the one client's private reply topic, fixed
     assert last["broker_topics"]["disk_mb"] > 0  # the broker's log is on disk
+    assert all(p["rss_mb_max"] >= p["rss_mb_median"] > 0 for p in last["processes"].values())  # 5-s samples
     # the stage sampler: every second scraped and classed, both paths' stage tables, rounds seen
     assert set(last["stages"]) == {"kafka", "http"} and set(last["stages"]["kafka"]) == {"busy", "quiet"}
     assert result["sampled_s"] > 0.8 * cfg.duration_s and result["stage_sampler"]["scrapes"] > 0.8 * cfg.duration_s
