@@ -196,7 +196,7 @@ class StateRetentionSettings(_Section):
         200,
         ge=1,
         description="Clicks kept per user (newest by event time): at least what the refresh's training histories "
-        "(200), the tower (mind.maxlen) and the fast path's co-click reads (mind.maxlen) take",
+        "(refresh.train_history, 200), the tower (mind.maxlen) and the fast path's co-click reads (mind.maxlen) take",
     )
     window: int = Field(
         1_000_000,
@@ -245,6 +245,12 @@ class RefreshSettings(_Section):
         1_000_000, ge=1, description="At most this many new events per round; the rest wait for the next one"
     )
     train_batches: int = Field(300, ge=1, description="Incremental training batches per refresh")
+    train_history: int = Field(
+        200,
+        ge=1,
+        description="Newest clicks read per touched user for a round's training set (the ingest state keeps "
+        "state.retention.history of them); a round reads users x this many rows",
+    )
     replay_users: int = Field(2000, ge=0, description="Older users mixed into each refresh (replay sample)")
     quality_margin: float = Field(0.02, ge=0, description="Abort the swap if Recall@N drops more than this")
     quality_users: int = Field(200, ge=0, description="Held-out users (last click) for the quality gate")

@@ -44,7 +44,6 @@ from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_USER_HISTORY = 200  # clicks per streamed user fed to a refresh
 CLICK_SAMPLE = 200  # clicks per round whose click -> version lag is observed
 
 
@@ -229,7 +228,7 @@ class RefreshWorker:
         the rows of the returned vocabulary: ``vocab`` grown by every item of those histories (they
         are read after the round's events and may hold clicks the round has not taken, including
         brand-new items)."""
-        seqs = self.reader.histories(users, MAX_USER_HISTORY)
+        seqs = self.reader.histories(users, self.cfg.train_history)
         seen = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
         vocab = vocab.extend(seen, seen_at=time.time())
         fresh = [(u, vocab.rows(s).tolist()) for u, s in zip(users, seqs, strict=True)]

@@ -26,8 +26,7 @@ from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import PartitionStore, RetentionPolicy, partition_path
 from workers.recall.engine import RecallEngine
 from workers.refresh.state import RefreshState
-from workers.refresh.worker import MAX_USER_HISTORY
-from workers.settings import StateRetentionSettings
+from workers.settings import RefreshSettings, StateRetentionSettings
 
 TOPIC = "clicks"
 
@@ -203,7 +202,7 @@ def test_a_recall_by_user_ids_is_the_same_before_and_after_retention(tmp_path: P
 
 def test_the_default_history_covers_every_reader() -> None:
     """The refresh's training histories, the tower and the fast path's co-click reads (mind.maxlen)."""
-    assert StateRetentionSettings().history >= max(MAX_USER_HISTORY, MindConfig().maxlen)
+    assert StateRetentionSettings().history >= max(RefreshSettings().train_history, MindConfig().maxlen)
 
 
 def test_restart_after_retention_resumes_offsets_and_the_dedupe_window(tmp_path: Path) -> None:
