@@ -41,7 +41,7 @@ from workers.ingest.digest_set import DigestSet, DigestWindow, digest
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id TEXT NOT NULL,
@@ -53,7 +53,10 @@ _EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
     )"""
 _SCHEMA: Final = (
     _EVENTS.format(name="events"),
-    "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts)",
+    # A user's history in its order, covering the item: a history read is one index range, no table
+    # lookups (schema 3's (user_id, ts) index needed one random table page per click read).
+    "CREATE INDEX IF NOT EXISTS events_by_user_history ON events (user_id, ts, seq, item_id)",
+    "DROP INDEX IF EXISTS events_by_user",
     """CREATE TABLE IF NOT EXISTS positions (
         topic TEXT NOT NULL,
         partition INTEGER NOT NULL,
@@ -217,7 +220,7 @@ class PartitionStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-        if version not in (0, 1, 2, SCHEMA_VERSION):
+        if version not in (0, 1, 2, 3, SCHEMA_VERSION):
             self._conn.close()
             raise RuntimeError(f"{path}: state schema {version}, this code reads {SCHEMA_VERSION}")
         with self._transaction():
@@ -225,9 +228,12 @@ class PartitionStore:
                 self._conn.create_function("mindstream_digest", 1, digest, deterministic=True)
                 for statement in _MIGRATE_1_TO_2:
                     self._conn.execute(statement)
+            began = time.perf_counter()
             for statement in _SCHEMA:
                 self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if 0 < version < SCHEMA_VERSION:
+            log.info("%s: state schema %d -> %d in %.1f s", path, version, SCHEMA_VERSION, time.perf_counter() - began)
         self._switch_auto_vacuum()
         self._seen: DigestSet | DigestWindow = DigestSet() if dedupe_window is None else DigestWindow(dedupe_window)
         # the digests of every row up to this seq are in ``_seen`` (with a window: the last rows only)

@@ -23,7 +23,7 @@ from tests.workers.exact_search import exact_search
 from workers.infra.vector_store import SearchResult
 from workers.ingest.retention import Retention
 from workers.ingest.state_reader import Cursor, StateReader
-from workers.ingest.state_store import PartitionStore, RetentionPolicy, partition_path
+from workers.ingest.state_store import SCHEMA_VERSION, PartitionStore, RetentionPolicy, partition_path
 from workers.recall.engine import RecallEngine
 from workers.refresh.state import RefreshState
 from workers.settings import RefreshSettings, StateRetentionSettings
@@ -325,7 +325,7 @@ def test_a_schema_2_file_is_switched_to_incremental_vacuum(tmp_path: Path) -> No
         assert reader.event_count() == 100, "a reader of a file not migrated yet counts its rows"
     store = PartitionStore.open(tmp_path, TOPIC, 0)
     assert store._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.event_count() == 100
     store.close()
     assert path.exists()

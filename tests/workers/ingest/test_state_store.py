@@ -10,7 +10,14 @@ import pytest
 
 from schemas.messages import ClickEvent
 from workers.ingest.state_reader import Cursor, StateReader
-from workers.ingest.state_store import SCHEMA_VERSION, PartitionStore, StoredClick, partition_path
+from workers.ingest.state_store import (
+    _HISTORY,
+    _HISTORY_ITEMS,
+    SCHEMA_VERSION,
+    PartitionStore,
+    StoredClick,
+    partition_path,
+)
 
 TOPIC = "clicks"
 
@@ -128,6 +135,44 @@ def test_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     store.close()
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION
+
+
+def _indexes(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+
+
+def test_a_schema_3_file_gets_the_covering_history_index_and_keeps_its_histories(tmp_path: Path) -> None:
+    store = PartitionStore.open(tmp_path, TOPIC, 0)
+    store.apply([_click(n, user=n % 3 + 1, ts=100 - n) for n in range(30)], TOPIC, 0, 29)
+    store.close()
+    path = partition_path(tmp_path, TOPIC, 0)
+    conn = sqlite3.connect(path, isolation_level=None)  # back to schema 3's index, as an older writer left it
+    conn.execute("DROP INDEX events_by_user_history")
+    conn.execute("CREATE INDEX events_by_user ON events (user_id, ts)")
+    conn.execute("PRAGMA user_version=3")
+    conn.close()
+    with StateReader(tmp_path, TOPIC) as reader:  # an older file reads as before
+        before = reader.histories([1, 2, 3], 7)
+
+    PartitionStore.open(tmp_path, TOPIC, 0).close()
+    assert "events_by_user_history" in _indexes(path) and "events_by_user" not in _indexes(path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    with StateReader(tmp_path, TOPIC) as reader:
+        assert reader.histories([1, 2, 3], 7) == before
+        assert before[1] == [100 + n for n in (19, 16, 13, 10, 7, 4, 1)]  # oldest first by event time
+
+
+def test_a_history_read_touches_the_index_only(tmp_path: Path) -> None:
+    PartitionStore.open(tmp_path, TOPIC, 0).close()
+    conn = sqlite3.connect(partition_path(tmp_path, TOPIC, 0))
+    for sql in (_HISTORY, _HISTORY_ITEMS):
+        plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1, 20)))
+        assert "COVERING INDEX events_by_user_history" in plan and "TEMP B-TREE" not in plan, plan
+    conn.close()
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
