@@ -15,6 +15,8 @@ from workers.settings import MilvusSettings, Settings
 
 def _written(tmp_path: Path, overrides: Mapping[str, bool | int | float | str]) -> str:
     config = EmbeddedConfig(tmp_path, 19999, "127.0.0.1", session_ttl_s=10, overrides=overrides)
+    config.resolve_storage()  # as the server does before writing: the data dir (else the working directory)
+    assert Path(config.base_data_dir) == tmp_path.resolve()
     config.resolve_all_listen_ports()
     try:
         config.write_config()
