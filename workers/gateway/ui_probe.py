@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-FLAGS = (
+# Headless Chromium that reaches nothing beyond loopback by itself (also the browser tests' flags).
+HEADLESS_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -36,8 +37,8 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1400,1500",
 )
+FLAGS = (*HEADLESS_FLAGS, "--window-size=1400,1500")
 
 
 LOADED = "return performance.getEntriesByType('navigation')[0].loadEventEnd > 0"

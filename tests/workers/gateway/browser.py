@@ -30,23 +30,14 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
+from workers.gateway.ui_probe import HEADLESS_FLAGS  # noqa: E402
+
 __all__ = ["By", "Keys", "WebDriverWait", "chromium", "ec", "local", "requested_urls"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
 BROWSER_SCHEMES = {"data", "blob", "about", "chrome", "chrome-untrusted"}  # Chromium's own new-tab page
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,1600",
-)
+FLAGS = (*HEADLESS_FLAGS, "--window-size=1280,1600")
 
 
 @contextlib.contextmanager
