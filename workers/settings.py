@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig
+from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig, recommended_k_max
 from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
 from model.data.custom import dataset_name, load_path
 from model.data.items import ItemCatalogue, find_item_file, read_item_file
@@ -367,6 +367,15 @@ class Settings(BaseSettings):
     recall: RecallSettings = RecallSettings()
     http: HttpSettings = HttpSettings()
     stream: StreamSettings = StreamSettings()
+
+    @model_validator(mode="after")
+    def _recommended_interests(self) -> Settings:
+        """``mind.k_max`` not set (``MINDSTREAM_MIND__K_MAX``): the data set's recommended interest count."""
+        if "k_max" not in self.mind.model_fields_set:
+            k = recommended_k_max(self.data.name)
+            if k != self.mind.k_max:
+                self.mind = self.mind.model_copy(update={"k_max": k})
+        return self
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -99,3 +99,23 @@ def test_environment_values_are_validated(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MINDSTREAM_KAFKA__SESSION_TIMEOUT_MS", "10")
     with pytest.raises(ValidationError, match="session_timeout_ms"):
         Settings()
+
+
+def test_interest_count_follows_the_data_set_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mind.k_max`` unset: the multi-interest table's recommendation for the data set (ML-100K 1,
+    the AmazonBook slice 4, anything else the field's default); set, it is kept whatever the data set."""
+    from model.config import RECOMMENDED_K_MAX, MindConfig
+
+    for name in ("MINDSTREAM_MIND__K_MAX", "MINDSTREAM_DATA__DATASET", "MINDSTREAM_DATA__PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().mind.k_max == RECOMMENDED_K_MAX["ml-100k"] == 1
+    monkeypatch.setenv("MINDSTREAM_DATA__DATASET", "amazonbook-demo")
+    assert Settings().mind.k_max == RECOMMENDED_K_MAX["amazonbook-demo"] == 4
+    monkeypatch.setenv("MINDSTREAM_DATA__DATASET", "synthetic")
+    assert Settings().mind.k_max == MindConfig.model_fields["k_max"].default
+    monkeypatch.setenv("MINDSTREAM_DATA__DATASET", "amazonbook-demo")
+    monkeypatch.setenv("MINDSTREAM_MIND__K_MAX", "2")
+    assert Settings().mind.k_max == 2
+    monkeypatch.setenv("MINDSTREAM_DATA__DATASET", "ml-100k")
+    assert Settings().mind.k_max == 2
+    assert Settings(mind=MindConfig(k_max=1), data={"dataset": "amazonbook-demo"}).mind.k_max == 1
