@@ -28,6 +28,7 @@ second). The sampler costs each of the three workers one ``/metrics`` page per s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -163,6 +164,8 @@ def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[Re
 
 def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
     import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
     bodies = [r.model_dump(mode="json", exclude_none=True) for r in reqs]
     with httpx.Client(base_url=url, timeout=5.0) as http:

@@ -156,6 +156,11 @@ class LiveStack:
                 {
                     "index_type": cfg.env.get("MINDSTREAM_MILVUS__INDEX_TYPE", "HNSW"),
                     "embedded_config": json.loads(cfg.env.get("MINDSTREAM_MILVUS__EMBEDDED_CONFIG", "{}")),
+                    **(
+                        {"embedded_search_nice": cfg.env["MINDSTREAM_MILVUS__EMBEDDED_SEARCH_NICE"]}
+                        if "MINDSTREAM_MILVUS__EMBEDDED_SEARCH_NICE" in cfg.env
+                        else {}
+                    ),
                 }
             ),
             mind=MindConfig(),
@@ -183,7 +188,12 @@ class LiveStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.broker = self._stack.enter_context(KafkaCluster(self.workdir / "kafka"))
         self.milvus = self._stack.enter_context(
-            EmbeddedMilvus(self.workdir / "milvus", port=free_port(), config=self.settings.milvus.embedded_config)
+            EmbeddedMilvus(
+                self.workdir / "milvus",
+                port=free_port(),
+                config=self.settings.milvus.embedded_config,
+                search_nice=self.settings.milvus.embedded_search_nice,
+            )
         )
         self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
         self.settings = self.settings.model_copy(update={"kafka": self.kafka})

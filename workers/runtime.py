@@ -114,3 +114,69 @@ def nice_threads(increment: int, *, keep: Collection[int] = ()) -> int:
         except (ProcessLookupError, PermissionError) as exc:  # the thread ended meanwhile
             log.debug("thread %d not reniced: %s", tid, exc)
     return changed
+
+
+def renice_named_threads(pid: int, prefixes: Sequence[str], nice: int) -> tuple[int, int]:
+    """Set the niceness of ``pid``'s threads whose name (``/proc/<pid>/task/<tid>/comm``) starts with one of
+    ``prefixes`` to ``nice``. Returns (threads changed, threads refused): lowering a niceness needs
+    ``CAP_SYS_NICE`` or a ``RLIMIT_NICE`` that allows it (``ulimit -e``). (0, 0) where there is no ``/proc``
+    (not Linux) or the process is gone."""
+    changed = refused = 0
+    try:
+        entries = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # not Linux, or the process ended
+        return 0, 0
+    for entry in entries:
+        try:
+            name = (entry / "comm").read_text(encoding="utf-8", errors="replace").strip()
+            if not name.startswith(tuple(prefixes)):
+                continue
+            tid = int(entry.name)
+            if os.getpriority(os.PRIO_PROCESS, tid) != nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed += 1
+        except PermissionError:
+            refused += 1
+        except (OSError, ValueError) as exc:  # the thread ended meanwhile
+            log.debug("thread %s of %d not reniced: %s", entry.name, pid, exc)
+    return changed, refused
+
+
+class ThreadRenicer:
+    """Keeps ``pid``'s threads named ``prefixes*`` at niceness ``nice``: now, then every ``every_s`` (a pool
+    starts its threads when first used, and may start more). A refusal (no privilege to lower a niceness)
+    is logged once, with the remedy. ``stop()`` ends the watcher."""
+
+    def __init__(self, pid: int, prefixes: Sequence[str], nice: int, every_s: float = 2.0) -> None:
+        self.pid, self.prefixes, self.nice, self.every_s = pid, tuple(prefixes), nice, every_s
+        self.changed = self.refused = 0
+        self._warned = False
+        self._stop = threading.Event()
+        self.check()
+        self._thread = threading.Thread(target=self._loop, name=f"renice-{pid}", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        changed, refused = renice_named_threads(self.pid, self.prefixes, self.nice)
+        self.changed += changed
+        self.refused += refused
+        if refused and not self._warned:
+            self._warned = True
+            log.warning(
+                "could not set %d thread(s) %s* of pid %d to niceness %d: lowering a niceness needs CAP_SYS_NICE "
+                "or RLIMIT_NICE (e.g. `ulimit -e 20` in the shell that starts it); they keep their own",
+                refused,
+                "*, ".join(self.prefixes),
+                self.pid,
+                self.nice,
+            )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            if not Path(f"/proc/{self.pid}").exists():
+                return
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 1)

@@ -50,6 +50,12 @@ class MilvusSettings(_Section):
     hnsw_m: int = Field(16, ge=2)
     hnsw_ef_construction: int = Field(200, ge=8)
     search_ef: int = Field(128, ge=1, description="HNSW ef at search time (>= top_k)")
+    search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
+        "Eventually",
+        description="Consistency of recall searches: Eventually searches what the server has applied (no wait), "
+        "Bounded first waits until it has applied the writes of up to 5 s ago (under load: HTTP p99 -25%, "
+        "docs/serving.md); probes and counts are always Strong",
+    )
     insert_batch: int = Field(10_000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
     embedded_config: dict[str, StrictBool | StrictInt | StrictFloat | str] = Field(
@@ -57,6 +63,16 @@ class MilvusSettings(_Section):
         description="milvus.yaml keys (dotted, e.g. queryNode.scheduler.maxReadConcurrentRatio) set for the embedded "
         "server, over its shipped limits (docs/retention.md); as JSON in the environment; a key its milvus.yaml "
         "template lacks is refused at start",
+    )
+
+    embedded_search_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="CPU niceness of the embedded server's search threads (Knowhere_Search*). Its vector library "
+        "starts them at 19, the lowest priority, so on a busy machine every other process ran before a "
+        "search (docs/serving.md); 0 = the rest of the server's. Lowering a niceness needs CAP_SYS_NICE or "
+        "RLIMIT_NICE (`ulimit -e 20`); without, a warning and the threads keep 19. 19 = leave them",
     )
 
     @field_validator("embedded_config")

@@ -54,3 +54,71 @@ def test_every_thread_but_the_kept_one_is_reniced() -> None:
     assert after["main"] == min(19, before["main"] + 5)
     assert got["child"] == after["other"]
     assert got["changed"] >= 2
+
+
+NAMED = textwrap.dedent(
+    """
+    import ctypes, os, sys, threading
+    libc = ctypes.CDLL(None)
+    done = threading.Event()
+    def park(name, started):
+        libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the thread's comm
+        print(f"{name} {threading.get_native_id()}", flush=True)
+        started.set()
+        done.wait()
+    def start(name):
+        started = threading.Event()
+        threading.Thread(target=park, args=(name, started), daemon=True).start()
+        started.wait()
+    start("Knowhere_Build0"); start("Knowhere_Search")
+    for line in sys.stdin:  # "start <name>" starts another thread; EOF ends the process
+        start(line.split()[1])
+    done.set()
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is Linux's")
+def test_named_threads_of_another_process_are_reniced_and_kept_so() -> None:
+    """``renice_named_threads`` changes only the threads named by the prefix (up, and down where permitted);
+    ``ThreadRenicer`` also catches a thread that starts later."""
+    import os
+    import resource
+    import time
+
+    from workers.runtime import ThreadRenicer, renice_named_threads
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", NAMED], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        tids = dict(child.stdout.readline().split() for _ in range(2))
+        prio = lambda name: os.getpriority(os.PRIO_PROCESS, int(tids[name]))  # noqa: E731
+        base = prio("Knowhere_Search")  # the suite may itself run niced
+        if base > 16:
+            pytest.skip(f"running at niceness {base}: no room to raise it")
+        assert renice_named_threads(child.pid, ("Knowhere_Build",), base + 2) == (1, 0)
+        assert prio("Knowhere_Build0") == base + 2 and prio("Knowhere_Search") == base
+        assert renice_named_threads(child.pid, ("Knowhere_Build",), base + 2) == (0, 0), "already there"
+        may_lower = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 19 - base
+        lowered = renice_named_threads(child.pid, ("Knowhere_Build",), base + 1)
+        assert lowered == ((1, 0) if may_lower else (0, 1))
+        assert prio("Knowhere_Build0") == (base + 1 if may_lower else base + 2)
+        renicer = ThreadRenicer(child.pid, ("Knowhere_Build",), base + 3, every_s=0.1)
+        try:
+            child.stdin.write("start Knowhere_Build1\n")
+            child.stdin.flush()
+            name, tid = child.stdout.readline().split()
+            tids[name] = tid
+            deadline = time.monotonic() + 10
+            while prio("Knowhere_Build1") != base + 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert prio("Knowhere_Build1") == prio("Knowhere_Build0") == base + 3
+            assert prio("Knowhere_Search") == base
+        finally:
+            renicer.stop()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert renice_named_threads(child.pid, ("Knowhere_Build",), 9) == (0, 0), "a process that is gone: nothing"

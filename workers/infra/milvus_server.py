@@ -29,6 +29,13 @@ this wrapper handles:
   (it waits) before searching.
 * Each base directory gets its own unpacked copy of the binaries (~7 s on the first start).
 * The package writes ``/tmp/milvus/server_id_<pid>`` files whatever the base directory.
+* Its vector library (knowhere) runs searches and index builds on threads named ``Knowhere_Search``
+  and ``Knowhere_Build<N>`` that it starts at niceness 19, the lowest CPU priority: on a busy
+  machine every other thread (inserts, the broker, the workers, training) ran before a search, and
+  searches queued for hundreds of milliseconds behind work that had nothing to do with them.
+  ``search_nice`` (``milvus.embedded_search_nice``, default 0) brings the search threads back to the
+  priority of the rest of the server (:class:`workers.runtime.ThreadRenicer`; it needs CAP_SYS_NICE
+  or RLIMIT_NICE, else a warning); builds stay at 19.
 * Milvus 2.3 listens on all interfaces (the ``*.ip`` settings only pick the address it
   advertises), so the embedded server is for development machines, not shared hosts.
 """
@@ -49,10 +56,11 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from pymilvus import MilvusClient, MilvusException
 
+from workers.runtime import ThreadRenicer
 from workers.settings import MilvusSettings
 
 if TYPE_CHECKING:
@@ -70,6 +78,9 @@ _START_ATTEMPTS = 2
 # coordinator sessions stay in etcd until their lease expires: a restart on the same base dir
 # waits for that (default TTL 30 s, ~55 s restarts). A shorter lease shortens that wait.
 _SESSION_TTL_S = 10
+SEARCH_THREADS: Final = ("Knowhere_Search",)  # names (prefixes) of the server's search threads
+KNOWHERE_NICE: Final = 19  # the niceness knowhere gives its threads
+_DEFAULT_SEARCH_NICE: Final[int] = MilvusSettings.model_fields["embedded_search_nice"].default
 
 
 class _ExitedDuringStartup(RuntimeError):
@@ -109,8 +120,15 @@ class EmbeddedMilvus:
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 10.0,
         config: Mapping[str, bool | int | float | str] | None = None,
+        search_nice: int = _DEFAULT_SEARCH_NICE,
     ) -> None:
-        self.config = dict(config or {})  # milvus.yaml overrides (MilvusSettings.embedded_config)
+        """``config``: milvus.yaml overrides (``MilvusSettings.embedded_config``); ``search_nice``: niceness of
+        the search threads (``MilvusSettings.embedded_search_nice``; 19 = knowhere's own, left alone)."""
+        if not 0 <= search_nice <= KNOWHERE_NICE:
+            raise ValueError(f"search_nice must be a niceness in 0..19, got {search_nice}")
+        self.config = dict(config or {})
+        self.search_nice = search_nice
+        self._renicer: ThreadRenicer | None = None
         self.base_dir = Path(base_dir).resolve()
         self.port = port
         self.host = host
@@ -156,6 +174,8 @@ class EmbeddedMilvus:
                 raise
         atexit.register(self.stop)  # an uncaught exception in the caller must not orphan the server
         self._wait_for_client(began + self.start_timeout_s)
+        if self.search_nice != KNOWHERE_NICE and self.pid is not None:
+            self._renicer = ThreadRenicer(self.pid, SEARCH_THREADS, self.search_nice)
         if restarting:
             # The previous process' etcd sessions (killed, see module doc) point at dead addresses
             # (internal ports change per start) until their lease expires; flushes fail until
@@ -267,6 +287,9 @@ class EmbeddedMilvus:
 
     def _reap(self) -> None:
         """Kill a left-over process, close the package's log files and forget the server."""
+        if self._renicer is not None:
+            self._renicer.stop()
+            self._renicer = None
         if self._server is None:
             return
         proc = self._process()
@@ -288,7 +311,11 @@ class EmbeddedMilvus:
 @contextlib.contextmanager
 def _embedded_uri(settings: MilvusSettings, base_dir: Path) -> Iterator[str]:
     with EmbeddedMilvus(
-        base_dir, port=settings.embedded_port, host=settings.embedded_host, config=settings.embedded_config
+        base_dir,
+        port=settings.embedded_port,
+        host=settings.embedded_host,
+        config=settings.embedded_config,
+        search_nice=settings.embedded_search_nice,
     ) as server:
         yield server.uri
 

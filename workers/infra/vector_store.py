@@ -12,8 +12,9 @@ reloaded on its own, only filtered. With explicit partitions a segment refresh i
 partitions asked for. The ``segment`` field repeats the partition name so that a row says
 where it lives. Milvus 2.3 allows at most 1,024 partitions per collection.
 
-Consistency: searches use the collection's default (Bounded, ~5 s staleness); ``count`` and
-``probe`` use Strong (~200 ms more per call) because they verify what was just written.
+Consistency: searches use ``milvus.search_consistency`` (default Eventually: no wait; Bounded: the
+server first applies the writes of up to 5 s ago), or Strong when asked; ``count`` and ``probe`` use Strong
+(~200 ms more per call) because they verify what was just written.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ class VectorStore:
         ids = np.full((nq, top_k), PAD_ID, dtype=np.int64)
         scores = np.full((nq, top_k), pad_score, dtype=np.float32)
         versions: set[str] = set()
-        extra: dict[str, Any] = {"consistency_level": "Strong"} if strong else {}
+        extra: dict[str, Any] = {"consistency_level": "Strong" if strong else self.settings.search_consistency}
         if max_generation is not None:
             extra["filter"] = f"generation <= {int(max_generation)}"
         for start in range(0, nq, MAX_NQ):

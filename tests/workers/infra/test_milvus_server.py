@@ -100,3 +100,80 @@ def test_the_embedded_server_runs_with_the_long_run_limits(milvus_server: Embedd
     client = MilvusClient(uri=milvus_uri)  # and the server took them
     assert isinstance(client.list_collections(), list)
     client.close()
+
+
+def _thread_niceness(pid: int) -> list[tuple[str, int]]:
+    """(name, niceness) of every thread of ``pid``."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            out.append((name, os.getpriority(os.PRIO_PROCESS, int(task.name))))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return out
+
+
+def _can_lower_niceness() -> bool:
+    """Whether this process may lower a niceness to 0 (CAP_SYS_NICE, e.g. root, or RLIMIT_NICE 20)."""
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is Linux's")
+def test_search_threads_run_at_the_configured_niceness(milvus_server: EmbeddedMilvus) -> None:
+    """knowhere starts its search and build threads at niceness 19. On the session server (default
+    ``embedded_search_nice``) the search threads, once they exist (the first search starts them), are brought
+    to that niceness, the build threads keep 19; where lowering is not permitted, they keep 19 and the
+    server runs on."""
+    import time
+
+    import numpy as np
+
+    from workers.infra.milvus_server import KNOWHERE_NICE
+
+    want = MilvusSettings().embedded_search_nice
+    assert want < KNOWHERE_NICE
+    if not _can_lower_niceness():
+        want = KNOWHERE_NICE
+    client = MilvusClient(uri=milvus_server.uri)
+    name = f"nice_{os.getpid()}"
+    try:
+        client.create_collection(name, dimension=8)  # quick setup: indexed (AUTOINDEX) and loaded
+        rows = np.random.default_rng(0).random((3000, 8), dtype=np.float32)
+        client.insert(name, [{"id": i, "vector": v.tolist()} for i, v in enumerate(rows)])
+        client.flush(name)  # seals the segment: the index node starts its build threads
+        client.search(name, [rows[0].tolist()], limit=3)  # and the query node its search threads
+        deadline = time.monotonic() + 10
+        threads = _thread_niceness(milvus_server.pid or 0)
+        while time.monotonic() < deadline:
+            threads = _thread_niceness(milvus_server.pid or 0)
+            searches = [p for n, p in threads if n.startswith("Knowhere_Search")]
+            if searches and all(p == want for p in searches):
+                break
+            time.sleep(0.5)
+    finally:
+        client.drop_collection(name)
+        client.close()
+    knowhere = [t for t in threads if t[0].startswith("Knowhere")]
+    searches = [p for n, p in knowhere if n.startswith("Knowhere_Search")]
+    assert searches and all(p == want for p in searches), knowhere
+    builds = [p for n, p in knowhere if n.startswith("Knowhere_Build")]
+    assert builds and all(p == KNOWHERE_NICE for p in builds), knowhere
+
+
+def test_search_niceness_outside_0_19_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    for bad in (-1, 20):
+        with pytest.raises(ValidationError, match="embedded_search_nice"):
+            MilvusSettings(embedded_search_nice=bad)
+        with pytest.raises(ValueError, match=r"search_nice must be a niceness in 0\.\.19"):
+            EmbeddedMilvus(tmp_path, search_nice=bad)
+    monkeypatch.setenv("MINDSTREAM_MILVUS__EMBEDDED_SEARCH_NICE", "high")
+    from workers.settings import Settings
+
+    with pytest.raises(ValidationError, match="embedded_search_nice"):
+        Settings()

@@ -228,3 +228,40 @@ def test_milvus_searcher_pins_the_alias(store: VectorStore, loaded: str, data: D
     assert got_ids.shape == (20, 5) and got_scores.shape == (20, 5)
     assert np.mean(got_ids[:, 0] == ids[:20]) >= 0.5  # own vector usually wins with gaussian data
     store.drop_alias(alias)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("level", ["Bounded", "Eventually"])
+def test_searches_carry_the_configured_consistency(milvus_uri: str, loaded: str, data: Data, level: str) -> None:
+    """``milvus.search_consistency`` is what each search request asks the server for (read off the gRPC
+    request that goes out, on both search paths); ``strong=True`` still asks for Strong; answers agree."""
+    from pymilvus.grpc_gen import common_pb2
+
+    _, vectors = data
+    with VectorStore(milvus_uri, MilvusSettings(search_consistency=level)) as vs:  # type: ignore[arg-type]
+        conn = vs.client._get_connection()
+        sent: list[int] = []
+        real = conn._stub.Search
+
+        def spy(request: object, *args: object, **kwargs: object) -> object:
+            sent.append(request.consistency_level)  # type: ignore[attr-defined]
+            return real(request, *args, **kwargs)
+
+        conn._stub.Search = spy
+        try:
+            raw = vs.search(loaded, vectors[:3], top_k=5, with_versions=False)
+            public = vs.search(loaded, vectors[:3], top_k=5, with_versions=True)
+            strong = vs.search(loaded, vectors[:3], top_k=5, strong=True)
+        finally:
+            conn._stub.Search = real
+    want = common_pb2.ConsistencyLevel.Value(level)
+    assert sent == [want, want, common_pb2.ConsistencyLevel.Value("Strong")]
+    np.testing.assert_array_equal(raw.ids, strong.ids)
+    np.testing.assert_array_equal(public.ids, strong.ids)
+
+
+def test_an_unknown_consistency_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="search_consistency"):
+        MilvusSettings(search_consistency="Sometimes")  # type: ignore[arg-type]
