@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class _Outcome:
     due: float
     ms: float | None  # None: failed
     kind: str  # ok | timeout | error
+    detail: str | None = None  # what the error was (its code and message, the exception, the HTTP status)
 
 
 class _Recorder:
@@ -115,6 +117,7 @@ class _Recorder:
             "p99_ms": stats["p99"],
             "timeouts": sum(o.kind == "timeout" for o in inside),
             "errors": sum(o.kind == "error" for o in inside),
+            "error_details": dict(Counter(o.detail or "unknown" for o in inside if o.kind == "error")),
         }
 
     def by_class(
@@ -149,16 +152,18 @@ def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[Re
             now = time.monotonic()
             if isinstance(exc, TimeoutError):
                 rec.add("kafka", _Outcome(due, None, "timeout"))
-            elif exc is not None or isinstance(f.result(), ErrorReply):
-                rec.add("kafka", _Outcome(due, None, "error"))
+            elif exc is not None:
+                rec.add("kafka", _Outcome(due, None, "error", f"{type(exc).__name__}: {str(exc)[:120]}"))
+            elif isinstance(reply := f.result(), ErrorReply):
+                rec.add("kafka", _Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
             else:
                 rec.add("kafka", _Outcome(due, (now - due) * 1000, "ok"))
 
         try:
             client.request(reqs[i % len(reqs)]).add_done_callback(done)
             rec.sent["kafka"] += 1
-        except Exception:
-            rec.add("kafka", _Outcome(due, None, "error"))
+        except Exception as exc:
+            rec.add("kafka", _Outcome(due, None, "error", f"not sent: {type(exc).__name__}: {str(exc)[:120]}"))
         i += 1
 
 
@@ -178,12 +183,14 @@ def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest],
             rec.sent["http"] += 1
             try:
                 r = http.post("/rec/recall", json=bodies[i % len(bodies)])
-                ok = r.status_code == 200
-                rec.add("http", _Outcome(due, (time.monotonic() - due) * 1000 if ok else None, "ok" if ok else "error"))
+                if r.status_code == 200:
+                    rec.add("http", _Outcome(due, (time.monotonic() - due) * 1000, "ok"))
+                else:
+                    rec.add("http", _Outcome(due, None, "error", f"HTTP {r.status_code}: {r.text[:120]}"))
             except httpx.TimeoutException:
                 rec.add("http", _Outcome(due, None, "timeout"))
-            except Exception:
-                rec.add("http", _Outcome(due, None, "error"))
+            except Exception as exc:
+                rec.add("http", _Outcome(due, None, "error", f"{type(exc).__name__}: {str(exc)[:120]}"))
             i += 1
 
 
