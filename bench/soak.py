@@ -46,7 +46,7 @@ import numpy as np
 import psutil
 
 from bench.common import disk_usage, emit
-from bench.stack import LiveStack, StackConfig, percentiles
+from bench.stack import LiveStack, StackConfig, percentiles, wait_serving
 from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
 from model.data.synthetic import synthetic_dataset
 from model.export import external_heldout
@@ -360,6 +360,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             threads.append(
                 threading.Thread(target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True)
             )
+        wait_serving(client)  # the recall worker holds the live model (its first requests got 'unavailable')
         procs = _Processes(stack.processes())
         windows: list[dict[str, Any]] = []
         sampler = _sampler(stack, env, cfg.busy_activities).start()
