@@ -91,6 +91,11 @@ class _Outcome:
     detail: str | None = None  # what the error was (its code and message, the exception, the HTTP status)
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as a failed request's ``detail``."""
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -153,7 +158,7 @@ def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[Re
             if isinstance(exc, TimeoutError):
                 rec.add("kafka", _Outcome(due, None, "timeout"))
             elif exc is not None:
-                rec.add("kafka", _Outcome(due, None, "error", f"{type(exc).__name__}: {str(exc)[:120]}"))
+                rec.add("kafka", _Outcome(due, None, "error", _describe(exc)))
             elif isinstance(reply := f.result(), ErrorReply):
                 rec.add("kafka", _Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
             else:
@@ -163,7 +168,7 @@ def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[Re
             client.request(reqs[i % len(reqs)]).add_done_callback(done)
             rec.sent["kafka"] += 1
         except Exception as exc:
-            rec.add("kafka", _Outcome(due, None, "error", f"not sent: {type(exc).__name__}: {str(exc)[:120]}"))
+            rec.add("kafka", _Outcome(due, None, "error", f"not sent: {_describe(exc)}"))
         i += 1
 
 
@@ -190,7 +195,7 @@ def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest],
             except httpx.TimeoutException:
                 rec.add("http", _Outcome(due, None, "timeout"))
             except Exception as exc:
-                rec.add("http", _Outcome(due, None, "error", f"{type(exc).__name__}: {str(exc)[:120]}"))
+                rec.add("http", _Outcome(due, None, "error", _describe(exc)))
             i += 1
 
 

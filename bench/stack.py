@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -137,6 +138,16 @@ def write_base_model(settings: Settings, spec: SyntheticSpec, batches: int) -> d
     return {"base_batches": batches, "base_users": spec.num_users, "base_s": round(time.perf_counter() - began, 1)}
 
 
+def _milvus_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``MINDSTREAM_MILVUS__*`` entries of ``env`` as :class:`MilvusSettings` fields (the JSON of
+    ``embedded_config`` parsed), so the embedded server and this process's searches see what the workers see."""
+    prefix = "MINDSTREAM_MILVUS__"
+    fields: dict[str, Any] = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    if "embedded_config" in fields:
+        fields["embedded_config"] = json.loads(fields["embedded_config"])
+    return fields
+
+
 class LiveStack:
     """``with LiveStack(cfg, workdir) as stack:`` everything up, the first model live and answering."""
 
@@ -152,17 +163,7 @@ class LiveStack:
             state_dir=workdir / "state",
             # the workers' index (child_env) and the one this process searches with must agree
             # and the embedded server this process starts takes the configured milvus.yaml overrides
-            milvus=MilvusSettings.model_validate(
-                {
-                    "index_type": cfg.env.get("MINDSTREAM_MILVUS__INDEX_TYPE", "HNSW"),
-                    "embedded_config": json.loads(cfg.env.get("MINDSTREAM_MILVUS__EMBEDDED_CONFIG", "{}")),
-                    **(
-                        {"embedded_search_nice": cfg.env["MINDSTREAM_MILVUS__EMBEDDED_SEARCH_NICE"]}
-                        if "MINDSTREAM_MILVUS__EMBEDDED_SEARCH_NICE" in cfg.env
-                        else {}
-                    ),
-                }
-            ),
+            milvus=MilvusSettings.model_validate({"index_type": "HNSW", **_milvus_env(cfg.env)}),
             mind=MindConfig(),
             train=TrainConfig(),
         )

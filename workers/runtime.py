@@ -149,7 +149,6 @@ class ThreadRenicer:
 
     def __init__(self, pid: int, prefixes: Sequence[str], nice: int, every_s: float = 2.0) -> None:
         self.pid, self.prefixes, self.nice, self.every_s = pid, tuple(prefixes), nice, every_s
-        self.changed = self.refused = 0
         self._warned = False
         self._stop = threading.Event()
         self.check()
@@ -157,9 +156,7 @@ class ThreadRenicer:
         self._thread.start()
 
     def check(self) -> None:
-        changed, refused = renice_named_threads(self.pid, self.prefixes, self.nice)
-        self.changed += changed
-        self.refused += refused
+        _, refused = renice_named_threads(self.pid, self.prefixes, self.nice)
         if refused and not self._warned:
             self._warned = True
             log.warning(
