@@ -53,8 +53,8 @@ class MilvusSettings(_Section):
     search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
         "Eventually",
         description="Consistency of recall searches: Eventually searches what the server has applied (no wait), "
-        "Bounded first waits until it has applied the writes of up to 5 s ago (under load: HTTP p99 -25%, "
-        "docs/serving.md); probes and counts are always Strong",
+        "Bounded first waits until it has applied the writes of up to 5 s ago (under load: HTTP worst window "
+        "426 -> 346 ms, within the spread between windows; docs/serving.md); probes and counts are always Strong",
     )
     insert_batch: int = Field(10_000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
