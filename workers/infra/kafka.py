@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 ConfValue = str | int | float | bool
 Conf = Mapping[str, ConfValue]
@@ -113,16 +113,28 @@ def ensure_topics(
             error = exc.args[0]
             if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
-    _wait_listed(admin, wanted, time.monotonic() + timeout)
+    expected = {t: (specs[t].partitions if t in created else 1) for t in wanted}
+    _wait_led(admin, expected, time.monotonic() + timeout)
     return created
 
 
-def _wait_listed(admin: AdminClient, topics: list[str], deadline: float) -> None:
+def _wait_led(admin: AdminClient, expected: Mapping[str, int], deadline: float) -> None:
+    """Until metadata lists each topic with at least its expected partitions, every one with a leader.
+
+    A topic listed without error can still show no partitions, or partitions without a leader, for a moment
+    after its creation on a cluster (the answering broker has not applied the controller's record yet).
+    """
     while True:
         listed = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
-        missing = [t for t in topics if t not in listed or listed[t].error is not None]
+        missing = [t for t, count in expected.items() if not _led(listed.get(t), count)]
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics not visible in metadata: {', '.join(missing)}")
+            raise TimeoutError(f"topics without a leader for every partition: {', '.join(missing)}")
         time.sleep(0.05)
+
+
+def _led(meta: TopicMetadata | None, partitions: int) -> bool:
+    if meta is None or meta.error is not None or len(meta.partitions) < partitions:
+        return False
+    return all(p.error is None and p.leader >= 0 for p in meta.partitions.values())
