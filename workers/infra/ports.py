@@ -23,7 +23,8 @@ _HIGHEST: Final = 65_535
 _MIN_SPAN: Final = 2_000  # a range this small is not worth avoiding collisions in: fall back to bind(0)
 _TRIES: Final = 200
 
-_random: Final = random.SystemRandom()  # not the global generator: a test's random.seed() must not make two processes pick alike
+# Not the global generator: a test's random.seed() must not make two processes pick alike.
+_random: Final = random.SystemRandom()
 _given: set[int] = set()
 _lock = threading.Lock()
 
