@@ -138,12 +138,13 @@ def write_base_model(settings: Settings, spec: SyntheticSpec, batches: int) -> d
     return {"base_batches": batches, "base_users": spec.num_users, "base_s": round(time.perf_counter() - began, 1)}
 
 
-def _milvus_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``MINDSTREAM_MILVUS__*`` entries of ``env`` as :class:`MilvusSettings` fields (the JSON of
-    ``embedded_config`` parsed), so the embedded server and this process's searches see what the workers see."""
-    prefix = "MINDSTREAM_MILVUS__"
+def section_env(env: Mapping[str, str], section: str) -> dict[str, Any]:
+    """The ``MINDSTREAM_<SECTION>__*`` entries of ``env`` as that settings section's fields (the JSON of
+    Milvus' ``embedded_config`` parsed), so what this process starts and creates (the embedded server, the
+    topics) and its own searches see what the workers see."""
+    prefix = f"MINDSTREAM_{section.upper()}__"
     fields: dict[str, Any] = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
-    if "embedded_config" in fields:
+    if section == "milvus" and "embedded_config" in fields:
         fields["embedded_config"] = json.loads(fields["embedded_config"])
     return fields
 
@@ -163,7 +164,7 @@ class LiveStack:
             state_dir=workdir / "state",
             # the workers' index (child_env) and the one this process searches with must agree
             # and the embedded server this process starts takes the configured milvus.yaml overrides
-            milvus=MilvusSettings.model_validate({"index_type": "HNSW", **_milvus_env(cfg.env)}),
+            milvus=MilvusSettings.model_validate({"index_type": "HNSW", **section_env(cfg.env, "milvus")}),
             mind=MindConfig(),
             train=TrainConfig(),
         )
@@ -196,7 +197,11 @@ class LiveStack:
                 search_nice=self.settings.milvus.embedded_search_nice,
             )
         )
-        self.kafka = KafkaSettings(bootstrap_servers=self.broker.bootstrap)
+        # The topics are created here, before any worker starts: with the retention the workers are given
+        # (a worker finding them created leaves their configs as they are).
+        self.kafka = KafkaSettings.model_validate(
+            {**section_env(self.cfg.env, "kafka"), "bootstrap_servers": self.broker.bootstrap}
+        )
         self.settings = self.settings.model_copy(update={"kafka": self.kafka})
         ensure_stack_topics(self.kafka.client_config(), self.kafka)
         self.setup.update(write_base_model(self.settings, self.spec, self.cfg.base_batches))
