@@ -66,6 +66,17 @@ class Sequences:
         return h.hexdigest()[:16]
 
     @staticmethod
+    def from_arrays(user_ids: list[int], seqs: list[IntArray], item_count: int | None = None) -> Sequences:
+        """As :meth:`from_lists`, from one array per user: no Python object per click (a refresh round
+        builds millions of clicks this way)."""
+        lengths = np.array([s.shape[0] for s in seqs], dtype=np.int64)
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.concatenate(seqs).astype(np.int64, copy=False) if seqs else np.empty(0, dtype=np.int64)
+        count = item_count if item_count is not None else (int(items.max()) + 1 if items.size else 1)
+        return Sequences(np.asarray(user_ids, dtype=np.int64), offsets, items, count)
+
+    @staticmethod
     def from_lists(user_ids: list[int], seqs: list[list[int]], item_count: int | None = None) -> Sequences:
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)

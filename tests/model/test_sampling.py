@@ -54,3 +54,15 @@ def test_small_catalogue_uses_exact_softmax() -> None:
     draws = sampler.sample()
     assert sampler.full and sorted(draws.ids.tolist()) == list(range(1, 11))
     assert (draws.log_expected == 0).all()
+
+
+def test_from_arrays_builds_what_from_lists_builds() -> None:
+    seqs = [[3, 1, 2], [5], [], [4, 4, 7, 1]]
+    arrays = [np.asarray(s, dtype=np.int64) for s in seqs]
+    a = Sequences.from_arrays([10, 11, 12, 13], arrays, item_count=9)
+    b = Sequences.from_lists([10, 11, 12, 13], seqs, item_count=9)
+    for got, want in zip((a.user_ids, a.offsets, a.items), (b.user_ids, b.offsets, b.items), strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.int64
+    assert a.item_count == b.item_count == 9
+    assert Sequences.from_arrays([], []).num_events == 0

@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
+import numpy.typing as npt
+
 from workers.ingest.state_store import (
+    ClickColumns,
     StoredClick,
+    columns_after,
     event_total,
     events_after,
+    history_array,
     history_items,
     history_rows,
     ingest_dir,
@@ -77,6 +83,15 @@ class StateReader:
             out.append([r.item_id for r in rows[-maxlen:]])
         return out
 
+    def history_arrays(self, users: Sequence[int], maxlen: int) -> list[npt.NDArray[np.int64]]:
+        """:meth:`histories` as one int64 array per user (what the refresh's rounds read)."""
+        if maxlen <= 0:
+            return [np.empty(0, dtype=np.int64) for _ in users]
+        conns = list(self._connections().values())
+        if len(conns) == 1:
+            return [history_array(conns[0], user, maxlen) for user in users]
+        return [np.asarray(items, dtype=np.int64) for items in self.histories(users, maxlen)]
+
     def events_since(self, cursor: Cursor, limit: int | None = None) -> tuple[list[StoredClick], Cursor]:
         """Events appended after ``cursor`` (file by file, append order within a file) and the new cursor.
 
@@ -93,6 +108,23 @@ class StateReader:
             if got:
                 positions[name] = last
         return events, Cursor(MappingProxyType(positions))
+
+    def columns_since(self, cursor: Cursor, limit: int | None = None) -> tuple[ClickColumns, Cursor]:
+        """:meth:`events_since` as columns (user, item, time, the segments named): what a refresh round
+        reads, without a Python object per click."""
+        parts: list[ClickColumns] = []
+        taken = 0
+        positions = dict(cursor.positions)
+        for name, conn in self._connections().items():
+            left = None if limit is None else limit - taken
+            if left is not None and left <= 0:
+                break
+            got, last = columns_after(conn, positions.get(name, 0), left)
+            if len(got):
+                parts.append(got)
+                taken += len(got)
+                positions[name] = last
+        return ClickColumns.concat(parts), Cursor(MappingProxyType(positions))
 
     def event_count(self) -> int:
         return sum(event_total(conn) for conn in self._connections().values())

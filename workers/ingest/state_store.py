@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from schemas.messages import ClickEvent
 from workers.ingest.digest_set import DigestSet, DigestWindow, digest
 
@@ -147,6 +150,14 @@ def history_items(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[i
     return items
 
 
+def history_array(conn: sqlite3.Connection, user_id: int, maxlen: int) -> npt.NDArray[np.int64]:
+    """:func:`history_items` as an int64 array: no Python int kept per click (the refresh's rounds read
+    millions of them; as lists they fragmented its heap, docs/retention.md)."""
+    rows = conn.execute(_HISTORY_ITEMS, (user_id, maxlen)).fetchall()
+    items = np.fromiter((item for (item,) in rows), dtype=np.int64, count=len(rows))
+    return items[::-1].copy()
+
+
 def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[list[StoredClick], int]:
     """Events appended after ``seq`` (in append order) and the seq of the last one returned."""
     sql = _SINCE if limit is None else f"{_SINCE} LIMIT {int(limit)}"
@@ -154,6 +165,55 @@ def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple
     if not rows:
         return [], seq
     return [StoredClick(*row[1:]) for row in rows], int(rows[-1][0])
+
+
+_SINCE_COLUMNS: Final = "SELECT seq, user_id, item_id, ts, segment FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+_FETCH_ROWS: Final = 65_536
+
+
+@dataclass(frozen=True)
+class ClickColumns:
+    """Stored clicks as columns, in append order (a refresh round takes up to a million at once: as
+    :class:`StoredClick` tuples with their event ids they were ~250 bytes of Python objects each)."""
+
+    user_ids: npt.NDArray[np.int64]
+    item_ids: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    segments: tuple[tuple[int, str], ...] = ()  # (item id, segment) of the clicks that named one, in order
+
+    def __len__(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @staticmethod
+    def concat(parts: Sequence[ClickColumns]) -> ClickColumns:
+        if not parts:
+            return ClickColumns(*(np.empty(0, dtype=np.int64) for _ in range(3)))
+        return ClickColumns(
+            np.concatenate([p.user_ids for p in parts]),
+            np.concatenate([p.item_ids for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            tuple(pair for p in parts for pair in p.segments),
+        )
+
+
+def columns_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[ClickColumns, int]:
+    """:func:`events_after` as columns (read a slice of rows at a time: no list of every row)."""
+    cursor = conn.execute(_SINCE_COLUMNS, (seq, -1 if limit is None else int(limit)))
+    users: list[npt.NDArray[np.int64]] = []
+    items: list[npt.NDArray[np.int64]] = []
+    times: list[npt.NDArray[np.int64]] = []
+    segments: list[tuple[int, str]] = []
+    last = seq
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        n = len(rows)
+        users.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=n))
+        items.append(np.fromiter((r[2] for r in rows), dtype=np.int64, count=n))
+        times.append(np.fromiter((r[3] for r in rows), dtype=np.int64, count=n))
+        segments.extend((r[2], r[4]) for r in rows if r[4] is not None)
+        last = int(rows[-1][0])
+    if not users:
+        return ClickColumns.concat([]), seq
+    return ClickColumns(np.concatenate(users), np.concatenate(items), np.concatenate(times), tuple(segments)), last
 
 
 def event_total(conn: sqlite3.Connection) -> int:

@@ -29,7 +29,7 @@ from model.train import Trainer, train
 from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
-from workers.ingest.state_store import StoredClick
+from workers.ingest.state_store import ClickColumns
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 from workers.refresh.heap_profile import HeapProfile
@@ -228,30 +228,34 @@ class RefreshWorker:
         the rows of the returned vocabulary: ``vocab`` grown by every item of those histories (they
         are read after the round's events and may hold clicks the round has not taken, including
         brand-new items)."""
-        seqs = self.reader.histories(users, self.cfg.train_history)
-        seen = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
+        # Arrays throughout: a round reads users x train_history clicks (10M at 50k users); as Python
+        # ints they cost ~40 bytes each, twice over, and fragmented the heap round after round.
+        seqs = self.reader.history_arrays(users, self.cfg.train_history)
+        seen = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
         vocab = vocab.extend(seen, seen_at=time.time())
-        fresh = [(u, vocab.rows(s).tolist()) for u, s in zip(users, seqs, strict=True)]
-        fresh = [(u, s) for u, s in fresh if len(s) >= self.settings.train.min_clicks]
-        replay: list[tuple[int, list[int]]] = []
+        del seen
+        min_clicks = self.settings.train.min_clicks
+        fresh = [(u, vocab.rows(s)) for u, s in zip(users, seqs, strict=True) if s.shape[0] >= min_clicks]
+        del seqs
+        replay: list[tuple[int, IntArray]] = []
         if self.replay is not None and self.cfg.replay_users:
             n = min(self.cfg.replay_users, self.replay.num_users)
             for i in self.rng.choice(self.replay.num_users, size=n, replace=False).tolist():
                 seq = self.replay.sequence(i)
                 ids = self.replay_vocab.external(seq) if self.replay_vocab is not None else seq
                 known = vocab.rows(ids)
-                replay.append((int(self.replay.user_ids[i]), known[known > 0].tolist()))  # expired items left out
+                replay.append((int(self.replay.user_ids[i]), known[known > 0]))  # expired items left out
         repeat = max(1, len(replay) // max(len(fresh), 1))
-        rows = fresh * repeat + [r for r in replay if r[1]]
+        rows = fresh * repeat + [r for r in replay if r[1].shape[0]]
         if not rows:
             raise ValueError("no user with enough clicks to train on")
-        return Sequences.from_lists([u for u, _ in rows], [s for _, s in rows], item_count=len(vocab)), vocab
+        return Sequences.from_arrays([u for u, _ in rows], [s for _, s in rows], item_count=len(vocab)), vocab
 
-    def round_vocab(self, live: Checkpoint, events: list[StoredClick]) -> tuple[ItemVocab, IntArray | None]:
+    def round_vocab(self, live: Checkpoint, events: ClickColumns) -> tuple[ItemVocab, IntArray | None]:
         """The live vocabulary grown by the round's items, with their clicks recorded; and, when
         expired rows reached ``compact_share`` of the table, the rows to keep (a compaction)."""
         now = time.time()
-        items = np.fromiter((e.item_id for e in events), dtype=np.int64, count=len(events))
+        items = events.item_ids
         vocab = live.vocab().extend(items, seen_at=now).touch(items, np.full(items.shape[0], now))
         if self.cfg.item_ttl_s is None:
             return vocab, None
@@ -276,16 +280,16 @@ class RefreshWorker:
             self.metrics.orphans_dropped.inc(len(dropped))
         pruned = self.prune_versions()
         began = time.perf_counter()
-        events, cursor = self.reader.events_since(state.get_cursor(), limit=self.cfg.max_events_per_round)
+        events, cursor = self.reader.columns_since(state.get_cursor(), limit=self.cfg.max_events_per_round)
         read_s = time.perf_counter() - began
         self._last_round = time.monotonic()
-        if not events and not force:
+        if not len(events) and not force:
             state.save(self.state_path)
             return None
         live = self.live_checkpoint()
         if live is None:
             raise RuntimeError("nothing is live: bootstrap first")
-        users = sorted({e.user_id for e in events})
+        users = np.unique(events.user_ids).tolist()
         report = RoundReport(len(events), len(users), dropped=dropped, pruned=pruned)
         self._phase(report, "read", read_s)
         if self.metrics:
@@ -317,7 +321,7 @@ class RefreshWorker:
         return report
 
     def _train(
-        self, report: RoundReport, state: RefreshState, live: Checkpoint, events: list[StoredClick], users: list[int]
+        self, report: RoundReport, state: RefreshState, live: Checkpoint, events: ClickColumns, users: list[int]
     ) -> Checkpoint:
         """The round's vocabulary and training set, the live model trained further on them, saved as the
         next version (the phases ``prepare`` and ``train``)."""
@@ -329,7 +333,7 @@ class RefreshWorker:
             log.info("compacting the item table: %d expired rows dropped", live.manifest.item_count - len(vocab))
         sequences, vocab = self.training_set(users, vocab)
         trainer = Trainer(sequences, self.settings.mind, cfg, init=live, vocab=vocab, keep_rows=keep)
-        self.segments.update((e.item_id, e.segment) for e in events)
+        self.segments.update(events.segments)
         t1 = time.perf_counter()
         self._phase(report, "prepare", t1 - t0)
         train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
@@ -338,10 +342,10 @@ class RefreshWorker:
         self._phase(report, "train", report.train_seconds)
         return ckpt
 
-    def _click_to_version(self, report: RoundReport, events: list[StoredClick]) -> None:
+    def _click_to_version(self, report: RoundReport, events: ClickColumns) -> None:
         """Click -> live in this version, for a sample of the round's clicks (plausible event times)."""
         now = time.time()
-        times = np.array([e.ts / 1000.0 for e in events], dtype=np.float64)
+        times = events.ts / 1000.0
         times = times[np.abs(now - times) <= PLAUSIBLE_CLOCK_SKEW_S]
         if times.size > CLICK_SAMPLE:
             times = self.rng.choice(times, size=CLICK_SAMPLE, replace=False)

@@ -240,3 +240,38 @@ def test_histories_equal_one_history_per_user(tmp_path: Path, partitions: int) -
     with StateReader(tmp_path, TOPIC) as reader:
         for maxlen in (0, 1, 3, 200):
             assert reader.histories(users, maxlen) == [reader.history(u, maxlen) for u in users]
+            arrays = reader.history_arrays(users, maxlen)
+            assert all(a.dtype == np.int64 for a in arrays)
+            assert [a.tolist() for a in arrays] == [reader.history(u, maxlen) for u in users]
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_columns_since_hold_what_events_since_returns(tmp_path: Path, partitions: int) -> None:
+    stores = [PartitionStore.open(tmp_path, TOPIC, p) for p in range(partitions)]
+    for batch in range(6):
+        events = [
+            ClickEvent(
+                event_id=f"b{batch}e{n}",
+                user_id=n % 7 + 1,
+                item_id=1000 + batch * 10 + n,
+                ts=batch * 100 + n,
+                segment=("eu" if n % 3 == 0 else None),
+            )
+            for n in range(9)
+        ]
+        stores[batch % partitions].apply(events, TOPIC, batch % partitions, last_offset=batch)
+    for store in stores:
+        store.close()
+    with StateReader(tmp_path, TOPIC) as reader:
+        cursor = Cursor()
+        for limit in (5, 13, None, 4):  # slices that end inside a file and across files, then nothing left
+            want, want_cursor = reader.events_since(cursor, limit)
+            got, got_cursor = reader.columns_since(cursor, limit)
+            assert got_cursor == want_cursor
+            assert len(got) == len(want)
+            assert got.user_ids.tolist() == [e.user_id for e in want]
+            assert got.item_ids.tolist() == [e.item_id for e in want]
+            assert got.ts.tolist() == [e.ts for e in want]
+            assert got.segments == tuple((e.item_id, e.segment) for e in want if e.segment is not None)
+            cursor = got_cursor
+        assert len(got) == 0
