@@ -187,7 +187,8 @@ class ClickColumns:
     @staticmethod
     def concat(parts: Sequence[ClickColumns]) -> ClickColumns:
         if not parts:
-            return ClickColumns(*(np.empty(0, dtype=np.int64) for _ in range(3)))
+            empty = np.empty(0, dtype=np.int64)
+            return ClickColumns(empty, empty.copy(), empty.copy())
         return ClickColumns(
             np.concatenate([p.user_ids for p in parts]),
             np.concatenate([p.item_ids for p in parts]),
