@@ -185,6 +185,17 @@ class ClickColumns:
         return int(self.user_ids.shape[0])
 
     @staticmethod
+    def of(events: Sequence[StoredClick]) -> ClickColumns:
+        """The columns of ``events`` (a few, e.g. a test's)."""
+        n = len(events)
+        return ClickColumns(
+            np.fromiter((e.user_id for e in events), dtype=np.int64, count=n),
+            np.fromiter((e.item_id for e in events), dtype=np.int64, count=n),
+            np.fromiter((e.ts for e in events), dtype=np.int64, count=n),
+            tuple((e.item_id, e.segment) for e in events if e.segment is not None),
+        )
+
+    @staticmethod
     def concat(parts: Sequence[ClickColumns]) -> ClickColumns:
         if not parts:
             empty = np.empty(0, dtype=np.int64)

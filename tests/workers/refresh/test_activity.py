@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -22,7 +23,7 @@ from model.train import Trainer, train
 from model.vocab import ItemVocab
 from workers.infra.vector_store import ProbeResult, VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
-from workers.ingest.state_store import StoredClick
+from workers.ingest.state_store import ClickColumns, StoredClick
 from workers.refresh.fast_path import FastPath, _Live
 from workers.refresh.generations import Generations
 from workers.refresh.metrics import ACTIVITIES, RefreshMetrics
@@ -85,11 +86,18 @@ class FakeReader:
         seen = cursor.positions.get("clicks-p0.sqlite", 0) + len(events)
         return events, Cursor({"clicks-p0.sqlite": seen})
 
+    def columns_since(self, cursor: Cursor, limit: int | None = None) -> tuple[ClickColumns, Cursor]:
+        events, cursor = self.events_since(cursor, limit)
+        return ClickColumns.of(events), cursor
+
     def event_count(self) -> int:
         return len(self.events)
 
     def histories(self, users: list[int], maxlen: int) -> list[list[int]]:
         return [self.known.get(u, [])[-maxlen:] for u in users]
+
+    def history_arrays(self, users: list[int], maxlen: int) -> list[npt.NDArray[np.int64]]:
+        return [np.asarray(h, dtype=np.int64) for h in self.histories(users, maxlen)]
 
 
 @dataclass
