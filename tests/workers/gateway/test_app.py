@@ -6,6 +6,7 @@ One tiny model is live for the module; tests run in file order: the publish and 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from workers.gateway.auth import NOT_CONFIGURED
 from workers.infra.vector_store import VectorStore
 from workers.recall.engine import HistorySource, RecallEngine
 from workers.recall.live_model import LiveModel
+from workers.recall.metrics import STAGES
 from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
@@ -226,6 +228,30 @@ def test_metrics_count_requests_by_endpoint_and_status(env: Env) -> None:
     assert 'mindstream_http_request_duration_seconds_bucket{endpoint="/rec/recall"' in text
     assert 'mindstream_recall_requests_total{status="ok"}' in text
     assert TOKEN not in text and "wrong" not in text
+
+
+def _stage_sums(registry: CollectorRegistry) -> float:
+    return sum(
+        registry.get_sample_value("mindstream_recall_stage_seconds_sum", {"stage": stage}) or 0.0 for stage in STAGES
+    )
+
+
+def test_a_real_requests_stages_add_up_to_its_measured_time(env: Env) -> None:
+    """One request at a time through the real gateway and Milvus: the stages observed for it (wait, history,
+    tower, search, merge, reply) sum to what the client measured, less the HTTP plumbing around the batcher."""
+    gaps: list[float] = []
+    for i in range(30):
+        body = {"top_k": 10, "hist_item": HISTORIES} if i % 2 else {"top_k": 10, "user_ids": [11, 12]}
+        before = _stage_sums(env.registry)
+        began = time.perf_counter()
+        r = env.client.post("/rec/recall", json=body)
+        total = time.perf_counter() - began
+        assert r.status_code == 200, r.text
+        stages = _stage_sums(env.registry) - before
+        assert 0 < stages <= total
+        gaps.append(total - stages)
+    gaps.sort()
+    assert gaps[len(gaps) // 2] < 0.005, f"median time outside the stages {gaps[len(gaps) // 2] * 1000:.1f} ms"
 
 
 def test_admin_endpoints_wait_for_no_refresh_round(env: Env) -> None:
