@@ -152,7 +152,7 @@ def history_items(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[i
 
 def history_array(conn: sqlite3.Connection, user_id: int, maxlen: int) -> npt.NDArray[np.int64]:
     """:func:`history_items` as an int64 array: no Python int kept per click (the refresh's rounds read
-    millions of them; as lists they fragmented its heap, docs/retention.md)."""
+    millions of them, docs/retention.md)."""
     rows = conn.execute(_HISTORY_ITEMS, (user_id, maxlen)).fetchall()
     items = np.fromiter((item for (item,) in rows), dtype=np.int64, count=len(rows))
     return items[::-1].copy()

@@ -229,7 +229,7 @@ class RefreshWorker:
         are read after the round's events and may hold clicks the round has not taken, including
         brand-new items)."""
         # Arrays throughout: a round reads users x train_history clicks (10M at 50k users); as Python
-        # ints they cost ~40 bytes each, twice over, and fragmented the heap round after round.
+        # ints in lists they cost ~40 bytes each, twice over (docs/retention.md).
         seqs = self.reader.history_arrays(users, self.cfg.train_history)
         seen = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
         vocab = vocab.extend(seen, seen_at=time.time())
