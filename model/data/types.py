@@ -78,12 +78,7 @@ class Sequences:
 
     @staticmethod
     def from_lists(user_ids: list[int], seqs: list[list[int]], item_count: int | None = None) -> Sequences:
-        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        items = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(offsets[-1]))
-        count = item_count if item_count is not None else (int(items.max()) + 1 if items.size else 1)
-        return Sequences(np.asarray(user_ids, dtype=np.int64), offsets, items, count)
+        return Sequences.from_arrays(user_ids, [np.asarray(s, dtype=np.int64) for s in seqs], item_count)
 
 
 @dataclass(frozen=True)

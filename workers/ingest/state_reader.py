@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,11 +23,12 @@ from workers.ingest.state_store import (
     columns_after,
     event_total,
     events_after,
-    history_array,
     history_items,
     history_rows,
     ingest_dir,
 )
+
+_Part = TypeVar("_Part", bound=Sized)
 
 
 @dataclass(frozen=True)
@@ -84,47 +86,44 @@ class StateReader:
         return out
 
     def history_arrays(self, users: Sequence[int], maxlen: int) -> list[npt.NDArray[np.int64]]:
-        """:meth:`histories` as one int64 array per user (what the refresh's rounds read)."""
-        if maxlen <= 0:
-            return [np.empty(0, dtype=np.int64) for _ in users]
-        conns = list(self._connections().values())
-        if len(conns) == 1:
-            return [history_array(conns[0], user, maxlen) for user in users]
+        """:meth:`histories` as one int64 array per user (what the refresh's rounds keep: no Python int
+        per click held beyond one user's read)."""
         return [np.asarray(items, dtype=np.int64) for items in self.histories(users, maxlen)]
 
-    def events_since(self, cursor: Cursor, limit: int | None = None) -> tuple[list[StoredClick], Cursor]:
-        """Events appended after ``cursor`` (file by file, append order within a file) and the new cursor.
-
-        ``limit`` caps the events returned in total; call again with the new cursor for the rest.
-        """
-        events: list[StoredClick] = []
-        positions = dict(cursor.positions)
-        for name, conn in self._connections().items():
-            left = None if limit is None else limit - len(events)
-            if left is not None and left <= 0:
-                break
-            got, last = events_after(conn, positions.get(name, 0), left)
-            events.extend(got)
-            if got:
-                positions[name] = last
-        return events, Cursor(MappingProxyType(positions))
-
-    def columns_since(self, cursor: Cursor, limit: int | None = None) -> tuple[ClickColumns, Cursor]:
-        """:meth:`events_since` as columns (user, item, time, the segments named): what a refresh round
-        reads, without a Python object per click."""
-        parts: list[ClickColumns] = []
+    def _since(
+        self,
+        cursor: Cursor,
+        limit: int | None,
+        read: Callable[[sqlite3.Connection, int, int | None], tuple[_Part, int]],
+    ) -> tuple[list[_Part], Cursor]:
+        """What ``read`` returns of each file after ``cursor`` (file by file, at most ``limit`` rows in all)."""
+        parts: list[_Part] = []
         taken = 0
         positions = dict(cursor.positions)
         for name, conn in self._connections().items():
             left = None if limit is None else limit - taken
             if left is not None and left <= 0:
                 break
-            got, last = columns_after(conn, positions.get(name, 0), left)
+            got, last = read(conn, positions.get(name, 0), left)
             if len(got):
                 parts.append(got)
                 taken += len(got)
                 positions[name] = last
-        return ClickColumns.concat(parts), Cursor(MappingProxyType(positions))
+        return parts, Cursor(MappingProxyType(positions))
+
+    def events_since(self, cursor: Cursor, limit: int | None = None) -> tuple[list[StoredClick], Cursor]:
+        """Events appended after ``cursor`` (file by file, append order within a file) and the new cursor.
+
+        ``limit`` caps the events returned in total; call again with the new cursor for the rest.
+        """
+        parts, after = self._since(cursor, limit, events_after)
+        return [event for part in parts for event in part], after
+
+    def columns_since(self, cursor: Cursor, limit: int | None = None) -> tuple[ClickColumns, Cursor]:
+        """:meth:`events_since` as columns (user, item, time, the segments named): what a refresh round
+        reads, without a Python object per click."""
+        parts, after = self._since(cursor, limit, columns_after)
+        return ClickColumns.concat(parts), after
 
     def event_count(self) -> int:
         return sum(event_total(conn) for conn in self._connections().values())

@@ -150,14 +150,6 @@ def history_items(conn: sqlite3.Connection, user_id: int, maxlen: int) -> list[i
     return items
 
 
-def history_array(conn: sqlite3.Connection, user_id: int, maxlen: int) -> npt.NDArray[np.int64]:
-    """:func:`history_items` as an int64 array: no Python int kept per click (the refresh's rounds read
-    millions of them, docs/retention.md)."""
-    rows = conn.execute(_HISTORY_ITEMS, (user_id, maxlen)).fetchall()
-    items = np.fromiter((item for (item,) in rows), dtype=np.int64, count=len(rows))
-    return items[::-1].copy()
-
-
 def events_after(conn: sqlite3.Connection, seq: int, limit: int | None) -> tuple[list[StoredClick], int]:
     """Events appended after ``seq`` (in append order) and the seq of the last one returned."""
     sql = _SINCE if limit is None else f"{_SINCE} LIMIT {int(limit)}"
@@ -183,17 +175,6 @@ class ClickColumns:
 
     def __len__(self) -> int:
         return int(self.user_ids.shape[0])
-
-    @staticmethod
-    def of(events: Sequence[StoredClick]) -> ClickColumns:
-        """The columns of ``events`` (a few, e.g. a test's)."""
-        n = len(events)
-        return ClickColumns(
-            np.fromiter((e.user_id for e in events), dtype=np.int64, count=n),
-            np.fromiter((e.item_id for e in events), dtype=np.int64, count=n),
-            np.fromiter((e.ts for e in events), dtype=np.int64, count=n),
-            tuple((e.item_id, e.segment) for e in events if e.segment is not None),
-        )
 
     @staticmethod
     def concat(parts: Sequence[ClickColumns]) -> ClickColumns:

@@ -74,6 +74,15 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+def _columns(events: list[StoredClick]) -> ClickColumns:
+    return ClickColumns(
+        np.array([e.user_id for e in events], dtype=np.int64),
+        np.array([e.item_id for e in events], dtype=np.int64),
+        np.array([e.ts for e in events], dtype=np.int64),
+        tuple((e.item_id, e.segment) for e in events if e.segment is not None),
+    )
+
+
 class FakeReader:
     """The ingest state: the users' histories and, once, the round's or step's clicks."""
 
@@ -88,7 +97,7 @@ class FakeReader:
 
     def columns_since(self, cursor: Cursor, limit: int | None = None) -> tuple[ClickColumns, Cursor]:
         events, cursor = self.events_since(cursor, limit)
-        return ClickColumns.of(events), cursor
+        return _columns(events), cursor
 
     def event_count(self) -> int:
         return len(self.events)
