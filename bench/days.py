@@ -2,9 +2,10 @@
 hours at 5k clicks/s, with 50 Kafka + 10 HTTP recall requests/s, a new item every second and 100k items
 (the rates of ``bench.broker``'s soak, the click rate of the issue), through ``bench.soak``.
 
-Every window (default 5 min) samples the RSS of every process of the stack and the disk use of the stack's
-state by part (ingest state, checkpoints, models, Milvus, broker, other: see ``bench.soak.disk_parts``). The
-goal: from the end of the warm-up (30 min) to the end, every process' RSS and the state's disk within 1.2x
+Every window (default 5 min) samples the RSS of every process of the stack every 5 s (a window's RSS is its
+peak: one end sample lands anywhere in a refresh round's cycle) and the disk use of the stack's state by
+part (ingest state, checkpoints, models, Milvus, broker, other: see ``bench.soak.disk_parts``). The goal: from
+the end of the warm-up (30 min) to the end, every process' RSS and the state's disk within 1.2x
 of their values at 30 min; 0 lost clicks, 0 failed replies. Writes ``bench/results/days.json`` with exactly
 the keys of :data:`KEYS` and ``days_details.json`` (the per-window series, load averages, the machine, the
 warm-up window used).
@@ -63,6 +64,12 @@ def _mb(n: float) -> float:
     return round(n / 2**20, 1)
 
 
+def _peak(process: dict[str, Any]) -> float:
+    """A window's RSS: its peak, or its end sample in a soak that took no 5-second samples."""
+    peak = process.get("rss_mb_max")
+    return float(peak if peak is not None else process["rss_mb"])
+
+
 def reference_window(windows: Sequence[dict[str, Any]], warmup_s: float) -> tuple[int, str | None]:
     """The window ending at the warm-up: the last one whose end is at or before ``warmup_s``. The first one
     (and the reason) when no window comes after the warm-up (a run no longer than it) or none ends by then
@@ -83,24 +90,23 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
     """A soak's result (``bench.soak.run_soak``) -> (``days.json``, exactly :data:`KEYS`; its details).
 
     Growth ratios: last window / the reference window (:func:`reference_window`), per process (the stack's:
-    :data:`NOT_STACK` left out of the maximum) and per disk part; the disk ratio of ``days.json`` is the
-    total's. ``failed_replies`` counts both paths (Kafka replies that failed or never came, failed HTTP
-    requests). ``state_bytes_per_user``: the ingest state's bytes after the drain over the distinct users
+    :data:`NOT_STACK` left out of the maximum; a window's RSS is its peak, :func:`_peak`; the end-sample and
+    median ratios are in the details) and per disk part; the disk ratio of ``days.json`` is the total's.
+    ``failed_replies`` counts both paths (Kafka replies that failed or never came, failed HTTP requests).
+    ``state_bytes_per_user``: the ingest state's bytes after the drain over the distinct users
     that clicked (the soak counts them); the stream's user population when a result lacks the count."""
     windows = soak["windows"]
     ref_i, fallback = reference_window(windows, warmup_s)
     ref, last = windows[ref_i], windows[-1]
-    rss_ratio = {
-        name: _ratio(ref["processes"].get(name, {}).get("rss_mb"), p["rss_mb"]) for name, p in last["processes"].items()
-    }
-    # the same on each window's peak and median of its 5-second samples, where the soak took them
+    # a window's end sample, and its peak and median of the 5-second samples where the soak took them
     rss_ratio_by = {
         stat: {
-            name: _ratio(ref["processes"].get(name, {}).get(f"rss_mb_{stat}"), p.get(f"rss_mb_{stat}"))
+            name: _ratio(ref["processes"].get(name, {}).get(f"rss_mb{stat}"), p.get(f"rss_mb{stat}"))
             for name, p in last["processes"].items()
         }
-        for stat in ("max", "median")
+        for stat in ("", "_max", "_median")
     }
+    rss_ratio = {name: rss_ratio_by["_max"][name] or r for name, r in rss_ratio_by[""].items()}
     stack_ratios = [r for name, r in rss_ratio.items() if name not in NOT_STACK and r is not None]
     disk_ref, disk_last = ref["disk_bytes"], last["disk_bytes"]
     disk_ratio = {part: _ratio(disk_ref.get(part), disk_last.get(part)) for part in (*PARTS, "total")}
@@ -118,7 +124,7 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
         "rss_growth_ratio_after_warmup": max(stack_ratios, default=None),
         "disk_growth_ratio_after_warmup": disk_ratio["total"],
         "state_bytes_per_user": round(end["ingest_state"] / users, 1) if users else None,
-        "rss_mb_last": {name: p["rss_mb"] for name, p in last["processes"].items() if name not in NOT_STACK},
+        "rss_mb_last": {name: _peak(p) for name, p in last["processes"].items() if name not in NOT_STACK},
         "disk_mb_last": {part: _mb(disk_last[part]) for part in (*PARTS, "total")},
     }
     details = {
@@ -127,9 +133,12 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
         "warmup_fallback": fallback,
         "reference_window": ref_i + 1,
         "windows": len(windows),
+        "rss_stat": "a window's RSS is its peak (the largest of its 5-second samples; the end sample where a soak "
+        "has none): a single end sample lands anywhere in a round's cycle",
         "rss_growth_ratio_per_process": rss_ratio,
-        "rss_growth_ratio_per_process_window_max": rss_ratio_by["max"],
-        "rss_growth_ratio_per_process_window_median": rss_ratio_by["median"],
+        "rss_growth_ratio_per_process_window_end": rss_ratio_by[""],
+        "rss_growth_ratio_per_process_window_max": rss_ratio_by["_max"],
+        "rss_growth_ratio_per_process_window_median": rss_ratio_by["_median"],
         "rss_processes_in_goal": sorted(n for n in rss_ratio if n not in NOT_STACK),
         "disk_growth_ratio_per_part": disk_ratio,
         "disk_size": "blocks allocated to regular files (st_blocks * 512), per part; total = sum of the parts",

@@ -237,16 +237,21 @@ def test_the_clicks_retention_is_compressed_with_time() -> None:
     assert compressed_env(1e9, False) == {"MINDSTREAM_KAFKA__CLICKS_RETENTION_MS": "60000"}  # at least a minute
 
 
-def test_window_peak_and_median_ratios_where_the_soak_sampled_them() -> None:
+def test_a_windows_rss_is_its_peak_where_the_soak_sampled_it_with_end_and_median_ratios_beside() -> None:
     ref = _window(1800.0, {"refresh": 800.0}, {"milvus": 100.0})
     ref["processes"]["refresh"] |= {"rss_mb_max": 1000.0, "rss_mb_median": 820.0}
     last = _window(3600.0, {"refresh": 1100.0}, {"milvus": 100.0})  # ended mid-round: 1.375x at the end
     last["processes"]["refresh"] |= {"rss_mb_max": 1050.0, "rss_mb_median": 840.0}
-    _, details = summarize(_soak([ref, last]), 1800.0)
-    assert details["rss_growth_ratio_per_process"]["refresh"] == 1.375
+    summary, details = summarize(_soak([ref, last]), 1800.0)
+    assert summary["rss_growth_ratio_after_warmup"] == 1.05  # peak over peak, not the phase of one sample
+    assert summary["rss_mb_last"] == {"refresh": 1050.0}
+    assert details["rss_growth_ratio_per_process"]["refresh"] == 1.05
+    assert details["rss_growth_ratio_per_process_window_end"]["refresh"] == 1.375
     assert details["rss_growth_ratio_per_process_window_max"]["refresh"] == 1.05
     assert details["rss_growth_ratio_per_process_window_median"]["refresh"] == round(840 / 820, 3)
     assert details["series"][1]["rss_mb_max"] == {"refresh": 1050.0}
     windows = [_window(1800.0, {"refresh": 800.0}, {}), _window(3600.0, {"refresh": 900.0}, {})]
-    _, plain = summarize(_soak(windows), 1800.0)  # a soak without the samples: no such ratio
+    plain_summary, plain = summarize(_soak(windows), 1800.0)  # a soak without the samples: end samples
     assert plain["rss_growth_ratio_per_process_window_max"] == {"refresh": None}
+    assert plain_summary["rss_growth_ratio_after_warmup"] == 1.125
+    assert plain_summary["rss_mb_last"] == {"refresh": 900.0}

@@ -20,6 +20,7 @@ import base64
 import contextlib
 import ctypes
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,7 +157,15 @@ class _Node:
         path = self.dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         (self.dir / "log4j2.yaml").write_text(_LOG4J2.format(log=self.log_path))
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)  # a killed JVM's leftovers; no JVM of this node runs now
+        self.tmp_dir.mkdir()
         return path
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The JVM's ``java.io.tmpdir``: lz4-java unpacks its native library there on every start and a
+        ``kill -9`` leaves it behind, so it stays under the node's directory, not the system's /tmp."""
+        return self.dir / "tmp"
 
     def java(self, main: str, *args: str, heap_mb: int) -> list[str]:
         dist = self.cluster.dist
@@ -171,6 +180,7 @@ class _Node:
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}",
             f"-Dkafka.logs.dir={self.cluster.log_dir}",
+            f"-Djava.io.tmpdir={self.tmp_dir}",
             "-cp",
             dist.classpath,
             main,

@@ -111,7 +111,10 @@ def test_restart_on_the_same_directory_keeps_topics_messages_and_offsets(tmp_pat
     assert not Path(f"/proc/{pid}").exists(), "the broker process was not reaped"
     assert "Kafka Server started" in (tmp_path / "kafka" / "logs" / "node-1.log").read_text()
     assert sorted(int(m.value()[1:]) for m in msgs) == list(range(10))
+    stale = tmp_path / "kafka" / "node-1" / "tmp" / "liblz4-java-1.so"  # what a kill -9 leaves in java.io.tmpdir
+    stale.write_bytes(b"x")
     with KafkaCluster(tmp_path / "kafka", ports=ports) as again:
+        assert not stale.exists() and stale.parent.is_dir()  # the node's own tmp dir, emptied at each start
         conf = {"bootstrap.servers": again.bootstrap}
         assert len(make_admin(conf).list_topics(timeout=5).topics["kept"].partitions) == 2
         consumer = make_consumer(conf, "g-kept", session_timeout_ms=6000)
