@@ -268,8 +268,8 @@ def rows_days(r: dict[str, Any]) -> list[Row]:
     where = f"{_num(r.get('duration_s', 0) / 3600, 1)} h, {_num(r.get('clicks_sent'))} clicks"
     disk = r.get("disk_mb_last") or {}
     return [
-        ("days", f"largest RSS growth, last / 30-min window ({where})", _num(r.get("rss_growth_ratio_after_warmup"), 3),
-         "<= 1.2x", ""),
+        ("days", f"largest RSS growth (window peaks), last / 30-min window ({where})",
+         _num(r.get("rss_growth_ratio_after_warmup"), 3), "<= 1.2x", ""),
         ("days", "state disk growth, last / 30-min window", _num(r.get("disk_growth_ratio_after_warmup"), 3), "<= 1.2x",
          ""),
         ("days", "lost clicks / failed replies", f"{_num(r.get('lost_clicks'))} / {_num(r.get('failed_replies'))}",
