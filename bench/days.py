@@ -64,10 +64,10 @@ def _mb(n: float) -> float:
     return round(n / 2**20, 1)
 
 
-def _peak(process: dict[str, Any]) -> float:
+def _peak(process: dict[str, Any]) -> float | None:
     """A window's RSS: its peak, or its end sample in a soak that took no 5-second samples."""
     peak = process.get("rss_mb_max")
-    return float(peak if peak is not None else process["rss_mb"])
+    return peak if peak is not None else process.get("rss_mb")
 
 
 def reference_window(windows: Sequence[dict[str, Any]], warmup_s: float) -> tuple[int, str | None]:
@@ -106,7 +106,7 @@ def summarize(soak: dict[str, Any], warmup_s: float) -> tuple[dict[str, Any], di
         }
         for stat in ("", "_max", "_median")
     }
-    rss_ratio = {name: rss_ratio_by["_max"][name] or r for name, r in rss_ratio_by[""].items()}
+    rss_ratio = {name: _ratio(_peak(ref["processes"].get(name, {})), _peak(p)) for name, p in last["processes"].items()}
     stack_ratios = [r for name, r in rss_ratio.items() if name not in NOT_STACK and r is not None]
     disk_ref, disk_last = ref["disk_bytes"], last["disk_bytes"]
     disk_ratio = {part: _ratio(disk_ref.get(part), disk_last.get(part)) for part in (*PARTS, "total")}

@@ -294,7 +294,8 @@ def test_kill_9_of_a_broker_under_recall_load_every_request_answered_or_timed_ou
     # quorum leader's 5.2-7.1 s; a recall round trip crosses two partitions and two consumers, and under the
     # suite's load the quorum leader's kill answered again after 10.2-11.7 s (docs/testing.md).
     controller = _quorum_leader(cluster)
-    leaders = [_leader(cluster, kafka.requests_topic), _leader(cluster, kafka.replies_topic), 1, 2, 3]
+    nodes = [member.node_id for member in cluster.members]
+    leaders = [_leader(cluster, kafka.requests_topic), _leader(cluster, kafka.replies_topic), *nodes]
     victim = next(node for node in leaders if node != controller)
     killed_at = 0.0
 

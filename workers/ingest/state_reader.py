@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -73,22 +73,26 @@ class StateReader:
 
     def histories(self, users: Sequence[int], maxlen: int) -> list[list[int]]:
         """``history(u, maxlen)`` for each of ``users``, in their order (the files are listed once)."""
-        if maxlen <= 0:
-            return [[] for _ in users]
-        conns = list(self._connections().values())
-        if len(conns) == 1:  # one partition: the index gives each user's order, no merge to do
-            return [history_items(conns[0], user, maxlen) for user in users]
-        out = []
-        for user in users:
-            rows = [row for conn in conns for row in history_rows(conn, user, maxlen)]
-            rows.sort(key=lambda r: (r.ts, r.seq))
-            out.append([r.item_id for r in rows[-maxlen:]])
-        return out
+        return list(self._each_history(users, maxlen))
 
     def history_arrays(self, users: Sequence[int], maxlen: int) -> list[npt.NDArray[np.int64]]:
         """:meth:`histories` as one int64 array per user (what the refresh's rounds keep: no Python int
         per click held beyond one user's read)."""
-        return [np.asarray(items, dtype=np.int64) for items in self.histories(users, maxlen)]
+        return [np.asarray(items, dtype=np.int64) for items in self._each_history(users, maxlen)]
+
+    def _each_history(self, users: Sequence[int], maxlen: int) -> Iterator[list[int]]:
+        """Each user's history in turn, read when asked for (a caller keeps what it wants of each)."""
+        if maxlen <= 0:
+            yield from ([] for _ in users)
+            return
+        conns = list(self._connections().values())
+        if len(conns) == 1:  # one partition: the index gives each user's order, no merge to do
+            yield from (history_items(conns[0], user, maxlen) for user in users)
+            return
+        for user in users:
+            rows = [row for conn in conns for row in history_rows(conn, user, maxlen)]
+            rows.sort(key=lambda r: (r.ts, r.seq))
+            yield [r.item_id for r in rows[-maxlen:]]
 
     def _since(
         self,
