@@ -50,53 +50,69 @@ class ItemFeatures:
 
 
 class Similarity:
-    """Pairwise similarities of ``n`` items, by rows (:meth:`row`, what the greedy merge needs: ``N`` of
-    them) or all at once (:meth:`matrix`). Categories are compared as bit sets, all pairs at once
-    (elementwise, no matrix product); vectors by one matrix-vector product per row asked for, and only
-    where some item lacks categories. (Multi-threaded BLAS on small products is slow on a loaded
+    """Pairwise similarities of ``n`` items, one row at a time (:meth:`row`: what the greedy merge needs,
+    ``N`` rows) or all at once (:meth:`matrix`, for a short list's diversity). Nothing ``[n, n]`` is kept:
+    the categories as bit sets ``[n, W]`` (``W`` 64-bit words, one for up to 64 categories among the
+    items) and the unit vectors ``[n, D]``; a row costs ``O(n W)`` popcounts plus, where some item lacks
+    categories, one matrix-vector product. (Multi-threaded BLAS on small products is slow on a loaded
     machine: neither path needs a matrix product.)"""
 
     def __init__(self, features: ItemFeatures, n: int | None = None) -> None:
         cats, vecs = features.categories, features.vectors
         self.n = cats.shape[0] if cats is not None else (vecs.shape[0] if vecs is not None else (n or 0))
-        self.sim = np.zeros((self.n, self.n), dtype=np.float64)  # category part (0 where unknown)
-        self.known = np.zeros((self.n, self.n), dtype=bool)
-        has_cat = np.zeros(self.n, dtype=bool)
+        self.has_cat = np.zeros(self.n, dtype=bool)
+        self._words: npt.NDArray[np.uint64] | None = None  # [n, W] category bit sets
+        self._sizes = np.zeros(self.n, dtype=np.float64)  # categories per item
         if cats is not None and self.n:
             local = cats[:, cats.any(axis=0)]
             packed = np.packbits(local, axis=1)
             pad = (-packed.shape[1]) % 8 if packed.shape[1] else 8
-            words = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, pad)))).view(np.uint64)  # [n, W]
-            if words.shape[1] == 1:  # up to 64 categories among the items: one word each
-                inter = np.bitwise_count(words[:, 0, None] & words[None, :, 0]).astype(np.float64)
-            else:
-                inter = np.bitwise_count(words[:, None, :] & words[None, :, :]).sum(axis=-1, dtype=np.float64)
-            sizes = np.bitwise_count(words).sum(axis=1, dtype=np.float64)
-            union = sizes[:, None] + sizes[None, :]
-            union -= inter
-            np.divide(inter, union, out=self.sim, where=union > 0)
-            has_cat = sizes > 0
-            self.known = has_cat[:, None] & has_cat[None, :]
+            self._words = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, pad)))).view(np.uint64)
+            self._sizes = np.bitwise_count(self._words).sum(axis=1, dtype=np.float64)
+            self.has_cat = self._sizes > 0
         self.unit: FloatMatrix | None = None
-        if vecs is not None and self.n and not has_cat.all():
+        self.has_vec = np.zeros(self.n, dtype=bool)
+        if vecs is not None and self.n and not self.has_cat.all():
             v = np.asarray(vecs, dtype=np.float32)
             norms = np.linalg.norm(v, axis=1)
-            has_vec = norms > 0
-            self.unit = (v / np.where(has_vec, norms, 1.0)[:, None]).astype(np.float32)
-            self.by_vector = has_vec[:, None] & has_vec[None, :] & ~self.known  # pairs the vectors decide
+            self.has_vec = norms > 0
+            self.unit = (v / np.where(self.has_vec, norms, 1.0)[:, None]).astype(np.float32)
+
+    def _jaccard(self, i: int) -> FloatArray:
+        """Jaccard index of item ``i``'s categories with every item's; 0 where either has none."""
+        out = np.zeros(self.n, dtype=np.float64)
+        words = self._words
+        if words is None:
+            return out
+        if words.shape[1] == 1:
+            inter = np.bitwise_count(words[:, 0] & words[i, 0]).astype(np.float64)
+        else:
+            inter = np.bitwise_count(words & words[i]).sum(axis=1, dtype=np.float64)
+        union = self._sizes[i] + self._sizes
+        union -= inter
+        np.divide(inter, union, out=out, where=union > 0)
+        return out
+
+    def _by_vector(self, i: int) -> BoolMatrix:
+        """Items whose similarity to ``i`` the vectors decide: both have a vector, not both categories."""
+        return self.has_vec[i] & self.has_vec & ~(self.has_cat[i] & self.has_cat)
 
     def row(self, i: int) -> FloatArray:
         """Similarities of item ``i`` to every item; 0 where unknown."""
+        sim = self._jaccard(i)
         if self.unit is None:
-            return self.sim[i]
-        return np.where(self.by_vector[i], self.unit @ self.unit[i], self.sim[i])
+            return sim
+        return np.where(self._by_vector(i), self.unit @ self.unit[i], sim)
 
     def matrix(self) -> tuple[FloatArray, BoolMatrix]:
-        """``[n, n]`` similarities and which pairs are known."""
-        if self.unit is None:
-            return self.sim, self.known
-        cos = np.stack([self.unit @ u for u in self.unit]) if self.n else self.sim
-        return np.where(self.by_vector, cos, self.sim), self.known | self.by_vector
+        """``[n, n]`` similarities and which pairs are known (``O(n^2)``: for short lists)."""
+        if not self.n:
+            return np.zeros((0, 0), dtype=np.float64), np.zeros((0, 0), dtype=bool)
+        sim = np.stack([self.row(i) for i in range(self.n)])
+        known = self.has_cat[:, None] & self.has_cat[None, :]
+        if self.unit is not None:
+            known |= self.has_vec[:, None] & self.has_vec[None, :]
+        return sim, known
 
 
 def pairwise_similarity(features: ItemFeatures, n: int | None = None) -> tuple[FloatArray, BoolMatrix]:
@@ -133,6 +149,11 @@ def greedy_select(scores: FloatArray, similarity: FloatArray | Similarity, top_n
     ``scores`` are sorted best first (as :func:`merge_candidates` returns them); ties go to the
     better-ranked candidate. ``lam == 0`` returns the first ``top_n`` positions. ``similarity``: the
     ``[m, m]`` matrix, or a :class:`Similarity` whose rows are computed as they are needed.
+
+    Each candidate's objective is ``score / (lambda x spread)`` minus the running sum of its
+    similarities to the items picked so far: one row (``m`` similarities) is subtracted per pick, so a
+    :class:`Similarity` costs ``O(top_n x m)`` time and ``O(m)`` memory beyond its features, never an
+    ``[m, m]`` matrix.
     """
     m = int(scores.shape[0])
     n = min(top_n, m)
@@ -142,14 +163,12 @@ def greedy_select(scores: FloatArray, similarity: FloatArray | Similarity, top_n
         return np.arange(n, dtype=np.int64)
     spread = float(scores[0] - scores[n - 1])
     objective = np.asarray(scores, dtype=np.float64) / (lam * (spread if spread > 0 else 1.0))  # score / lambda
-    matrix = (
-        similarity if isinstance(similarity, np.ndarray) else (None if similarity.unit is not None else similarity.sim)
-    )
+    row = similarity.row if isinstance(similarity, Similarity) else similarity.__getitem__
     picked = np.empty(n, dtype=np.int64)
     for step in range(n):
         best = int(objective.argmax())  # first maximum: the better-ranked candidate
         picked[step] = best
-        objective -= matrix[best] if matrix is not None else similarity.row(best)  # type: ignore[union-attr]
+        objective -= row(best)  # the running sum of similarities to the picked items grows by one row
         objective[best] = -np.inf
     return picked
 
