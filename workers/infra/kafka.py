@@ -9,12 +9,14 @@ available (it commits the stored offsets, or the given message / offsets).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
+
+from schemas.headers import HeaderValue
 
 ConfValue = str | int | float | bool
 Conf = Mapping[str, ConfValue]
@@ -30,6 +32,18 @@ CONSUMER_DEFAULTS: Final[Mapping[str, ConfValue]] = {
     "enable.auto.offset.store": False,
     "auto.commit.interval.ms": 1000,
 }
+# What a record costs beyond its key, value and header bytes (Kafka's record and batch framing), kept
+# free below the producer's message.max.bytes so that a record judged to fit does fit.
+RECORD_OVERHEAD_BYTES: Final = 512
+
+
+def record_bytes(value: bytes | None, key: bytes | None = None, headers: Sequence[tuple[str, HeaderValue]] = ()) -> int:
+    """Bytes a record of this key, value and headers takes, framing included (an upper bound)."""
+    size = RECORD_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
+    for name, header in headers:
+        raw = header.encode("utf-8") if isinstance(header, str) else header or b""
+        size += len(name.encode("utf-8")) + len(raw) + 8  # 8: the header's length varints
+    return size
 
 
 def _merged(conf: Conf, defaults: Conf, overrides: Conf | None) -> dict[str, ConfValue]:

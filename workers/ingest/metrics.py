@@ -25,6 +25,16 @@ class IngestMetrics:
             ["reason"],
             registry=registry,
         )
+        self.dead_letters_truncated = Counter(
+            "mindstream_dlq_truncated",
+            "Dead letters cut to fit the dead-letter topic's record size (header dlq_truncated)",
+            registry=registry,
+        )
+        self.batch_retries = Counter(
+            "mindstream_ingest_batch_retries",
+            "Batches read again because a dead letter was not acknowledged (offsets held, nothing applied)",
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "mindstream_ingest_batch_size",
             "Messages per consumed batch",

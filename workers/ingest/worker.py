@@ -1,13 +1,19 @@
 """Ingest worker: clicks topic -> (dead-letter topic | per-partition SQLite state), at-least-once, idempotent.
 
 Per batch (closed on ``batch_size`` messages or ``batch_timeout_s``): decode every message; send the
-invalid ones to the DLQ with their original bytes and wait for the broker's acknowledgement; apply
+invalid ones to the DLQ with their original bytes (cut to fit the topic's record size, see
+``workers.ingest.dead_letters``) and wait for the broker's acknowledgement; apply
 the valid ones and the partition's last offset in one SQLite transaction per partition; only then
 store the Kafka offsets (librdkafka commits stored offsets in the background and on close). On
 assignment the consumer resumes from the offset kept in the state file, which is always at or past
 Kafka's committed offset; redeliveries are skipped by ``event_id`` (see ``workers.ingest.state_store``).
 Several ingest workers in one group share the partitions; a partition that moves resumes from its
 state file on the new owner.
+
+No message stops the worker: a bad one is dead-lettered and passed. A dead letter the broker does not
+acknowledge (it is down, the DLQ topic is missing) is a transient failure: nothing of the batch is
+applied, the consumer seeks back to the batch's first offsets and reads it again after
+``ingest.retry_backoff_s``, the worker keeps running.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from schemas.codec import DecodeError
 from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer
 from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
-from workers.ingest.dead_letters import DeadLetterSink
+from workers.ingest.dead_letters import DeadLetterError, DeadLetterSink
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.retention import Retention
 from workers.ingest.state_store import PartitionStore
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
-from workers.settings import Settings
+from workers.settings import IngestSettings, KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,12 @@ class IngestWorker:
         metrics: IngestMetrics,
         dedupe_window: int | None = None,
         retention: Retention | None = None,
+        max_message_bytes: int | None = None,
+        retry_backoff_s: float | None = None,
     ) -> None:
+        """``max_message_bytes`` and ``retry_backoff_s`` default to the settings' defaults."""
+        max_message_bytes = max_message_bytes or KafkaSettings().max_message_bytes
+        self.retry_backoff_s = IngestSettings().retry_backoff_s if retry_backoff_s is None else retry_backoff_s
         self.topic = topic
         self.state_dir = state_dir
         self.batch_size = batch_size
@@ -92,7 +104,12 @@ class IngestWorker:
         self.dedupe_window = dedupe_window
         self.retention = retention  # a bounded step between batches (workers.ingest.retention)
         self._stores: dict[tuple[str, int], PartitionStore] = {}
-        self._dlq = DeadLetterSink(make_producer(conf), dlq_topic, dlq_flush_timeout_s)
+        self._dlq = DeadLetterSink(
+            make_producer(conf, {"message.max.bytes": max_message_bytes}),
+            dlq_topic,
+            dlq_flush_timeout_s,
+            max_message_bytes,
+        )
         self._consumer = make_consumer(
             conf,
             group_id,
@@ -157,9 +174,8 @@ class IngestWorker:
         batch = split_batch(messages)
         self.metrics.consumed.inc(batch.consumed)
         self.metrics.batch_size.observe(batch.consumed)
-        for msg, error in batch.rejected:
-            self._dlq.send(msg, error.reason)
-        self._dlq.flush()  # raises before any offset moves if a letter was not acknowledged
+        if not self._dead_letter(batch.rejected, messages):
+            return BatchOutcome()
         applied = 0
         offsets = []
         for part in batch.partitions.values():
@@ -177,6 +193,36 @@ class IngestWorker:
         outcome = BatchOutcome(batch.consumed, valid, rejected, applied, valid - applied)
         self._record(outcome, [reason_category(e) for _, e in batch.rejected], time.perf_counter() - started)
         return outcome
+
+    def _dead_letter(self, rejected: list[tuple[Message, DecodeError]], messages: list[Message]) -> bool:
+        """Dead-letter the rejected messages; False (and the batch rewound for a retry) when a letter was
+        not acknowledged: nothing of the batch may be applied or its offsets stored then."""
+        truncated = self._dlq.truncated
+        try:
+            for msg, error in rejected:
+                self._dlq.send(msg, error.reason)
+            self._dlq.flush()
+            return True
+        except DeadLetterError as exc:
+            log.error("dead letters not acknowledged; batch held, retry in %.1f s: %s", self.retry_backoff_s, exc)
+            self.metrics.batch_retries.inc()
+            self._rewind(messages)
+            time.sleep(self.retry_backoff_s)
+            return False
+        finally:
+            self.metrics.dead_letters_truncated.inc(self._dlq.truncated - truncated)
+
+    def _rewind(self, messages: list[Message]) -> None:
+        """Seek every partition of the batch back to its first message."""
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic() or "", msg.partition() or 0)
+            first[key] = min(first.get(key, msg.offset() or 0), msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: its next owner resumes from the state
+                log.warning("could not rewind %s[%d]: %s", topic, partition, exc)
 
     def _observe_freshness(self, messages: list[Message], rejected: set[int]) -> None:
         """User-side freshness: each applied click's Kafka timestamp -> durable in the state store,
@@ -264,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         retention=Retention.for_state_dir(ingest.retention, args.state_dir or settings.state_dir)
         if ingest.retention.enabled
         else None,
+        max_message_bytes=kafka.max_message_bytes,
+        retry_backoff_s=ingest.retry_backoff_s,
     )
     with stop_on_signals(StopFlag()) as stop:
         worker.run(stop)

@@ -13,15 +13,15 @@ consumer handed it over (``poll`` returned the batch's first message, ``consume`
 batch starts; the engine's stages as :class:`StageTimes`; ``reply`` from the engine's answers until
 every reply of the batch was produced *and acknowledged by the broker* (``flush``), once per batch.
 
-``reply_to`` names a topic that may not exist yet: the producer asks for it the way any Kafka producer
-does, so a broker with ``auto.create.topics.enable=true`` (Kafka's default, and the embedded broker's)
-creates it and the reply is delivered. On a cluster with auto-creation off, the reply to an unknown
-topic fails after the producer's ``message.timeout.ms`` (the client timeout): a reply the broker
-refuses (unknown ``reply_to`` topic, ...) is logged and counted as undeliverable, and its request's
-offset still advances: replies are only useful within the client's timeout, which is also the
-producer's ``message.timeout.ms`` here, so redelivering the request later could only produce a reply
-nobody waits for. A crash before the acknowledgements redelivers the batch (at-least-once; clients
-ignore replies to correlation ids they no longer wait for).
+Poison-message policy: a request never stops the worker. Whatever fails permanently for one request
+(an undecodable body, a refused or missing ``reply_to`` topic, an over-long ``correlation_id``, a reply
+that does not fit in ``kafka.max_message_bytes``, a reply the broker refuses) ends in an error reply or
+in the ``undeliverable`` counter, and its offset advances: replies are only useful within the client's
+timeout, which is also the producer's ``message.timeout.ms`` here, so redelivering the request later
+could only produce a reply nobody waits for. No exception from producing a reply leaves ``run_once``.
+Where replies may go and how large they may be: :mod:`workers.recall.replies`. A crash before the
+acknowledgements redelivers the batch (at-least-once; clients ignore replies to correlation ids they
+no longer wait for).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,29 +39,26 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
-from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer
+from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer, record_bytes
 from workers.infra.milvus_server import open_milvus
-from workers.infra.topics import ensure_stack_topics, request_topics
+from workers.infra.topics import ensure_stack_topics, request_topics, stack_topics
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.metrics import GcPauses
 from workers.recall.engine import HistorySource, RecallEngine, Reply, StageTimes
 from workers.recall.live_model import LiveModel
 from workers.recall.metrics import RecallMetrics
+from workers.recall.replies import KnownTopics, ReplyPolicy
 from workers.refresh.registry import ModelRegistry
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
-from workers.settings import Settings
+from workers.settings import KafkaSettings, RecallSettings, Settings
 
-__all__ = ["RecallWorker", "ReplyDeliveryError", "build_worker", "main"]
+__all__ = ["RecallWorker", "build_worker", "main"]
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S: Final = 0.1  # longest wait for the first request of a batch (bounds the stop latency)
-_TOPIC_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-class ReplyDeliveryError(RuntimeError):
-    """Replies still unacknowledged after the flush timeout: the batch's offsets must not advance."""
+_LIST_TOPICS_TIMEOUT_S: Final = 5.0
 
 
 @dataclass
@@ -73,6 +69,10 @@ class _Pending:
     correlation_id: str | None
     reply: Reply | None = None
     request: RecallRequest | None = None
+
+    def refuse(self, topic: str, code: ErrorCode, message: str) -> None:
+        """Answer with an error on ``topic`` instead of searching."""
+        self.topic, self.request, self.reply = topic, None, ErrorReply(code=code, message=message)
 
 
 class RecallWorker:
@@ -91,20 +91,34 @@ class RecallWorker:
         max_wait_ms: float,
         reply_timeout_s: float,
         metrics: RecallMetrics,
+        policy: ReplyPolicy | None = None,
+        max_message_bytes: int | None = None,
         fetch_wait_max_ms: int = 500,
         producer: Producer | None = None,
         consumer: Consumer | None = None,
     ) -> None:
-        """``producer`` and ``consumer`` default to new clients on ``conf`` (tests pass their own)."""
+        """``producer`` and ``consumer`` default to new clients on ``conf`` (tests pass their own); ``policy``
+        and ``max_message_bytes`` to the settings' defaults for these topics."""
+        if policy is None:
+            policy = ReplyPolicy.for_stack(
+                replies_topic, [requests_topic], None, RecallSettings().max_correlation_id_bytes
+            )
+        if max_message_bytes is None:
+            max_message_bytes = KafkaSettings().max_message_bytes
         self.engine = engine
         self.replies_topic = replies_topic
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.reply_timeout_s = reply_timeout_s
         self.metrics = metrics
+        self.policy = policy
+        self.max_message_bytes = max_message_bytes
         timeout_ms = max(1, int(reply_timeout_s * 1000))
         if producer is None:  # not `producer or ...`: a Producer's truth value is its queue length
-            producer = make_producer(conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms})
+            producer = make_producer(
+                conf, {"linger.ms": 0, "message.timeout.ms": timeout_ms, "message.max.bytes": max_message_bytes}
+            )
+        self._topics = KnownTopics(self._list_topics, clock=time.perf_counter)
         if consumer is None:
             overrides: Conf = {"fetch.wait.max.ms": fetch_wait_max_ms}
             consumer = make_consumer(conf, group_id, session_timeout_ms=session_timeout_ms, overrides=overrides)
@@ -139,7 +153,8 @@ class RecallWorker:
             return 0
         started = time.perf_counter()
         self.metrics.observe_waits(started - at for at in arrived)
-        pending = [_parse(msg, self.replies_topic) for msg in messages]
+        pending = [_parse(msg, self.replies_topic, self.policy) for msg in messages]
+        self._refuse_missing_topics(pending, max(arrived))
         good = [p for p in pending if p.request is not None]
         stages = StageTimes()
         answers = self.engine.answer([p.request for p in good if p.request is not None], started, stages=stages)
@@ -160,26 +175,69 @@ class RecallWorker:
         self.metrics.record(replies)
         return len(messages)
 
+    def _list_topics(self) -> list[str]:
+        return list(self._producer.list_topics(timeout=_LIST_TOPICS_TIMEOUT_S).topics)
+
+    def _refuse_missing_topics(self, pending: Sequence[_Pending], received_at: float) -> None:
+        """Requests whose ``reply_to`` topic does not exist are answered on the default replies topic."""
+        named = {p.topic for p in pending if p.request is not None and p.topic != self.replies_topic}
+        missing = self._topics.missing(named, received_at) if named else set()
+        for p in pending:
+            if p.request is not None and p.topic in missing:
+                message = f"reply_to topic {p.topic!r} does not exist (create it before sending requests)"
+                p.refuse(self.replies_topic, ErrorCode.BAD_REQUEST, message)
+
     def _produce(self, pending: _Pending) -> Reply:
+        """Produce the reply; one that cannot be produced where it should go becomes an error reply on the
+        default replies topic, and one that cannot be produced at all is counted undeliverable. Never raises."""
         reply = pending.reply or ErrorReply(code=ErrorCode.INTERNAL, message="no answer computed")
         cid = pending.correlation_id
-        headers: list[tuple[str, str | bytes | None]] | None = [(CORRELATION_ID, cid)] if cid else None
+        headers: list[tuple[str, str | bytes | None]] = [(CORRELATION_ID, cid)] if cid else []
+        value = encode(reply)
+        size = record_bytes(value, headers=headers)
+        if size > self.max_message_bytes:
+            message = (
+                f"reply of {size} bytes exceeds kafka.max_message_bytes {self.max_message_bytes}: "
+                "ask for fewer users or a smaller top_k"
+            )
+            reply = ErrorReply(code=ErrorCode.TOO_LARGE, message=message)
+            value = encode(reply)
+        failure = self._send(pending.topic, value, headers)
+        if failure is None:
+            return reply
+        if pending.topic != self.replies_topic:
+            message = f"reply to {pending.topic!r} failed: {failure}"
+            fallback = ErrorReply(code=ErrorCode.BAD_REQUEST, message=message)
+            if self._send(self.replies_topic, encode(fallback), headers) is None:
+                return fallback
+        self.metrics.undeliverable.inc()
+        log.error("reply to %s not produced: %s", pending.topic, failure)
+        return reply
+
+    def _send(self, topic: str, value: bytes, headers: list[tuple[str, str | bytes | None]]) -> str | None:
+        """Queue one reply; the reason when the producer refused it at once, else None."""
         while True:
             try:
-                self._producer.produce(pending.topic, value=encode(reply), headers=headers, on_delivery=self._delivered)
-                return reply
+                self._producer.produce(topic, value=value, headers=headers or None, on_delivery=self._delivered)
+                return None
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # too large, unknown topic, ...: permanent for this reply
+                return str(exc.args[0])
+            except Exception as exc:  # e.g. a header the client cannot encode: still never fatal
+                return f"{type(exc).__name__}: {exc}"
 
     def _delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:
             self._undelivered.append(f"{msg.topic()}: {error}")
 
     def _flush(self) -> None:
+        """Wait for the broker's acknowledgements; what it refused or never acknowledged is counted, and the
+        batch's offsets advance all the same (a reply is useless past the client's timeout)."""
         left = self._producer.flush(self.reply_timeout_s + 1.0)
-        if left:
-            raise ReplyDeliveryError(f"{left} replies unacknowledged after {self.reply_timeout_s + 1.0} s")
         failed, self._undelivered = self._undelivered, []
+        if left:
+            failed.append(f"{left} replies unacknowledged after {self.reply_timeout_s + 1.0} s")
         if failed:
             self.metrics.undeliverable.inc(len(failed))
             log.error("%d replies undeliverable: %s", len(failed), "; ".join(failed[:3]))
@@ -228,14 +286,15 @@ class RecallWorker:
                 stop_watching()
 
 
-def _parse(msg: Message, default_topic: str, now_ms: int | None = None) -> _Pending:
-    """Headers and body of one request; a bad or expired one already carries its ``ErrorReply``."""
+def _parse(msg: Message, default_topic: str, policy: ReplyPolicy, now_ms: int | None = None) -> _Pending:
+    """Headers and body of one request; a refused, bad or expired one already carries its ``ErrorReply``."""
     headers = msg.headers()
     correlation_id = get_header(headers, CORRELATION_ID) or None
+    if correlation_id is not None and (why := policy.correlation_refusal(correlation_id)) is not None:
+        return _Pending(default_topic, None, ErrorReply(code=ErrorCode.BAD_REQUEST, message=why))
     reply_to = get_header(headers, REPLY_TO) or default_topic
-    if not _TOPIC_RE.match(reply_to):
-        message = "invalid reply_to header: not a Kafka topic name"
-        return _Pending(default_topic, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=message))
+    if (why := policy.refusal(reply_to)) is not None:
+        return _Pending(default_topic, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=why))
     deadline = get_header(headers, DEADLINE_MS)
     if deadline is not None:
         if not deadline.isascii() or not deadline.isdigit() or len(deadline) > 16:
@@ -250,6 +309,17 @@ def _parse(msg: Message, default_topic: str, now_ms: int | None = None) -> _Pend
         return _Pending(reply_to, correlation_id, request=decode_request(msg.value()))
     except DecodeError as exc:
         return _Pending(reply_to, correlation_id, ErrorReply(code=exc.code, message=exc.reason))
+
+
+def reply_policy(settings: Settings) -> ReplyPolicy:
+    """The ``reply_to`` policy the settings describe: the stack's own topics are never reply targets."""
+    kafka = settings.kafka
+    return ReplyPolicy.for_stack(
+        kafka.replies_topic,
+        (spec.name for spec in stack_topics(kafka)),
+        settings.recall.reply_to_allowed,
+        settings.recall.max_correlation_id_bytes,
+    )
 
 
 def build_worker(
@@ -281,6 +351,8 @@ def build_worker(
         max_wait_ms=recall.max_wait_ms,
         reply_timeout_s=recall.client_timeout_s,
         metrics=metrics,
+        policy=reply_policy(settings),
+        max_message_bytes=kafka.max_message_bytes,
         fetch_wait_max_ms=recall.fetch_wait_max_ms,
     )
 

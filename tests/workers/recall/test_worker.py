@@ -28,7 +28,6 @@ from schemas.codec import decode_reply
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.infra.kafka import ensure_topics, make_admin, make_producer
-from workers.infra.kafka_broker import KafkaCluster
 from workers.infra.vector_store import VectorStore
 from workers.recall.client import RecallClient, RecallError
 from workers.recall.engine import RecallEngine
@@ -147,9 +146,10 @@ def test_concurrent_requests_with_different_top_k(env: Env) -> None:
         assert reply.items == exact(env.nets["v1"], [[i, i + 1]], i)
 
 
-def _raw_reader(env: Env, topic: str) -> Consumer:
+def _raw_reader(env: Env, topic: str, *, from_end: bool = False) -> Consumer:
     consumer = Consumer({**env.kafka.client_config(), "group.id": f"raw-{uuid.uuid4().hex}"})
-    consumer.assign([TopicPartition(topic, 0, 0)])
+    start = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] if from_end else 0
+    consumer.assign([TopicPartition(topic, 0, start)])
     return consumer
 
 
@@ -205,76 +205,57 @@ def test_bad_requests_get_error_replies_and_the_worker_survives(env: Env) -> Non
     assert env.metrics.requests.labels(status="bad_request")._value.get() >= len(BAD) + 2
 
 
-def test_a_reply_to_topic_nobody_created_is_auto_created_and_gets_its_reply(env: Env) -> None:
-    """Kafka's default (and the embedded broker's): a producer's first reply creates the topic."""
-    topic = f"{env.kafka.replies_topic}.new-{uuid.uuid4().hex[:8]}"
+def _topics(env: Env) -> set[str]:
+    return set(make_admin(env.kafka.client_config()).list_topics(timeout=10).topics)
+
+
+def test_refused_or_missing_reply_topics_are_answered_on_the_replies_topic_and_never_created(env: Env) -> None:
+    """A worker never creates a topic by replying into it (on this auto-creating broker every bogus name
+    would become a topic) nor writes into the stack's own topics: such requests get a bad_request reply on
+    the default replies topic, echoing their correlation id, and their offsets advance."""
+    missing = f"{env.kafka.replies_topic}.new-{uuid.uuid4().hex[:8]}"
+    cases = {
+        "missing": (missing, "does not exist"),
+        "stack": (env.kafka.requests_topic, "internal or stack topic"),
+        "internal": ("__consumer_offsets", "internal or stack topic"),
+        "elsewhere": ("someone.elses.topic", "recall.reply_to_allowed"),
+        "newline": (f"{env.kafka.replies_topic}\n", "not a Kafka topic name"),
+    }
+    default_reader = _raw_reader(env, env.kafka.replies_topic, from_end=True)
     producer = make_producer(env.kafka.client_config())
-    headers = [(CORRELATION_ID, "auto"), (REPLY_TO, topic)]
+    for cid, (topic, _) in cases.items():
+        headers = [(CORRELATION_ID, cid), (REPLY_TO, topic)]
+        producer.produce(env.kafka.requests_topic, value=b'{"hist_item": [[5]], "top_k": 3}', headers=headers)
+    assert producer.flush(10) == 0
+    try:
+        replies = {get_header(m.headers(), CORRELATION_ID): m for m in _collect(default_reader, len(cases))}
+    finally:
+        default_reader.close()
+    assert set(replies) == set(cases)
+    for cid, (_, reason) in cases.items():
+        reply = decode_reply(replies[cid].value())
+        assert isinstance(reply, ErrorReply) and reply.code is ErrorCode.BAD_REQUEST, cid
+        assert reason in reply.message, (cid, reply.message)
+    assert missing not in _topics(env)
+    assert env.client.recall(hist_item=[[5]], top_k=3).items == exact(env.nets["v1"], [[5]], 3)
+
+
+def test_a_reply_topic_created_just_before_the_request_gets_its_reply(env: Env) -> None:
+    """The worker's list of topics is read again when a request names one it does not know."""
+    topic = f"{env.kafka.replies_topic}.late-{uuid.uuid4().hex[:8]}"
+    ensure_topics(env.kafka.client_config(), [topic])
+    reader = _raw_reader(env, topic)
+    producer = make_producer(env.kafka.client_config())
+    headers = [(CORRELATION_ID, "late"), (REPLY_TO, topic)]
     producer.produce(env.kafka.requests_topic, value=b'{"hist_item": [[5]], "top_k": 3}', headers=headers)
     assert producer.flush(10) == 0
-    reader = _raw_reader(env, topic)
     try:
         (msg,) = _collect(reader, 1)
     finally:
         reader.close()
     reply = decode_reply(msg.value())
-    assert get_header(msg.headers(), CORRELATION_ID) == "auto"
+    assert get_header(msg.headers(), CORRELATION_ID) == "late"
     assert isinstance(reply, RecallReply) and reply.items == exact(env.nets["v1"], [[5]], 3)
-
-
-def test_on_a_cluster_without_auto_create_an_unknown_reply_to_is_counted_undeliverable(
-    env: Env, tmp_path: Path
-) -> None:
-    """auto.create.topics.enable=false: the reply fails within the client timeout, is counted and logged,
-    its request's offset advances (no redelivery), and the worker goes on answering."""
-    with KafkaCluster(tmp_path / "kafka", overrides={"auto.create.topics.enable": "false"}) as strict:
-        kafka = env.kafka.model_copy(update={"bootstrap_servers": strict.bootstrap})
-        conf = kafka.client_config()
-        ensure_topics(conf, [kafka.requests_topic, kafka.replies_topic])
-        metrics = RecallMetrics(CollectorRegistry())
-        live = LiveModel(env.store, ModelRegistry(env.root, env.alias), check_every_s=ALIAS_CHECK_S)
-        worker = RecallWorker(
-            conf,
-            RecallEngine(live, env.store),
-            requests_topic=kafka.requests_topic,
-            replies_topic=kafka.replies_topic,
-            group_id=kafka.recall_group,
-            session_timeout_ms=3000,
-            max_batch=8,
-            max_wait_ms=0.0,
-            reply_timeout_s=2.0,
-            metrics=metrics,
-        )
-        producer = make_producer(conf)
-        body = b'{"hist_item": [[5]], "top_k": 3}'
-        producer.produce(kafka.requests_topic, value=body, headers=[(CORRELATION_ID, "x"), (REPLY_TO, "nowhere")])
-        assert producer.flush(10) == 0
-        try:
-            deadline = time.monotonic() + 30
-            while worker.run_once() == 0 and time.monotonic() < deadline:
-                pass
-            assert metrics.undeliverable._value.get() == 1
-            assert "nowhere" not in strict_topics(conf)  # nothing created it
-            producer.produce(kafka.requests_topic, value=body, headers=[(CORRELATION_ID, "y")])
-            assert producer.flush(10) == 0
-            reader = Consumer({**conf, "group.id": f"raw-{uuid.uuid4().hex}"})
-            reader.assign([TopicPartition(kafka.replies_topic, 0, 0)])
-            deadline = time.monotonic() + 30
-            answered = 0
-            while answered == 0 and time.monotonic() < deadline:
-                answered = worker.run_once()  # the undeliverable request is not redelivered first
-            assert answered == 1
-            (msg,) = _collect(reader, 1)
-            reader.close()
-            assert get_header(msg.headers(), CORRELATION_ID) == "y"
-            assert metrics.undeliverable._value.get() == 1
-        finally:
-            worker.close()
-            live.close()
-
-
-def strict_topics(conf: dict[str, str | int]) -> set[str]:
-    return set(make_admin(conf).list_topics(timeout=10).topics)
 
 
 def test_expired_requests_are_shed_and_fresh_ones_served(env: Env) -> None:
