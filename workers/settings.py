@@ -336,6 +336,36 @@ class RecallSettings(_Section):
     client_timeout_s: float = Field(
         5.0, gt=0, description="RecallClient reply timeout; the HTTP gateway answers 504 past it"
     )
+    # The engine's budget and Milvus breaker (workers/recall/budget.py, breaker.py; issue 29).
+    max_request_cost: int = Field(
+        20_480,
+        ge=1,
+        description="Largest request in users x top_k (256 users x 80, 100 x 200, 20 x 1000); a larger one is "
+        "answered too_large. Sized by the reply: in JSON an item costs at most ~44 bytes (a 19-digit id and a "
+        "24-character score, with commas), so 20,480 items stay under ~0.91 MB, within a 1,000,000-byte Kafka record "
+        "(kafka.max_message_bytes); measured with 4-digit ids: 24 bytes an item",
+    )
+    max_diverse_top_k: int = Field(
+        200,
+        ge=1,
+        description="Largest top_k of a request with diversity > 0: its greedy merge costs ~K x top_k^2 per user "
+        "(top_k picks over K x top_k candidates), 2-4 ms per user at K=4 and top_k 200 on one core; more is "
+        "answered too_large",
+    )
+    max_batch_cost: int = Field(
+        65_536,
+        ge=1,
+        description="Largest Milvus search, in users x the largest top_k among them: a micro-batch above it is cut "
+        "into consecutive searches (a request alone is searched alone whatever its cost), all on the same model. "
+        "Bounds one search's result to K x this many rows (ids and scores: 3 MB at K=4)",
+    )
+    breaker_open_s: float = Field(
+        5.0,
+        gt=0,
+        description="After a transient Milvus failure, recall answers unavailable at once for this long instead of "
+        "waiting on Milvus for every batch; then one trial batch searches, and its success closes the circuit. "
+        "Equal to the client timeout: a caller that gave up retries into a new trial",
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 

@@ -1,11 +1,13 @@
-"""Recall logic without Kafka: a micro-batch of requests -> one Milvus search -> one reply per request.
+"""Recall logic without Kafka: a micro-batch of requests -> Milvus searches -> one reply per request.
 
-Per batch: the live model is read ONCE (``live.current()``), so every reply of the batch names the
-same ``model_version``, ``generation`` and ``collection``, all of its users were embedded by that
-version's tower, and the search saw exactly the rows of that version up to that generation.
-All users of all requests go into one search (``nq = K x users``, ``top_k`` = the batch's largest);
-each user's ``K`` lists are then merged with its own request's ``top_k``. Merging the top-``N`` lists
-down to ``n <= N`` gives exactly what a search with ``top_k = n`` would have given.
+Per ``answer()`` call: the live model is read ONCE (``live.current()``), so every reply of the call
+names the same ``model_version``, ``generation`` and ``collection``, all of its users were embedded by
+that version's tower, and every search saw exactly the rows of that version up to that generation.
+The call's requests are cut, in order, into sub-batches by cost (:class:`~workers.recall.budget.Budget`,
+``recall.max_batch_cost``; usually one): each is ONE search of all its users (``nq = K x users``,
+``top_k`` = its largest), all on that same model. Each user's ``K`` lists are then merged with its own
+request's ``top_k``. Merging the top-``N`` lists down to ``n <= N`` gives exactly what a search with
+``top_k = n`` would have given, so a reply does not depend on the requests it shared a search with.
 
 Choices:
 
@@ -14,29 +16,42 @@ Choices:
 * A user with no usable history (unknown user, or only unknown items) gets an **empty list**, not an
   error: it is a valid question with no personalised answer (callers fall back to popular items).
 * An :class:`ErrorReply` is only for requests that cannot be served: ``user_ids`` without a history
-  source or a failing one (``bad_request`` / ``internal``), no live model or Milvus down
-  (``unavailable``), anything else (``internal``).
-* If the search fails, the alias is re-resolved at once (``current(force=True)``); when it now points
-  elsewhere (a swap dropped the collection we held), the whole batch is recomputed once on the new
-  model. Otherwise the error stands.
+  source or a failing one (``bad_request`` / ``internal``), over the budget (``too_large``, before any
+  work: ``users x top_k`` over ``recall.max_request_cost``, or ``top_k`` over
+  ``recall.max_diverse_top_k`` with ``diversity``), past its deadline (``timeout``), no live model or
+  Milvus down (``unavailable``), anything else (``internal``).
+* **Deadlines** (``answer(..., deadlines=[epoch ms or None per request])``, the Kafka header
+  ``deadline_ms``): checked before each sub-batch is searched and before each request's merge; a
+  request past its deadline gets ``timeout`` and no further work.
+* **Milvus circuit breaker** (:class:`~workers.recall.breaker.CircuitBreaker`): a search failing with
+  a transient error opens it for ``recall.breaker_open_s``; meanwhile every request is answered
+  ``unavailable`` at once, without a search (nor a tower pass); then one trial search, whose success
+  closes it. After a transient failure the alias is not re-resolved (that would wait on the same
+  Milvus); the alias watcher follows it.
+* If a search fails otherwise, the alias is re-resolved at once (``current(force=True)``); when it now
+  points elsewhere (a swap dropped the collection we held), the whole call (every sub-batch, those
+  already answered too) is recomputed once on the new model. Otherwise the sub-batch's requests get
+  the error and the next sub-batches are still searched.
 * ``diversity`` (lambda > 0) replaces a request's merge by score with ComiRec's greedy selection
-  (:mod:`model.diversity`) over its users' ``K x top_k`` candidates (each interest's list cut to the
-  request's own ``top_k`` first, so the reply does not depend on the batch it shared): similarities
-  by the catalogue's categories where both items have them, by the served version's item vectors
-  otherwise. Absent or 0 takes the plain merge, unchanged. Scores in such a reply are the items' search
-  scores, in pick order (no longer sorted).
+  (:mod:`model.diversity`, row by row: no ``[n, n]`` matrix) over its users' ``K x top_k`` candidates
+  (each interest's list cut to the request's own ``top_k`` first, so the reply does not depend on the
+  batch it shared): similarities by the catalogue's categories where both items have them, by the
+  served version's item vectors otherwise. Absent or 0 takes the plain merge, unchanged. Scores in
+  such a reply are the items' search scores, in pick order (no longer sorted).
 * An interest that is all zero (beyond a user's dynamic interest count) retrieves nothing.
+* ``took_ms`` of a reply: from ``started`` until that reply was built.
 
-Stage timing: ``answer(..., stages=StageTimes())`` fills in the seconds the batch spent reading
-histories, in the tower, in the Milvus search and merging (:class:`StageTimes`; ``perf_counter``
-pairs only, replies unchanged). The callers put them into ``mindstream_recall_stage_seconds``.
+Stage timing: ``answer(..., stages=StageTimes())`` fills in the seconds the call spent reading
+histories, in the tower, in the Milvus searches and merging (:class:`StageTimes`, summed over the
+sub-batches; ``perf_counter`` pairs only, replies unchanged). The callers put them into
+``mindstream_recall_stage_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +61,8 @@ from model.data.items import ItemCatalogue
 from model.diversity import ItemFeatures, Similarity, greedy_select, merge_candidates
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
 from workers.infra.vector_store import PAD_ID, SearchResult, is_transient
+from workers.recall.breaker import CircuitBreaker, CircuitOpen
+from workers.recall.budget import Budget
 
 __all__ = ["HistorySource", "RecallEngine", "Reply", "StageTimes", "merge_scored"]
 
@@ -150,6 +167,34 @@ class _RequestError(Exception):
         self.reply = ErrorReply(code=code, message=message)
 
 
+class _SearchFailed(Exception):
+    """The Milvus search failed with ``cause``; ``opened``: that failure opened the circuit."""
+
+    def __init__(self, cause: Exception, opened: bool) -> None:
+        super().__init__(str(cause))
+        self.cause, self.opened = cause, opened
+
+
+class _AliasMoved(Exception):
+    """A search failed and the alias now points at ``served``: recompute the whole call on it."""
+
+    def __init__(self, served: ServedModel) -> None:
+        super().__init__(served.collection)
+        self.served = served
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """One search's answer: user ``u``'s ``[K, top_k]`` lists are ``ids[rows[u]]`` with ``scores[rows[u]]``
+    (signed: higher is better); ``rows[u] == -1``: not searched (no usable history). ``returned``: the
+    ``perf_counter()`` at which the search (or the tower, when nobody was searched) returned."""
+
+    rows: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+    returned: float
+
+
 class RecallEngine:
     """``answer(requests) -> replies`` (same order, same length); thread-compatible, not thread-safe."""
 
@@ -161,12 +206,21 @@ class RecallEngine:
         *,
         higher_is_better: bool = True,
         categories: ItemCatalogue | None = None,
+        budget: Budget | None = None,
+        breaker: CircuitBreaker | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``budget`` and ``breaker`` default to the ``recall.*`` settings' defaults: pass
+        ``Budget.from_settings(settings.recall)`` and ``CircuitBreaker.from_settings(settings.recall)`` to
+        follow the configuration. ``wall_clock`` (epoch seconds) is what deadlines are compared with."""
         self.live = live
         self.store = store
         self.history = history
         self.categories = categories  # by external id, for the `diversity` merge; None = item vectors only
         self._sign = 1.0 if higher_is_better else -1.0
+        self.budget = Budget.from_settings() if budget is None else budget
+        self.breaker = CircuitBreaker.from_settings() if breaker is None else breaker
+        self._wall_clock = wall_clock
         self.last_version: str | None = None  # version that answered the last served batch
 
     def warm_up(self) -> str | None:
@@ -184,31 +238,111 @@ class RecallEngine:
         return served.version
 
     def answer(
-        self, requests: Sequence[RecallRequest], started: float | None = None, *, stages: StageTimes | None = None
+        self,
+        requests: Sequence[RecallRequest],
+        started: float | None = None,
+        *,
+        stages: StageTimes | None = None,
+        deadlines: Sequence[int | None] | None = None,
     ) -> list[Reply]:
-        """One reply per request; ``started`` (``time.perf_counter()``) is when the batch was received;
-        ``stages``, when given, receives the batch's stage times (:class:`StageTimes`)."""
+        """One reply per request, in order. ``started`` (``time.perf_counter()``): when the batch was
+        received; ``stages``, when given, receives the call's stage times (:class:`StageTimes`);
+        ``deadlines``, when given, one per request: epoch milliseconds after which its caller no longer
+        waits (``None``: no deadline)."""
         started = time.perf_counter() if started is None else started
         stages = StageTimes() if stages is None else stages
-        if not requests:
-            return []
+        if deadlines is not None and len(deadlines) != len(requests):
+            raise ValueError(f"{len(deadlines)} deadlines for {len(requests)} requests")
+        replies: list[Reply | None] = [None] * len(requests)
+        admitted: list[int] = []
+        for index, request in enumerate(requests):
+            too_large = self.budget.refusal(request)
+            if too_large is None:
+                admitted.append(index)
+            else:
+                replies[index] = _error(ErrorCode.TOO_LARGE, too_large)
+        if admitted:
+            self._answer(requests, admitted, replies, started, stages, deadlines or [None] * len(requests))
+        return [r if r is not None else _error(ErrorCode.INTERNAL, "no answer computed") for r in replies]
+
+    def _answer(
+        self,
+        requests: Sequence[RecallRequest],
+        admitted: list[int],
+        replies: list[Reply | None],
+        started: float,
+        stages: StageTimes,
+        deadlines: Sequence[int | None],
+    ) -> None:
+        """Fill ``replies[i]`` for every ``i`` in ``admitted``: one live model, searched sub-batch by sub-batch."""
+        refused = self.breaker.refusal()
+        if refused is not None:
+            _fill(replies, admitted, _error(ErrorCode.UNAVAILABLE, refused))
+            return
         try:
             served = self.live.current()
         except Exception as exc:
             log.warning("cannot resolve the live model: %s", exc)
-            return [_error(ErrorCode.UNAVAILABLE, f"live model unavailable: {exc}")] * len(requests)
+            self.breaker.failed(exc)  # resolving the alias asks Milvus
+            _fill(replies, admitted, _error(ErrorCode.UNAVAILABLE, f"live model unavailable: {exc}"))
+            return
         if served is None:
-            return [_error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet")] * len(requests)
+            _fill(replies, admitted, _error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet"))
+            return
+        shapes = [(requests[i].n_users, requests[i].top_k) for i in admitted]
+        batches = [[admitted[j] for j in part] for part in self.budget.split(shapes)]
         try:
-            return self._serve(served, requests, started, stages)
-        except Exception as first:
-            retry = self._after_failure(served, first)
-            if retry is None:
-                return [_failure(first)] * len(requests)
+            self._serve_all(served, requests, batches, replies, started, stages, deadlines, may_retry=True)
+        except _AliasMoved as moved:  # every reply of the call on the new model, those already built too
+            self._serve_all(moved.served, requests, batches, replies, started, stages, deadlines, may_retry=False)
+
+    def _serve_all(
+        self,
+        served: ServedModel,
+        requests: Sequence[RecallRequest],
+        batches: list[list[int]],
+        replies: list[Reply | None],
+        started: float,
+        stages: StageTimes,
+        deadlines: Sequence[int | None],
+        *,
+        may_retry: bool,
+    ) -> None:
+        """Each sub-batch (request indices) searched on ``served``; raises :class:`_AliasMoved` when a
+        failure revealed a swap (only if ``may_retry``)."""
+        for batch in batches:
+            refused = self.breaker.refusal()  # a previous sub-batch's search may have opened it
+            if refused is not None:
+                _fill(replies, batch, _error(ErrorCode.UNAVAILABLE, refused))
+                continue
+            now_ms = self._now_ms()
+            todo: list[int] = []
+            for index in batch:
+                late = _late_ms(deadlines[index], now_ms)
+                if late is None:
+                    todo.append(index)
+                else:
+                    replies[index] = _timeout(late, "before its search; not searched")
+            if not todo:
+                continue
             try:
-                return self._serve(retry, requests, started, stages)
-            except Exception as second:
-                return [_failure(second)] * len(requests)
+                answers = self._serve(
+                    served, [requests[i] for i in todo], started, stages, [deadlines[i] for i in todo]
+                )
+            except CircuitOpen as exc:
+                _fill(replies, todo, _error(ErrorCode.UNAVAILABLE, str(exc)))
+                continue
+            except Exception as exc:
+                cause, opened = (exc.cause, exc.opened) if isinstance(exc, _SearchFailed) else (exc, False)
+                if opened:
+                    log.error("recall search on %s failed, Milvus circuit open: %s", served.collection, cause)
+                elif may_retry and (fresh := self._after_failure(served, cause)) is not None:
+                    raise _AliasMoved(fresh) from cause
+                _fill(replies, todo, _failure(cause))
+                continue
+            for index, reply in zip(todo, answers, strict=True):
+                replies[index] = reply
+        self.last_version = served.version
 
     def _after_failure(self, served: ServedModel, exc: Exception) -> ServedModel | None:
         """The model to retry with when the alias moved since ``served`` was read, else None."""
@@ -221,6 +355,9 @@ class RecallEngine:
             return None
         log.info("search on %s failed (%s); alias moved to %s: retrying", served.collection, exc, fresh.collection)
         return fresh
+
+    def _now_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
 
     def _histories(self, request: RecallRequest, maxlen: int, stages: StageTimes) -> list[list[int]]:
         if request.hist_item is not None:
@@ -237,8 +374,14 @@ class RecallEngine:
             stages.history = _plus(stages.history, time.perf_counter() - began)
 
     def _serve(
-        self, served: ServedModel, requests: Sequence[RecallRequest], started: float, stages: StageTimes
+        self,
+        served: ServedModel,
+        requests: Sequence[RecallRequest],
+        started: float,
+        stages: StageTimes,
+        deadlines: Sequence[int | None],
     ) -> list[Reply]:
+        """One sub-batch: its histories, one tower pass, one search, each request's merge."""
         tower = served.tower
         replies: list[Reply | None] = [None] * len(requests)
         spans: list[tuple[int, int, int]] = []  # (request index, first user row, user count)
@@ -253,38 +396,28 @@ class RecallEngine:
             histories.extend(users)
         if spans:
             top_k = max(requests[i].top_k for i, _, _ in spans)
-            lambdas, cuts = [0.0] * len(histories), [0] * len(histories)
+            found = self._search(served, histories, top_k, stages)
             for index, lo, n in spans:
-                lambdas[lo : lo + n] = [requests[index].diversity or 0.0] * n
-                cuts[lo : lo + n] = [requests[index].top_k] * n
-            items, scores = self._search(served, histories, top_k, stages, lambdas, cuts)
-            merged = time.perf_counter()
-            took_ms = (merged - started) * 1000
-            for index, lo, n in spans:
-                cut = requests[index].top_k
+                late = _late_ms(deadlines[index], self._now_ms())
+                if late is not None:
+                    replies[index] = _timeout(late, "before its merge; not merged")
+                    continue
+                request = requests[index]
+                lam = request.diversity or 0.0
+                merged = [self._merge(tower, found, user, request.top_k, lam) for user in range(lo, lo + n)]
                 replies[index] = RecallReply(
-                    items=[i[:cut] for i in items[lo : lo + n]],
-                    scores=[s[:cut] for s in scores[lo : lo + n]],
+                    items=[ids for ids, _ in merged],
+                    scores=[scores for _, scores in merged],
                     model_version=served.version,
                     generation=served.generation,
                     collection=served.collection,
-                    took_ms=took_ms,
+                    took_ms=(time.perf_counter() - started) * 1000,
                 )
-            stages.merge = _plus(stages.merge, time.perf_counter() - merged)  # the reply objects
-        self.last_version = served.version
+            stages.merge = _plus(stages.merge, time.perf_counter() - found.returned)
         return [r for r in replies if r is not None]
 
-    def _search(
-        self,
-        served: ServedModel,
-        histories: list[list[int]],
-        top_k: int,
-        stages: StageTimes,
-        lambdas: Sequence[float] | None = None,
-        cuts: Sequence[int] | None = None,
-    ) -> tuple[list[list[int]], list[list[float]]]:
-        """Merged candidates (up to ``top_k``; ``cuts[u]`` with ``lambdas[u]`` > 0) per user; empty lists
-        for users without history."""
+    def _search(self, served: ServedModel, histories: list[list[int]], top_k: int, stages: StageTimes) -> _Candidates:
+        """The tower over ``histories``, then one search of the users with an interest (``top_k`` each)."""
         began = time.perf_counter()
         try:
             interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
@@ -293,38 +426,44 @@ class RecallEngine:
             stages.tower = _plus(stages.tower, searching - began)
         users, k, dim = interests.shape
         active = np.flatnonzero(np.any(interests.reshape(users, -1) != 0, axis=1))
-        items: list[list[int]] = [[] for _ in range(users)]
-        scores: list[list[float]] = [[] for _ in range(users)]
+        rows = np.full(users, -1, dtype=np.int64)
+        rows[active] = np.arange(active.size)
         if active.size == 0:
-            stages.merge = _plus(stages.merge, time.perf_counter() - searching)
-            return items, scores
+            empty = np.zeros((0, k, top_k))
+            return _Candidates(rows, empty.astype(np.int64), empty, searching)
         queries = interests[active].reshape(-1, dim)
+        self.breaker.check()
         searching = time.perf_counter()
         try:
             result = self.store.search(
                 served.collection, queries, top_k, with_versions=False, max_generation=served.max_generation
             )
+        except Exception as exc:
+            raise _SearchFailed(exc, self.breaker.failed(exc)) from exc
         finally:
-            merging = time.perf_counter()
-            stages.search = _plus(stages.search, merging - searching)
+            returned = time.perf_counter()
+            stages.search = _plus(stages.search, returned - searching)
+        self.breaker.succeeded()
         ids = result.ids.reshape(active.size, k, -1)
         signed = result.scores.reshape(active.size, k, -1) * self._sign
         silent = ~np.any(interests[active] != 0, axis=-1)  # [users, K]: interests switched off
         if silent.any():
             ids = np.where(silent[..., None], PAD_ID, ids)
             signed = np.where(silent[..., None], -np.inf, signed)
-        for row, user in enumerate(active.tolist()):
-            lam = lambdas[user] if lambdas is not None else 0.0
-            if lam > 0:
-                cut = cuts[user] if cuts is not None else top_k
-                tower = served.tower
-                got_ids, got_scores = self.diverse_merge(tower, ids[row, :, :cut], signed[row, :, :cut], cut, lam)
-            else:
-                got_ids, got_scores = merge_scored(ids[row], signed[row], top_k)
-            items[user] = got_ids
-            scores[user] = [s * self._sign for s in got_scores]
-        stages.merge = _plus(stages.merge, time.perf_counter() - merging)
-        return items, scores
+        return _Candidates(rows, ids, signed, returned)
+
+    def _merge(
+        self, tower: Tower, found: _Candidates, user: int, top_k: int, lam: float
+    ) -> tuple[list[int], list[float]]:
+        """User ``user``'s ``K`` lists -> its ``top_k`` items: by score, or diverse when ``lam > 0``."""
+        row = int(found.rows[user])
+        if row < 0:
+            return [], []
+        if lam > 0:
+            ids, scores = self.diverse_merge(tower, found.ids[row, :, :top_k], found.scores[row, :, :top_k], top_k, lam)
+        else:
+            ids, scores = merge_scored(found.ids[row], found.scores[row], top_k)
+        return ids, [s * self._sign for s in scores]
 
     def diverse_merge(
         self, tower: Tower, ids: np.ndarray, scores: np.ndarray, top_n: int, lam: float
@@ -343,6 +482,22 @@ class RecallEngine:
 
 def _error(code: ErrorCode, message: str) -> ErrorReply:
     return ErrorReply(code=code, message=message)
+
+
+def _fill(replies: list[Reply | None], indices: Sequence[int], reply: Reply) -> None:
+    for index in indices:
+        replies[index] = reply
+
+
+def _late_ms(deadline_ms: int | None, now_ms: int) -> int | None:
+    """Milliseconds past ``deadline_ms`` (> 0), or None when there is none or it has not passed."""
+    if deadline_ms is None or now_ms <= deadline_ms:
+        return None
+    return now_ms - deadline_ms
+
+
+def _timeout(late_ms: int, where: str) -> ErrorReply:
+    return _error(ErrorCode.TIMEOUT, f"deadline passed {late_ms} ms {where}")
 
 
 def _failure(exc: Exception) -> ErrorReply:
