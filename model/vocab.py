@@ -95,16 +95,37 @@ class ItemVocab:
 
     # -- growth, expiry, compaction -------------------------------------------------------------
 
-    def extend(self, external: Iterable[int] | IntArray, *, seen_at: float = 0.0) -> ItemVocab:
-        """Append the ids not known yet (first-appearance order); known rows keep their numbers."""
+    def new_ids(self, external: Iterable[int] | IntArray) -> IntArray:
+        """The distinct ids of ``external`` this vocabulary does not know, in first-appearance order."""
+        ext = np.asarray(external if isinstance(external, np.ndarray) else list(external), dtype=np.int64)
+        new = ext[self.rows(ext) == 0]
+        uniq, first = np.unique(new, return_index=True)
+        return uniq[np.argsort(first, kind="stable")].astype(np.int64)
+
+    def prefix_within(self, external: IntArray, new_limit: int) -> int:
+        """The length of the longest prefix of ``external`` that names at most ``new_limit`` distinct ids
+        this vocabulary does not know (all of it when it names no more): where a capped consumer of a
+        click log stops, so that the rest waits, in order, for its next turn."""
+        ext = np.asarray(external, dtype=np.int64)
+        at = np.flatnonzero(self.rows(ext) == 0)
+        _, first = np.unique(ext[at], return_index=True)
+        if first.shape[0] <= new_limit:
+            return int(ext.shape[0])
+        return int(np.sort(at[first])[max(new_limit, 0)])
+
+    def extend(
+        self, external: Iterable[int] | IntArray, *, seen_at: float = 0.0, limit: int | None = None
+    ) -> ItemVocab:
+        """Append the ids not known yet (first-appearance order); known rows keep their numbers.
+        ``limit``: append at most this many (the first to appear); None = all."""
         ext = np.asarray(external if isinstance(external, np.ndarray) else list(external), dtype=np.int64)
         if ext.size and (int(ext.min()) < 1):
             raise ValueError("item ids must be in 1..2^63-1")
-        new = ext[self.rows(ext) == 0]
-        if new.size == 0:
+        fresh = self.new_ids(ext)
+        if limit is not None:
+            fresh = fresh[: max(limit, 0)]
+        if fresh.size == 0:
             return self
-        uniq, first = np.unique(new, return_index=True)
-        fresh = uniq[np.argsort(first, kind="stable")]
         ids = np.concatenate([self.ids, fresh])
         last = np.concatenate([self.last_seen, np.full(fresh.shape[0], seen_at, dtype=np.float64)])
         return ItemVocab(ids, last)

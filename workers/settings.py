@@ -287,6 +287,28 @@ class RefreshSettings(_Section):
     fast_path: bool = Field(True, description="Add new items to the live version between major rounds")
     fast_path_interval_s: float = Field(1.0, gt=0, description="How often the fast path looks for new items")
     fast_path_max_events: int = Field(100_000, ge=1, description="Clicks read per fast-path step at most")
+    max_new_items_per_round: int = Field(
+        100_000,
+        ge=1,
+        description="Items the live vocabulary does not know that one round adds at most (table rows, Adam state): a "
+        "round takes its clicks oldest first and stops before the click that would bring one more new item; the "
+        "rest wait in the ingest state for the next round (mindstream_refresh_new_items_deferred_total)",
+    )
+    fast_path_max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="New items the fast path holds at most (waiting for context, or added and waiting for a major "
+        "version); an item first clicked while it is full is left to the next major round (or to a later click "
+        "once there is room)",
+    )
+    max_segments: int = Field(
+        64,
+        ge=0,
+        le=1000,
+        description="Click segments that get a Milvus partition of their own: the first this-many seen, recorded in "
+        "<refresh dir>/segments.sqlite; items of any later segment go to the default partition "
+        "(mindstream_refresh_segments_overflow_total). Milvus caps partitions per collection (1,024 in 2.3)",
+    )
     cold_start: ColdStartRule = Field(
         "steps",
         description="Fast-path vector of a new item: 'co_click' = mean of the live vectors of its clickers' history "

@@ -79,3 +79,28 @@ def test_unknown_truth_items_count_but_cannot_be_hit() -> None:
     truth = map_truth(vocab, np.array([6, 77, 5, 88]))
     assert truth.tolist() == [2, -1, 1, -2]
     assert len(set(truth.tolist())) == 4
+
+
+@given(st.lists(st.integers(1, 30), max_size=80), st.lists(st.integers(1, 30), max_size=20), st.integers(0, 12))
+def test_a_capped_growth_takes_the_first_new_ids_and_the_longest_prefix_within_the_cap(
+    log: list[int], known: list[int], cap: int
+) -> None:
+    vocab = ItemVocab.from_ids(known)
+    oracle_new = list(dict.fromkeys(i for i in log if i not in set(known)))
+    assert vocab.new_ids(np.array(log, dtype=np.int64)).tolist() == oracle_new
+    grown = vocab.extend(np.array(log, dtype=np.int64), limit=cap)
+    assert grown.items == vocab.items + min(cap, len(oracle_new))
+    assert grown.contains(oracle_new[:cap]).all() and not grown.contains(oracle_new[cap:]).any()
+    # the prefix: as long as possible, never more than cap distinct new ids
+    cut = vocab.prefix_within(np.array(log, dtype=np.int64), cap)
+    assert len(set(log[:cut]) - set(known)) <= cap
+    assert cut == len(log) or len(set(log[: cut + 1]) - set(known)) == cap + 1
+
+
+def test_a_flood_of_new_ids_is_cut_where_the_cap_is_reached() -> None:
+    vocab = ItemVocab.from_ids([1, 2, 3])
+    log = np.array([1, 50, 2, 50, 60, 3, 70, 60, 80], dtype=np.int64)
+    assert vocab.prefix_within(log, 2) == 6  # 50 and 60; the click on 70 waits, and everything after it
+    assert vocab.prefix_within(log, 0) == 1  # not even one new item: the known click before it only
+    assert vocab.prefix_within(log, 4) == len(log)
+    assert vocab.extend(log, limit=2).ids.tolist() == [0, 1, 2, 3, 50, 60]

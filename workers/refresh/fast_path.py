@@ -23,6 +23,14 @@ that version's: a reply never mixes versions, and names exactly the generation i
 crash before the announce leaves rows nobody searches; the next step deletes them and redoes the
 work. The next major version re-embeds these items with its own weights (its round reads the
 same clicks), and an item stays pending until a live version's vocabulary holds it.
+
+At most ``refresh.fast_path_max_pending`` items are pending: an item first clicked while that many
+are waits for the major round, which takes every item of the clicks it consumes (oldest first,
+``refresh.max_new_items_per_round`` at a time), or for a click after a swap has made room; such
+items are counted in ``mindstream_refresh_new_items_deferred_total{path="fast_path"}``. The items
+that hold the places are the oldest ones: the same ones the next rounds take first, so the places
+are given back at the next swaps. A new item's partition is its segment's if that segment is (or
+can still be) admitted (:class:`~workers.refresh.segments.SegmentMap`), else the default.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from workers.ingest.state_store import StoredClick
 from workers.refresh.generations import Generations
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.registry import ModelRegistry
-from workers.refresh.segments import partition_name
+from workers.refresh.segments import SegmentMap
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,6 +132,7 @@ class FastPath:
         self.clicks_known = 0
         self.clicks_unknown = 0
         self._live: _Live | None = None
+        self._segments: SegmentMap | None = None  # opened at the first step that adds items
         self._before_announce = before_announce  # test hook: a crash between insert and announce
 
     # -- the live version ------------------------------------------------------------------------
@@ -149,15 +158,26 @@ class FastPath:
     # -- one step --------------------------------------------------------------------------------
 
     def observe(self, events: list[StoredClick], now: float) -> None:
-        """Record the clicks on items the live version may not know (checked at each step)."""
+        """Record the clicks on items the live version may not know (checked at each step); a new item
+        finds no place once ``fast_path_max_pending`` are pending (it is left to the major round)."""
+        room = self.settings.refresh.fast_path_max_pending - len(self.pending)
+        deferred: set[int] = set()
         for event in events:
             item = self.pending.get(event.item_id)
             if item is None:
+                if room <= 0:
+                    deferred.add(event.item_id)
+                    continue
+                room -= 1
                 item = self.pending[event.item_id] = PendingItem(click_time(event, now))
             item.clickers.append(event.user_id)
             del item.clickers[:-CLICKERS_KEPT]
             if event.segment is not None:
                 item.segment = event.segment
+        if deferred:
+            log.debug("fast path full (%d pending): %d new items left to the round", len(self.pending), len(deferred))
+            if self.metrics is not None:
+                self.metrics.new_items_deferred.labels(path="fast_path").inc(len(deferred))
 
     def note(self, events: list[StoredClick], known: list[bool], now: float) -> None:
         """Record the clicks of one step: those on unknown items (:meth:`observe`), the recent ones on
@@ -182,6 +202,8 @@ class FastPath:
             known = live.vocab.rows(np.fromiter((e.item_id for e in events), dtype=np.int64, count=len(events))) > 0
             self.note(events, known.tolist(), now)
         self._forget_known(live, now)
+        if self.metrics is not None:
+            self.metrics.fast_path_pending.set(len(self.pending))
         if not live.supported or not self.settings.refresh.fast_path:
             return None
         announced = set(live.generations.items)
@@ -203,7 +225,7 @@ class FastPath:
         generation = live.generations.generation + 1
         live.clean = False  # rows of an unannounced generation exist from here on
         id_arr = np.asarray(ids, dtype=np.int64)
-        segments = [partition_name(self.pending[i].segment) for i in ids]
+        segments = self._partitions([self.pending[i].segment for i in ids])
         for segment in sorted(set(segments)):
             picked = np.asarray([s == segment for s in segments])
             self.store.insert(
@@ -233,6 +255,19 @@ class FastPath:
         report = StepReport(live.collection, live.version, generation, ids, waiting, time.perf_counter() - began, fresh)
         log.info("fast path: %s", report.as_dict())
         return report
+
+    def _partitions(self, segments: list[str | None]) -> list[str]:
+        """The partition of each new item: its segment's when admitted (admitting new segments while
+        ``max_segments`` allows), else the default."""
+        if self._segments is None:
+            self._segments = SegmentMap(SegmentMap.file(self.settings.refresh_dir), self.settings.refresh.max_segments)
+        self._segments.admit(segments)
+        return self._segments.partitions(segments)
+
+    def close(self) -> None:
+        if self._segments is not None:
+            self._segments.close()
+            self._segments = None
 
     def _forget_known(self, live: _Live, now: float) -> None:
         """Pending items the live *version* knows (a major swap embedded them) are done."""

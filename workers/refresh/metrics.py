@@ -95,6 +95,30 @@ class RefreshMetrics:
         self.live_generation = Gauge(
             "mindstream_live_generation", "Announced fast-path generation of the live version", registry=registry
         )
+        self.fast_path_pending = Gauge(
+            "mindstream_fast_path_pending_items",
+            "New items the fast path holds (at most refresh.fast_path_max_pending)",
+            registry=registry,
+        )
+        self.new_items_deferred = Counter(
+            "mindstream_refresh_new_items_deferred",
+            "New items left for later by a round (past refresh.max_new_items_per_round) or by the fast path (past "
+            "refresh.fast_path_max_pending), counted at each deferral",
+            ["path"],
+            registry=registry,
+        )
+        for path in ("round", "fast_path"):
+            self.new_items_deferred.labels(path=path)  # both series from the start, at 0
+        self.segments = Gauge(
+            "mindstream_refresh_segments",
+            "Click segments with a partition of their own (at most refresh.max_segments)",
+            registry=registry,
+        )
+        self.segments_overflow = Counter(
+            "mindstream_refresh_segments_overflow",
+            "Clicks whose segment is past refresh.max_segments: their items are in the default partition",
+            registry=registry,
+        )
         self.orphans_dropped = Counter(
             "mindstream_collections_dropped_total", "Orphan or expired collections dropped", registry=registry
         )

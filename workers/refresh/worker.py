@@ -3,7 +3,19 @@
 Every ``interval_s`` (or as soon as ``min_new_events`` arrived, or on command) it reads the new
 clicks from the ingest state, trains the live model further on them (plus a replay sample of older
 users), saves the result as model ``v<N+1>`` and publishes it through :class:`Publisher` (shadow
-collection, verification, alias swap). Nothing new -> nothing built."""
+collection, verification, alias swap). Nothing new -> nothing built.
+
+A round adds at most ``max_new_items_per_round`` items the live vocabulary does not know (table
+rows and their optimiser state): it takes the new clicks oldest first (at most
+``max_events_per_round``) and stops before the first click that would bring one more; the rest wait
+in the ingest state, in order, for the next round, which is due at once when they are many. Items
+that only appear in the touched users' histories (clicks the round has not taken) fill what is left
+of that budget; a history item beyond it is left out of this round's training sequences (its own
+round adds it). Oldest first rather than most clicked first: the round stays a prefix of the click
+log, so what waits is exactly what lies after the cursor, kept by the ingest state and persisted by
+nothing new; ranking by clicks would need a persisted queue of the deferred items, itself unbounded
+under hostile input. A flood of one-click junk ids delays later new items by the rounds it fills,
+never by more (mindstream_refresh_new_items_deferred_total{path="round"})."""
 
 from __future__ import annotations
 
@@ -28,7 +40,7 @@ from model.data.types import HeldOut, IntArray, Sequences
 from model.train import Trainer, train
 from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
-from workers.ingest.state_reader import StateReader
+from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import ClickColumns
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
@@ -37,7 +49,7 @@ from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
-from workers.refresh.segments import SegmentMap
+from workers.refresh.segments import OverflowWarning, SegmentMap
 from workers.refresh.state import RefreshState
 from workers.runtime import StopFlag, nice_threads
 from workers.settings import Settings
@@ -90,6 +102,7 @@ class RoundReport:
     pruned: list[str] = field(default_factory=list)  # model directories deleted (refresh.keep_versions)
     phases: dict[str, float] = field(default_factory=dict)  # read, prepare, train (publish adds its own)
     click_to_version_s: list[float] = field(default_factory=list)  # a sample of the round's clicks
+    deferred_items: int = 0  # new items left for a later round (refresh.max_new_items_per_round)
 
     def as_dict(self) -> dict[str, Any]:
         p = self.published
@@ -104,6 +117,7 @@ class RoundReport:
             "dropped": self.dropped,
             "pruned": self.pruned,
             "click_to_version_s": [round(x, 3) for x in self.click_to_version_s],
+            "deferred_items": self.deferred_items,
         }
 
 
@@ -143,7 +157,8 @@ class RefreshWorker:
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         self.state_path = RefreshState.file(settings.refresh_dir)
         self.trigger_path = trigger_file(settings)
-        self.segments = SegmentMap(settings.refresh_dir / "segments.sqlite")
+        self.segments = SegmentMap(SegmentMap.file(settings.refresh_dir), self.cfg.max_segments)
+        self._segments_warning = OverflowWarning()
         self.replay = replay
         self.replay_vocab = replay_vocab
         self.quality = quality
@@ -223,19 +238,27 @@ class RefreshWorker:
 
     # -- one round ----------------------------------------------------------------------------
 
-    def training_set(self, users: list[int], vocab: ItemVocab) -> tuple[Sequences, ItemVocab]:
+    def training_set(
+        self, users: list[int], vocab: ItemVocab, new_limit: int | None = None
+    ) -> tuple[Sequences, ItemVocab, IntArray]:
         """Touched users' recent histories, oversampled to about half of the users, plus replay, in
-        the rows of the returned vocabulary: ``vocab`` grown by every item of those histories (they
+        the rows of the returned vocabulary: ``vocab`` grown by the items of those histories (they
         are read after the round's events and may hold clicks the round has not taken, including
-        brand-new items)."""
+        brand-new items), at most ``new_limit`` of them (the first to appear; None = all). Items left
+        out are left out of the sequences too; the third value: their ids."""
         # Arrays throughout: a round reads users x train_history clicks (10M at 50k users); as Python
         # ints in lists they cost ~40 bytes each, twice over (docs/retention.md).
         seqs = self.reader.history_arrays(users, self.cfg.train_history)
         seen = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
-        vocab = vocab.extend(seen, seen_at=time.time())
+        new = vocab.new_ids(seen)
         del seen
+        added = new if new_limit is None else new[: max(new_limit, 0)]
+        vocab = vocab.extend(added, seen_at=time.time())
+        left_out = new[added.shape[0] :]
         min_clicks = self.settings.train.min_clicks
-        fresh = [(u, vocab.rows(s)) for u, s in zip(users, seqs, strict=True) if s.shape[0] >= min_clicks]
+        in_rows = (vocab.rows(s) for s in seqs)
+        kept = ((u, r[r > 0]) for u, r in zip(users, in_rows, strict=True))  # all of it unless new_limit bit
+        fresh = [(u, r) for u, r in kept if r.shape[0] >= min_clicks]
         del seqs
         replay: list[tuple[int, IntArray]] = []
         if self.replay is not None and self.cfg.replay_users:
@@ -249,14 +272,19 @@ class RefreshWorker:
         rows = fresh * repeat + [r for r in replay if r[1].shape[0]]
         if not rows:
             raise ValueError("no user with enough clicks to train on")
-        return Sequences.from_arrays([u for u, _ in rows], [s for _, s in rows], item_count=len(vocab)), vocab
+        sequences = Sequences.from_arrays([u for u, _ in rows], [s for _, s in rows], item_count=len(vocab))
+        return sequences, vocab, left_out
 
-    def round_vocab(self, live: Checkpoint, events: ClickColumns) -> tuple[ItemVocab, IntArray | None]:
-        """The live vocabulary grown by the round's items, with their clicks recorded; and, when
-        expired rows reached ``compact_share`` of the table, the rows to keep (a compaction)."""
+    def round_vocab(
+        self, live: Checkpoint, events: ClickColumns, live_vocab: ItemVocab | None = None
+    ) -> tuple[ItemVocab, IntArray | None]:
+        """The live vocabulary (``live_vocab``, else read from ``live``) grown by the round's items, with
+        their clicks recorded; and, when expired rows reached ``compact_share`` of the table, the rows to
+        keep (a compaction)."""
         now = time.time()
         items = events.item_ids
-        vocab = live.vocab().extend(items, seen_at=now).touch(items, np.full(items.shape[0], now))
+        base = live.vocab() if live_vocab is None else live_vocab
+        vocab = base.extend(items, seen_at=now).touch(items, np.full(items.shape[0], now))
         if self.cfg.item_ttl_s is None:
             return vocab, None
         active = vocab.active_rows(now=now, ttl_s=self.cfg.item_ttl_s)
@@ -281,7 +309,6 @@ class RefreshWorker:
         pruned = self.prune_versions()
         began = time.perf_counter()
         events, cursor = self.reader.columns_since(state.get_cursor(), limit=self.cfg.max_events_per_round)
-        read_s = time.perf_counter() - began
         self._last_round = time.monotonic()
         if not len(events) and not force:
             state.save(self.state_path)
@@ -289,12 +316,15 @@ class RefreshWorker:
         live = self.live_checkpoint()
         if live is None:
             raise RuntimeError("nothing is live: bootstrap first")
+        live_vocab = live.vocab()
+        events, cursor, deferred = self._within_new_items(state, live_vocab, events, cursor)
+        read_s = time.perf_counter() - began
         users = np.unique(events.user_ids).tolist()
         report = RoundReport(len(events), len(users), dropped=dropped, pruned=pruned)
         self._phase(report, "read", read_s)
         if self.metrics:
             self.metrics.rounds.inc()
-        ckpt = self._train(report, state, live, events, users)
+        ckpt = self._train(report, state, live, events, users, live_vocab, deferred)
         with in_progress(self.metrics, "swap"):
             try:
                 report.published = self.publisher.publish(ckpt, state, quality=self.quality)
@@ -320,20 +350,51 @@ class RefreshWorker:
             self.metrics.events_trained.inc(len(events))
         return report
 
+    def _within_new_items(
+        self, state: RefreshState, vocab: ItemVocab, events: ClickColumns, cursor: Cursor
+    ) -> tuple[ClickColumns, Cursor, IntArray]:
+        """The longest prefix of the round's clicks that brings at most ``max_new_items_per_round`` items
+        ``vocab`` does not know, with its cursor (read again, up to there: the reader gives cursors only
+        at the end of a read), and the new items of the clicks read that are left for a later round."""
+        cap = self.cfg.max_new_items_per_round
+        cut = vocab.prefix_within(events.item_ids, cap)
+        if cut == len(events):
+            return events, cursor, np.empty(0, dtype=np.int64)
+        seen = vocab.new_ids(events.item_ids)
+        while cut < len(events):  # a second read equals the first's prefix (files only grow at their end)
+            events, cursor = self.reader.columns_since(state.get_cursor(), limit=cut)
+            cut = vocab.prefix_within(events.item_ids, cap)
+        taken = vocab.new_ids(events.item_ids)
+        deferred = np.setdiff1d(seen, taken)
+        log.info("round takes %d clicks (%d new items); %d new items wait", len(events), taken.shape[0], len(deferred))
+        return events, cursor, deferred
+
     def _train(
-        self, report: RoundReport, state: RefreshState, live: Checkpoint, events: ClickColumns, users: list[int]
+        self,
+        report: RoundReport,
+        state: RefreshState,
+        live: Checkpoint,
+        events: ClickColumns,
+        users: list[int],
+        live_vocab: ItemVocab,
+        deferred: IntArray,
     ) -> Checkpoint:
         """The round's vocabulary and training set, the live model trained further on them, saved as the
-        next version (the phases ``prepare`` and ``train``)."""
+        next version (the phases ``prepare`` and ``train``); ``deferred``: new items of clicks read but
+        not taken (:meth:`_within_new_items`)."""
         t0 = time.perf_counter()
         cfg = self.settings.train.model_copy(update={"seed": self.settings.train.seed + state.rounds + 1})
-        vocab, keep = self.round_vocab(live, events)
+        vocab, keep = self.round_vocab(live, events, live_vocab)
+        budget = self.cfg.max_new_items_per_round - (len(vocab) - len(live_vocab))  # before a compaction
         if keep is not None:
             vocab, _ = vocab.compact(keep)
             log.info("compacting the item table: %d expired rows dropped", live.manifest.item_count - len(vocab))
-        sequences, vocab = self.training_set(users, vocab)
+        sequences, vocab, left_out = self.training_set(users, vocab, budget)
+        report.deferred_items = int(np.union1d(deferred, left_out).shape[0])
+        if self.metrics and report.deferred_items:
+            self.metrics.new_items_deferred.labels(path="round").inc(report.deferred_items)
         trainer = Trainer(sequences, self.settings.mind, cfg, init=live, vocab=vocab, keep_rows=keep)
-        self.segments.update(events.segments)
+        self._segments(events)
         t1 = time.perf_counter()
         self._phase(report, "prepare", t1 - t0)
         train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
@@ -341,6 +402,16 @@ class RefreshWorker:
         report.train_seconds = time.perf_counter() - t1
         self._phase(report, "train", report.train_seconds)
         return ckpt
+
+    def _segments(self, events: ClickColumns) -> None:
+        """Record the round's item segments (admitting new ones up to ``max_segments``); count and warn
+        about the clicks whose segment is past it."""
+        overflow = self.segments.update(events.segments)
+        if self.metrics:
+            self.metrics.segments.set(len(self.segments.admitted()))
+            if overflow.clicks:
+                self.metrics.segments_overflow.inc(overflow.clicks)
+        self._segments_warning.note(overflow, self.cfg.max_segments)
 
     def _click_to_version(self, report: RoundReport, events: ClickColumns) -> None:
         """Click -> live in this version, for a sample of the round's clicks (plausible event times)."""
@@ -428,6 +499,8 @@ class RefreshWorker:
 
     def close(self) -> None:
         self.segments.close()
+        if self.fast_path is not None:
+            self.fast_path.close()
 
 
 def trigger_file(settings: Settings) -> Path:

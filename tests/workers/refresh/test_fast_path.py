@@ -212,3 +212,53 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
         ]
         assert not wrong, f"{len(wrong)} of {len(replies)} replies differ from their (version, generation): {wrong[:3]}"
         assert all(r.collection == f"{alias}_{r.model_version}" for r in replies), "a reply named another collection"
+
+
+def test_past_its_caps_the_fast_path_leaves_new_items_to_the_round_and_new_segments_to_the_default(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    """``fast_path_max_pending`` 2 and ``max_segments`` 1: of three new items the first two seen are added
+    (the one of the second segment in the default partition), the third waits for the major round, which
+    embeds it, in its segment's partition: nothing is lost, and no partition is created past the cap."""
+    settings = settings.model_copy(
+        update={"refresh": settings.refresh.model_copy(update={"fast_path_max_pending": 2, "max_segments": 1})}
+    )
+    alias = settings.milvus.alias
+    first, second, third = (10**13 + n for n in (1, 2, 3))
+    events, ts = [], 0
+    for user, item, segment in [(1000 + n, first, "eu") for n in range(4)] + [
+        (1010 + n, item, segment) for n in range(3) for item, segment in ((second, "us"), (third, "eu"))
+    ]:
+        for known in (1, 2, 3, 4, 5):
+            ts += 1
+            events.append(ClickEvent(event_id=f"e{ts}", user_id=user, item_id=known, ts=ts))
+        ts += 1
+        events.append(ClickEvent(event_id=f"e{ts}", user_id=user, item_id=item, ts=ts, segment=segment))
+    with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
+        registry = CollectorRegistry()
+        metrics = RefreshMetrics(registry)
+        worker = RefreshWorker(settings, store, reader, replay=base[1], metrics=metrics)
+        worker.bootstrap(base[0])
+        part = PartitionStore.open(settings.state_dir, "clicks", 0)
+        part.apply(events, "clicks", 0, last_offset=len(events) - 1)
+        part.close()
+        fast = FastPath(settings, store, reader, cursor=Cursor(), metrics=metrics)
+        report = fast.step()
+        assert report is not None and sorted(report.added) == [first, second]
+        assert list(fast.pending) == [first, second]
+        assert registry.get_sample_value("mindstream_fast_path_pending_items") == 2
+        assert registry.get_sample_value("mindstream_refresh_new_items_deferred_total", {"path": "fast_path"}) == 1
+        assert sorted(store.list_segments(f"{alias}_v1")) == sorted(["all", "s_eu"])  # no partition for "us"
+        assert store.count(f"{alias}_v1", segment="s_eu") == 1
+
+        round_report = worker.run_round()
+        assert round_report is not None and round_report.published is not None and round_report.published.swapped
+        assert round_report.deferred_items == 0
+        assert store.count(f"{alias}_v2") == 43  # the third item too: the round took every click
+        assert sorted(store.list_segments(f"{alias}_v2")) == sorted(["all", "s_eu"])
+        assert store.count(f"{alias}_v2", segment="s_eu") == 2  # first and third
+        assert fast.step() is None and not fast.pending  # v2 knows all three: the places are given back
+        assert registry.get_sample_value("mindstream_refresh_segments") == 1
+        assert registry.get_sample_value("mindstream_refresh_segments_overflow_total") == 3  # the clicks on "us"
+        worker.close()
+        fast.close()

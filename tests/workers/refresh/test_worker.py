@@ -199,3 +199,49 @@ def test_a_backlog_is_taken_in_capped_slices_even_when_histories_run_ahead(
         live = store.resolve_alias(settings.milvus.alias)
         assert live is not None and store.count(live) == 45, "the table grew to the new items 41..45"
         worker.close()
+
+
+def test_a_round_adds_at_most_max_new_items_and_the_rest_wait_in_order(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    """``max_new_items_per_round`` 2 and five new items: each round's table grows by two at most (from its
+    clicks, oldest first, or from the touched users' histories), the clicks after the cut wait for the next
+    round, and after three rounds every click is taken and every item is in (none lost)."""
+    settings = settings.model_copy(
+        update={"refresh": settings.refresh.model_copy(update={"max_new_items_per_round": 2, "train_batches": 40})}
+    )
+    base_ckpt, seqs = base
+    registry = CollectorRegistry()
+    events, ts = [], 0
+    for new_item in range(41, 46):  # a wave of users per new item, each also clicking known items
+        for user in range(new_item * 100, new_item * 100 + 3):
+            for item in (1, 2, 3, new_item, 4):
+                ts += 1
+                events.append(_click(f"e{ts}", user, item, ts))
+    with (
+        VectorStore(milvus_uri, settings.milvus) as store,
+        StateReader(settings.state_dir, "clicks") as reader,
+    ):
+        worker = RefreshWorker(settings, store, reader, replay=seqs, metrics=RefreshMetrics(registry))
+        worker.bootstrap(base_ckpt)
+        writer = PartitionStore.open(settings.state_dir, "clicks", 0)
+        writer.apply(events, "clicks", 0, last_offset=len(events) - 1)
+        writer.close()
+
+        reports = []
+        versions = [base_ckpt.vocab()]  # each live version's vocabulary (older model directories are pruned)
+        while (report := worker.run_round()) is not None:
+            assert report.error is None and report.published is not None and report.published.swapped, report
+            reports.append(report)
+            live_ckpt = worker.live_checkpoint()
+            assert live_ckpt is not None
+            versions.append(live_ckpt.vocab())
+        assert [v.items for v in versions] == [40, 42, 44, 45]
+        assert [v.ids[41:].tolist() for v in versions[1:]] == [[41, 42], [41, 42, 43, 44], [41, 42, 43, 44, 45]]
+        assert [r.events for r in reports] == [33, 30, 12]  # each round stops before its third new item
+        assert [r.deferred_items for r in reports] == [3, 1, 0]
+        assert RefreshState.load(worker.state_path).events_seen == len(events)
+        assert registry.get_sample_value("mindstream_refresh_new_items_deferred_total", {"path": "round"}) == 4
+        live = store.resolve_alias(settings.milvus.alias)
+        assert live is not None and store.count(live) == 45
+        worker.close()
