@@ -427,6 +427,18 @@ class HttpSettings(_Section):
     )
 
 
+class SupervisorSettings(_Section):
+    """How ``mindstream up`` restarts a worker process that exited."""
+
+    backoff_max_s: float = Field(30.0, gt=0, description="A crashed worker restarts after 1, 2, 4 ... s, at most this")
+    healthy_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker that ran this long before it exited counts as healthy: its restart delay starts "
+        "again from 1 s",
+    )
+
+
 class Settings(BaseSettings):
     """Root settings: ``MINDSTREAM_<FIELD>`` and ``MINDSTREAM_<SECTION>__<FIELD>``."""
 
@@ -445,6 +457,7 @@ class Settings(BaseSettings):
     recall: RecallSettings = RecallSettings()
     http: HttpSettings = HttpSettings()
     stream: StreamSettings = StreamSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
 
     @model_validator(mode="after")
     def _recommended_interests(self) -> Settings:

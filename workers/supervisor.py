@@ -1,4 +1,8 @@
-"""Child worker processes for ``mindstream up``: start, restart on crash (capped back-off), stop cleanly."""
+"""Child worker processes for ``mindstream up``: start, restart on crash (capped back-off), stop cleanly.
+
+The restart delay doubles with each crash in a row (1, 2, 4 ... ``supervisor.backoff_max_s``) and starts
+again from 1 s once a child has run ``supervisor.healthy_after_s`` before it exits: a worker that crashes
+once a day is back in a second, not after the cap it reached on some earlier bad day."""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from workers.settings import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +29,9 @@ class Child:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
+    restarts: int = 0  # crashes in a row (reset once a run lasted supervisor.healthy_after_s)
     next_start: float = 0.0
+    started_at: float = 0.0  # the supervisor's clock when the current run started
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -59,30 +67,51 @@ class Child:
 
 
 class Supervisor:
-    """Keeps every child running; a child that exits is restarted after 1, 2, 4 ... 30 s."""
+    """Keeps every child running; a child that exits is restarted after 1, 2, 4 ... ``backoff_max_s``
+    seconds, from 1 s again after a run of ``healthy_after_s``. ``clock``: monotonic seconds (tests)."""
 
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(
+        self,
+        children: list[Child],
+        settings: SupervisorSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.children = children
+        self.settings = settings if settings is not None else SupervisorSettings()
+        self.clock = clock
 
     def start(self) -> None:
         for child in self.children:
-            child.start()
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.start()
+        child.started_at = self.clock()
+
+    def delay(self, child: Child) -> float:
+        """The restart delay of a child that has just exited (after ``restarts`` crashes in a row)."""
+        return min(self.settings.backoff_max_s, 2.0**child.restarts)
 
     def check(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for child in self.children:
             if child.running:
                 continue
             if child.proc is not None and child.next_start == 0.0:
                 code = child.proc.returncode
-                delay = min(30.0, 2.0**child.restarts)
+                ran = now - child.started_at
+                if child.restarts and ran >= self.settings.healthy_after_s:
+                    log.info("%s ran %.0f s before it exited: restart delay back to 1 s", child.name, ran)
+                    child.restarts = 0
+                delay = self.delay(child)
                 child.next_start = now + delay
                 log.error("%s exited with %s; restarting in %.0f s (see %s)", child.name, code, delay, child.log_path)
             elif now >= child.next_start:
                 child.restarts += 1
                 child.next_start = 0.0
                 child.stop(0)
-                child.start()
+                self._start(child)
 
     def stop(self, timeout: float = 20.0) -> None:
         for child in reversed(self.children):
