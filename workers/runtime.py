@@ -17,8 +17,11 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Final
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +87,24 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
-def metrics_registry(port: int | None) -> CollectorRegistry:
-    """A fresh registry, served on ``port`` (all interfaces, for Prometheus) when one is given."""
+def metrics_registry(port: int | None, host: str | None = None) -> CollectorRegistry:
+    """A fresh registry, served on ``host:port`` (:func:`serve_metrics`) when a port is given."""
     registry = CollectorRegistry()
     if port is not None:
-        start_http_server(port, registry=registry)
+        serve_metrics(registry, port, host)
     return registry
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str | None = None) -> WSGIServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` (a daemon thread) and return the server.
+
+    ``host``: ``settings.metrics_host``, loopback unless configured (0.0.0.0 where Prometheus scrapes
+    from another container); None = that setting as the environment gives it."""
+    if host is None:
+        host = Settings().metrics_host
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server
 
 
 def nice_threads(increment: int, *, keep: Collection[int] = ()) -> int:

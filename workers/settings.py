@@ -446,6 +446,11 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path(".mindstream"), description="Checkpoints, embedded Milvus data, worker state")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of every worker's /metrics server (*__METRICS_PORT): loopback unless told "
+        "otherwise; 0.0.0.0 where Prometheus scrapes from another host or container (docker-compose.yml)",
+    )
     mind: MindConfig = MindConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalSettings = EvalSettings()

@@ -36,8 +36,17 @@ this wrapper handles:
   ``search_nice`` (``milvus.embedded_search_nice``, default 0) brings the search threads back to the
   priority of the rest of the server (:class:`workers.runtime.ThreadRenicer`; it needs CAP_SYS_NICE
   or RLIMIT_NICE, else a warning); builds stay at 19.
-* Milvus 2.3 listens on all interfaces (the ``*.ip`` settings only pick the address it
-  advertises), so the embedded server is for development machines, not shared hosts.
+* Listeners: what its configuration can put on loopback is there. The embedded etcd (client and
+  peer ports) listens on 127.0.0.1 (our ``embed-etcd.yaml``), every component advertises
+  ``host`` (``*.ip``, 127.0.0.1 by default), the message queue (rocksmq) is in-process, and the
+  internal-port probes bind 127.0.0.1. Milvus 2.3.5 itself binds its gRPC servers (proxy, its
+  internal port, the coordinators and nodes) and its metrics/health HTTP server (``METRICS_PORT``)
+  on every interface: the address is ``":<port>"`` in its code, not a setting (a listen address is
+  an open request, milvus-io/milvus#26538), and a process cannot be confined to loopback without
+  privileges (a network namespace or a firewall). ``start`` logs those ports
+  (:meth:`EmbeddedMilvus.listeners`); the embedded server is for development machines, not shared
+  hosts, and a host firewall should keep them closed. The production stack runs Milvus as a
+  compose service that publishes no port.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import ipaddress
 import logging
 import signal
 import subprocess
@@ -58,6 +68,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
+import psutil
 from pymilvus import MilvusClient, MilvusException
 
 from workers.runtime import ThreadRenicer
@@ -154,6 +165,37 @@ class EmbeddedMilvus:
     def log_dir(self) -> Path:
         return self.base_dir / "logs"
 
+    def ports(self) -> dict[str, int]:
+        """The running server's ports by name: the package's ``*_port`` items (``proxy_port``,
+        ``etcd_port``, the coordinators' and nodes'), ``metrics`` (its HTTP server) and ``etcd_peer_port``."""
+        if self._server is None:
+            return {}
+        config = self._server.config
+        ports = {key: int(config.get(key)) for key in config.configurable_items if key.endswith("_port")}
+        ports["metrics"] = int(self._server.webservice_port)
+        ports["etcd_peer_port"] = int(config.etcd_peer_port)
+        return ports
+
+    def listeners(self) -> list[tuple[str, int]]:
+        """(address, port) of every TCP socket the server process listens on; [] when not running."""
+        pid = self.pid
+        if pid is None:
+            return []
+        try:
+            connections = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:  # ended meanwhile
+            return []
+        return sorted({(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN})
+
+    def _log_exposed(self) -> None:
+        exposed = sorted({port for ip, port in self.listeners() if not ipaddress.ip_address(ip).is_loopback})
+        if exposed:
+            log.info(
+                "embedded Milvus listens on every interface on ports %s (its gRPC and metrics servers: Milvus 2.3 "
+                "has no listen address setting); keep them behind the host's firewall",
+                exposed,
+            )
+
     def start(self) -> str:
         """Start the server (no-op if running) and wait until it answers; return the URI."""
         if self.running:
@@ -176,6 +218,7 @@ class EmbeddedMilvus:
         self._wait_for_client(began + self.start_timeout_s)
         if self.search_nice != KNOWHERE_NICE and self.pid is not None:
             self._renicer = ThreadRenicer(self.pid, SEARCH_THREADS, self.search_nice)
+        self._log_exposed()
         if restarting:
             # The previous process' etcd sessions (killed, see module doc) point at dead addresses
             # (internal ports change per start) until their lease expires; flushes fail until

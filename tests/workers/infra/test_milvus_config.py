@@ -76,3 +76,18 @@ def env_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.usefixtures("env_config")
 def test_the_environment_takes_json() -> None:
     assert Settings().milvus.embedded_config == {"queryNode.scheduler.cpuRatio": 20, "x.y": True}
+
+
+def test_the_rendered_config_puts_on_loopback_all_it_can(tmp_path: Path) -> None:
+    """Every component advertises 127.0.0.1, the embedded etcd listens there (client and peer), and the
+    message queue is the in-process rocksmq (no broker to listen): what Milvus 2.3 binds on every
+    interface whatever its config says (gRPC and metrics) is checked on a running server."""
+    text = _written(tmp_path, {})
+    for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
+        assert yaml_value(text, f"{component}.ip") == "127.0.0.1", component
+    assert (yaml_value(text, "etcd.endpoints") or "").startswith("localhost:")
+    assert yaml_value(text, "etcd.use.embed") == "true"
+    assert yaml_value(text, "rocksmq.path")  # rocksmq: no pulsar, kafka or nats server of its own
+    etcd = (tmp_path / "configs" / "embed-etcd.yaml").read_text(encoding="utf-8")
+    urls = {key: yaml_value(etcd, key) for key in ("listen-client-urls", "listen-peer-urls")}
+    assert all(url is not None and url.startswith("http://127.0.0.1:") for url in urls.values()), urls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -177,3 +178,17 @@ def test_search_niceness_outside_0_19_is_refused(tmp_path: Path, monkeypatch: py
 
     with pytest.raises(ValidationError, match="embedded_search_nice"):
         Settings()
+
+
+@pytest.mark.integration
+def test_only_what_milvus_cannot_bind_elsewhere_listens_beyond_loopback(milvus_server: EmbeddedMilvus) -> None:
+    """The embedded etcd listens on 127.0.0.1 only; the sockets on other interfaces are exactly Milvus 2.3's
+    gRPC servers and its metrics server, whose listen address is hard-coded (module doc): no other port."""
+    ports = milvus_server.ports()
+    listeners = milvus_server.listeners()
+    assert ("::", ports["proxy_port"]) in listeners or ("0.0.0.0", ports["proxy_port"]) in listeners
+    etcd = {ports["etcd_port"], ports["etcd_peer_port"]}
+    assert {(ip, port) for ip, port in listeners if port in etcd} == {("127.0.0.1", p) for p in etcd}
+    hard_coded = {port for name, port in ports.items() if name not in {"etcd_port", "etcd_peer_port"}}
+    beyond = {port for ip, port in listeners if not ipaddress.ip_address(ip).is_loopback}
+    assert beyond <= hard_coded, f"ports beyond loopback that are not Milvus' own servers: {beyond - hard_coded}"
