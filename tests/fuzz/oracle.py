@@ -179,6 +179,14 @@ def valid_http_request(raw: bytes) -> bool:
         return False
 
 
+def request_shape(raw: bytes, *, http: bool = False) -> tuple[int, int, bool]:
+    """A valid request's ``(users, top_k, diversity > 0)`` (top_k's default is 50)."""
+    body = http_value(raw) if http else wire_value(raw)
+    assert isinstance(body, dict)
+    users = body.get("hist_item") if body.get("hist_item") is not None else body.get("user_ids")
+    return len(users or ()), int(body.get("top_k", 50)), float(body.get("diversity") or 0) > 0
+
+
 def request_uses_history(raw: bytes, *, http: bool = False) -> bool:
     """A valid request that names ``user_ids`` (needs a history source) rather than ``hist_item``."""
     body = http_value(raw) if http else wire_value(raw)

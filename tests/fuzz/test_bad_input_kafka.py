@@ -233,17 +233,24 @@ def _decoded(value: bytes | None) -> ClickEvent | DecodeError:
 
 # ---------------------------------------------------------------------------------------- recall
 
-BAD_REPLY_TO = ["bad topic!", "x" * 300, "ünï", "a/b"]
+BAD_REPLY_TO = ["bad topic!", "x" * 300, "ünï", "a/b", "fine\n"]
+# Well-formed names the reply_to policy refuses (recall.reply_to_allowed), with the reason expected.
+REFUSED_REPLY_TO = {
+    "__consumer_offsets": "reply_to '__consumer_offsets' refused: an internal or stack topic",
+    "someone.else": "reply_to 'someone.else' refused: not allowed by recall.reply_to_allowed",
+}
+MISSING = "missing"  # an allowed name (<replies topic>.<suffix>) of a topic that does not exist
+BUDGET = RecallSettings()
 
 
 @dataclass(frozen=True)
 class Request:
     value: bytes | None
     correlation_id: str | None
-    reply_to: str | None  # None: no header; "raw": the test's reply topic; else sent as is
+    reply_to: str | None  # None: no header; "raw": the test's reply topic; MISSING: one nobody made; else as is
 
 
-reply_tos = st.sampled_from([None, "", *BAD_REPLY_TO, *["raw"] * 8])
+reply_tos = st.sampled_from([None, "", *BAD_REPLY_TO, *REFUSED_REPLY_TO, MISSING, *["raw"] * 8])
 requests_mix = st.builds(
     Request,
     st.one_of(bad_requests, bad_requests, bad_requests, requests.map(encode), st.none()),
@@ -252,11 +259,25 @@ requests_mix = st.builds(
 )
 
 
+def _reply_to(request: Request, raw_topic: str, default_topic: str) -> str | None:
+    """The ``reply_to`` header the request is sent with."""
+    if request.reply_to == "raw":
+        return raw_topic
+    if request.reply_to == MISSING:
+        return f"{default_topic}.{MISSING}"
+    return request.reply_to
+
+
 def _expected(request: Request, raw_topic: str, default_topic: str) -> tuple[str, ErrorCode | None, str | None]:
     """Where the reply goes, its error code (None: a RecallReply) and its message."""
-    reply_to = raw_topic if request.reply_to == "raw" else request.reply_to
+    reply_to = _reply_to(request, raw_topic, default_topic)
     if reply_to in BAD_REPLY_TO:
         return default_topic, ErrorCode.BAD_REQUEST, "invalid reply_to header: not a Kafka topic name"
+    if reply_to in REFUSED_REPLY_TO:
+        return default_topic, ErrorCode.BAD_REQUEST, REFUSED_REPLY_TO[reply_to]
+    if request.reply_to == MISSING:
+        missing = f"reply_to topic {reply_to!r} does not exist (create it before sending requests)"
+        return default_topic, ErrorCode.BAD_REQUEST, missing
     topic = reply_to or default_topic
     if not oracle.valid_request(request.value):
         try:
@@ -264,6 +285,13 @@ def _expected(request: Request, raw_topic: str, default_topic: str) -> tuple[str
         except DecodeError as exc:
             return topic, exc.code, exc.reason
         return topic, ErrorCode.BAD_REQUEST, "(the codec accepted a request the oracle calls invalid)"
+    users, top_k, diverse = oracle.request_shape(request.value or b"")
+    if diverse and top_k > BUDGET.max_diverse_top_k:
+        reason = f"top_k {top_k} with diversity > 0 exceeds recall.max_diverse_top_k {BUDGET.max_diverse_top_k}"
+        return topic, ErrorCode.TOO_LARGE, reason
+    if users * top_k > BUDGET.max_request_cost:
+        reason = f"cost {users * top_k} (users x top_k) exceeds recall.max_request_cost {BUDGET.max_request_cost}"
+        return topic, ErrorCode.TOO_LARGE, reason
     if oracle.request_uses_history(request.value or b""):  # the worker has no history source
         return topic, ErrorCode.BAD_REQUEST, "user_ids need a history source: send hist_item"
     return topic, None, None
@@ -283,7 +311,7 @@ def test_recall_answers_every_bad_request_with_an_error_reply(
         replies_topic=f"fuzz-rep-{tag}",
         recall_group=f"fuzz-recall-{tag}",
     )
-    raw_topic = f"fuzz-raw-{tag}"
+    raw_topic = f"{kafka.replies_topic}.raw"
     conf = kafka.client_config()
     ensure_topics(conf, [kafka.requests_topic, kafka.replies_topic, raw_topic])
     expected = [_expected(r, raw_topic, kafka.replies_topic) for r in dataset]
@@ -314,8 +342,9 @@ def test_recall_answers_every_bad_request_with_an_error_reply(
             headers: HeaderList = []
             if request.correlation_id is not None:
                 headers.append((CORRELATION_ID, request.correlation_id.encode()))
-            if request.reply_to is not None:
-                headers.append((REPLY_TO, (raw_topic if request.reply_to == "raw" else request.reply_to).encode()))
+            reply_to = _reply_to(request, raw_topic, kafka.replies_topic)
+            if reply_to is not None:
+                headers.append((REPLY_TO, reply_to.encode()))
             producer.produce(kafka.requests_topic, value=request.value, headers=headers or None)
         assert producer.flush(10) == 0
 

@@ -45,6 +45,8 @@ from workers.infra.topics import ensure_stack_topics, request_topics, stack_topi
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.metrics import GcPauses
+from workers.recall.breaker import CircuitBreaker, register_breaker_metrics
+from workers.recall.budget import Budget
 from workers.recall.engine import HistorySource, RecallEngine, Reply, StageTimes
 from workers.recall.live_model import LiveModel
 from workers.recall.metrics import RecallMetrics
@@ -69,6 +71,7 @@ class _Pending:
     correlation_id: str | None
     reply: Reply | None = None
     request: RecallRequest | None = None
+    deadline_ms: int | None = None
 
     def refuse(self, topic: str, code: ErrorCode, message: str) -> None:
         """Answer with an error on ``topic`` instead of searching."""
@@ -157,7 +160,12 @@ class RecallWorker:
         self._refuse_missing_topics(pending, max(arrived))
         good = [p for p in pending if p.request is not None]
         stages = StageTimes()
-        answers = self.engine.answer([p.request for p in good if p.request is not None], started, stages=stages)
+        answers = self.engine.answer(
+            [p.request for p in good if p.request is not None],
+            started,
+            stages=stages,
+            deadlines=[p.deadline_ms for p in good],
+        )
         for p, answer in zip(good, answers, strict=True):
             p.reply = answer
         users = sum(p.request.n_users for p in good if p.request is not None)
@@ -180,10 +188,10 @@ class RecallWorker:
 
     def _refuse_missing_topics(self, pending: Sequence[_Pending], received_at: float) -> None:
         """Requests whose ``reply_to`` topic does not exist are answered on the default replies topic."""
-        named = {p.topic for p in pending if p.request is not None and p.topic != self.replies_topic}
+        named = {p.topic for p in pending if p.topic != self.replies_topic}
         missing = self._topics.missing(named, received_at) if named else set()
         for p in pending:
-            if p.request is not None and p.topic in missing:
+            if p.topic in missing:
                 message = f"reply_to topic {p.topic!r} does not exist (create it before sending requests)"
                 p.refuse(self.replies_topic, ErrorCode.BAD_REQUEST, message)
 
@@ -295,18 +303,21 @@ def _parse(msg: Message, default_topic: str, policy: ReplyPolicy, now_ms: int | 
     reply_to = get_header(headers, REPLY_TO) or default_topic
     if (why := policy.refusal(reply_to)) is not None:
         return _Pending(default_topic, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=why))
-    deadline = get_header(headers, DEADLINE_MS)
-    if deadline is not None:
-        if not deadline.isascii() or not deadline.isdigit() or len(deadline) > 16:
+    header = get_header(headers, DEADLINE_MS)
+    deadline_ms = None
+    if header is not None:
+        if not header.isascii() or not header.isdigit() or len(header) > 16:
             message = "invalid deadline_ms header: epoch milliseconds as a decimal integer"
             return _Pending(reply_to, correlation_id, ErrorReply(code=ErrorCode.BAD_REQUEST, message=message))
-        late = (int(time.time() * 1000) if now_ms is None else now_ms) - int(deadline)
+        deadline_ms = int(header)
+        late = (int(time.time() * 1000) if now_ms is None else now_ms) - deadline_ms
         if late > 0:
             message = f"deadline passed {late} ms before the request was served; not searched"
             timeout = ErrorReply(code=ErrorCode.TIMEOUT, message=message)
             return _Pending(reply_to, correlation_id, timeout)
     try:
-        return _Pending(reply_to, correlation_id, request=decode_request(msg.value()))
+        request = decode_request(msg.value())
+        return _Pending(reply_to, correlation_id, request=request, deadline_ms=deadline_ms)
     except DecodeError as exc:
         return _Pending(reply_to, correlation_id, ErrorReply(code=exc.code, message=exc.reason))
 
@@ -338,7 +349,10 @@ def build_worker(
         history,
         higher_is_better=settings.milvus.metric_type != "L2",
         categories=settings.data.item_catalogue(),  # for requests' `diversity`
+        budget=Budget.from_settings(settings.recall),
+        breaker=CircuitBreaker.from_settings(settings.recall),
     )
+    register_breaker_metrics(engine.breaker, metrics.registry)
     kafka, recall = settings.kafka, settings.recall
     return RecallWorker(
         conf,

@@ -20,11 +20,14 @@ from tests.workers.recall.test_engine import FakeLive, FakeServed, FakeStore, Fa
 from workers.gateway.fast_recall import FastRecallMiddleware
 from workers.gateway.recall import RecallService
 from workers.recall.engine import RecallEngine, merge_scored
+from workers.recall.replies import ReplyPolicy
 from workers.recall.worker import _parse
 
 K, DIM, ITEMS = 2, 4, 30
 CATALOGUE = ItemCatalogue.from_mapping({i: [f"c{i % 3}"] for i in range(1, ITEMS + 1)})
 HISTORIES = [[3, 4], [9], [17, 25, 2]]
+
+POLICY = ReplyPolicy.for_stack("recall.replies", ["recall.requests"], None, 256)
 
 
 class VectorFakeTower(FakeTower):
@@ -121,17 +124,19 @@ BAD_DIVERSITY: list[tuple[object, str]] = [
 
 
 def _msg(body: bytes) -> Message:
-    return Message(topic="recall.requests", value=body, headers=[(CORRELATION_ID, b"c1"), (REPLY_TO, b"me")])
+    return Message(
+        topic="recall.requests", value=body, headers=[(CORRELATION_ID, b"c1"), (REPLY_TO, b"recall.replies.me")]
+    )
 
 
 @pytest.mark.parametrize(("value", "reason"), BAD_DIVERSITY)
 def test_kafka_path_answers_bad_request_with_the_reason(value: object, reason: str) -> None:
-    pending = _parse(_msg(json.dumps({"hist_item": [[1]], "diversity": value}).encode()), "recall.replies")
+    pending = _parse(_msg(json.dumps({"hist_item": [[1]], "diversity": value}).encode()), "recall.replies", POLICY)
     assert pending.request is None and isinstance(pending.reply, ErrorReply)
     assert pending.reply.code is ErrorCode.BAD_REQUEST
     assert "diversity" in pending.reply.message and reason in pending.reply.message
     for raw in (b'{"hist_item": [[1]], "diversity": NaN}', b'{"hist_item": [[1]], "diversity": Infinity}'):
-        nan = _parse(_msg(raw), "recall.replies")
+        nan = _parse(_msg(raw), "recall.replies", POLICY)
         assert isinstance(nan.reply, ErrorReply) and "finite number" in nan.reply.message
 
 
