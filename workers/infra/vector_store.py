@@ -153,8 +153,13 @@ def _check_name(kind: str, name: str) -> str:
 class VectorStore:
     """Thin, typed layer over ``pymilvus.MilvusClient`` for item-vector collections."""
 
-    def __init__(self, uri: str, settings: MilvusSettings, client: MilvusClient | None = None) -> None:
+    def __init__(
+        self, uri: str, settings: MilvusSettings, client: MilvusClient | None = None, *, serving: bool = False
+    ) -> None:
+        """``serving``: a recall path's store: :meth:`search` is tried once with ``serving_search_timeout_s``
+        (the recall engine's circuit breaker handles failures) instead of retried with ``timeout_s``."""
         self.settings = settings
+        self.serving = serving
         self._kinds: dict[str, str] = {}  # collection -> index type (search parameters follow it)
         token = settings.token.get_secret_value() if settings.token else ""
         self.client = client or with_retry(
@@ -174,6 +179,11 @@ class VectorStore:
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return with_retry(lambda: fn(*args, timeout=self.settings.timeout_s, **kwargs), what)
+
+    def _call_search(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.serving:
+            return fn(*args, timeout=self.settings.serving_search_timeout_s, **kwargs)
+        return self._call(what, fn, *args, **kwargs)
 
     # -- collections ----------------------------------------------------------------------------
 
@@ -408,7 +418,7 @@ class VectorStore:
         for start in range(0, nq, MAX_NQ):
             chunk = queries[start : start + MAX_NQ]
             search: Callable[..., Any] = self._search_raw if _RAW_SEARCH and not with_versions else self.client.search
-            hits_per_query = self._call(
+            hits_per_query = self._call_search(
                 f"search {name_or_alias}",
                 search,
                 name_or_alias,

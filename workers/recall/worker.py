@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = metrics_registry(args.metrics_port if args.metrics_port is not None else settings.recall.metrics_port)
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
-        store = stack.enter_context(VectorStore(uri, settings.milvus))
+        store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True))
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
         worker = build_worker(settings, conf, store, history, RecallMetrics(registry))
         gc_pauses = GcPauses(registry)
