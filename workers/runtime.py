@@ -9,17 +9,21 @@ effect is durable.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
+import socketserver
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from workers.settings import Settings
 
@@ -67,15 +71,97 @@ def stop_on_signals(stop: StopFlag, signals: Sequence[signal.Signals] = STOP_SIG
             signal.signal(sig, handler)
 
 
-def run_until_stopped(step: Callable[[], object], stop: StopFlag) -> int:
+class Health:
+    """Liveness and readiness of this process, served as ``/healthz`` and ``/readyz`` beside ``/metrics``.
+
+    Live: the worker's loop beats (:meth:`beat`) at least every ``timeout_s``; before its first beat
+    the process is starting and counts as live (a loop that has not started cannot be stuck). Ready:
+    the worker said so (:meth:`set_ready`) and it is live. Thread-safe; ``clock`` is injectable."""
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._beat: float | None = None
+        self._ready = False
+        self._reason = "starting"
+
+    def beat(self) -> None:
+        """The loop is alive (call once per step)."""
+        now = self._clock()
+        with self._lock:
+            self._beat = now
+
+    def set_ready(self, ready: bool = True, reason: str = "") -> None:
+        """Ready (clients connected, serving) or not, with the reason ``/readyz`` gives."""
+        with self._lock:
+            self._ready = ready
+            self._reason = "" if ready else (reason or "not ready")
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """(live, the JSON body of ``/healthz``)."""
+        with self._lock:
+            beat = self._beat
+        if beat is None:
+            return True, {"status": "starting", "heartbeat_age_s": None, "timeout_s": self.timeout_s}
+        age = max(self._clock() - beat, 0.0)
+        ok = age <= self.timeout_s
+        return ok, {"status": "ok" if ok else "stale", "heartbeat_age_s": round(age, 3), "timeout_s": self.timeout_s}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, the JSON body of ``/readyz``): ready and live."""
+        live, body = self.live()
+        with self._lock:
+            ready, reason = self._ready, self._reason
+        if ready and not live:
+            ready, reason = False, f"loop stale: no heartbeat for {body['heartbeat_age_s']}s"
+        return ready, {"status": "ready" if ready else "not ready", "reason": reason or None}
+
+
+_process_health: Health | None = None
+_process_health_lock = threading.Lock()
+
+
+def process_health() -> Health:
+    """This process's :class:`Health` (one per process, as its signals and its metrics server),
+    built on first use with ``settings.heartbeat_timeout_s``."""
+    global _process_health
+    with _process_health_lock:
+        if _process_health is None:
+            _process_health = Health(Settings().heartbeat_timeout_s)
+        return _process_health
+
+
+def beat() -> None:
+    """The process's loop is alive: what :func:`run_until_stopped` calls after every step; a loop of its own
+    (the refresh worker's) calls it once per iteration."""
+    process_health().beat()
+
+
+def set_ready(ready: bool = True, reason: str = "") -> None:
+    """Mark this process ready (its clients are connected) or not, for ``/readyz``."""
+    process_health().set_ready(ready, reason)
+
+
+def run_until_stopped(step: Callable[[], object], stop: StopFlag, health: Health | None = None) -> int:
     """Call ``step`` until ``stop`` is set (checked between steps); returns the number of steps run.
 
-    ``step`` must return within a bounded time (a batch closes on size or time).
+    ``step`` must return within a bounded time (a batch closes on size or time). The loop beats
+    ``health`` (default: the process's) before the first step and after each one, and marks it ready
+    after the first step returned: the worker's clients were built and one batch went through them
+    (a worker that knows better calls :func:`set_ready` itself).
     """
+    health = health if health is not None else process_health()
+    health.beat()
     steps = 0
     while not stop.is_set():
         step()
         steps += 1
+        health.beat()
+        if steps == 1:
+            health.set_ready()
     return steps
 
 
@@ -95,15 +181,59 @@ def metrics_registry(port: int | None, host: str | None = None) -> CollectorRegi
     return registry
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str | None = None) -> WSGIServer:
-    """Serve ``registry`` at ``http://host:port/metrics`` (a daemon thread) and return the server.
+_StartResponse = Callable[[str, list[tuple[str, str]]], object]
+_WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+
+
+def worker_app(registry: CollectorRegistry, health: Health) -> _WsgiApp:
+    """WSGI app: ``/healthz`` and ``/readyz`` from ``health`` (200 or 503, JSON), anything else the
+    Prometheus exposition of ``registry`` (as prometheus_client serves it)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            ok, body = health.live()
+        elif path == "/readyz":
+            ok, body = health.ready()
+        else:
+            return metrics(environ, start_response)
+        data = (json.dumps(body) + "\n").encode()
+        start_response(
+            "200 OK" if ok else "503 Service Unavailable",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")],
+        )
+        return [data]
+
+    return app
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: Prometheus and the health probes call every few seconds."""
+
+
+def serve_metrics(
+    registry: CollectorRegistry, port: int, host: str | None = None, health: Health | None = None
+) -> WSGIServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` and ``health`` at ``/healthz`` and ``/readyz``
+    (:func:`worker_app`; a daemon thread) and return the server (``shutdown()``, ``server_close()``).
 
     ``host``: ``settings.metrics_host``, loopback unless configured (0.0.0.0 where Prometheus scrapes
-    from another container); None = that setting as the environment gives it."""
+    from another container); None = that setting as the environment gives it. ``health``: None = the
+    process's (:func:`process_health`)."""
     if host is None:
         host = Settings().metrics_host
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("_Server", (_ThreadingServer,), {"address_family": family})
+    app = worker_app(registry, health if health is not None else process_health())
+    server: WSGIServer = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", host, port)
     return server
 
 

@@ -451,6 +451,12 @@ class Settings(BaseSettings):
         description="Bind address of every worker's /metrics server (*__METRICS_PORT): loopback unless told "
         "otherwise; 0.0.0.0 where Prometheus scrapes from another host or container (docker-compose.yml)",
     )
+    heartbeat_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker's /healthz (served beside its /metrics) answers 503 once its loop has not beaten "
+        "for this long: a step (one batch) that never returns; longer than any batch, round step or retry wait",
+    )
     mind: MindConfig = MindConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalSettings = EvalSettings()
