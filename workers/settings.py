@@ -29,6 +29,8 @@ from model.data.custom import dataset_name, load_path
 from model.data.items import ItemCatalogue, find_item_file, read_item_file
 from model.data.movielens import locate_ml100k, ml100k_items
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # http.allowed_hosts' names for a loopback gateway
+ANY_ADDRESS = ("0.0.0.0", "::", "[::]")  # bind addresses that name no host of their own
 _DOTTED_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 
 
@@ -416,8 +418,27 @@ class HttpSettings(_Section):
     admin_token: SecretStr | None = Field(
         None,
         description="Bearer token for the admin endpoints (/rec/drop, /rec/insert_data, /rec/rollback, /rec/refresh); "
-        "unset = refused",
+        "unset = refused. It also opens what the read token opens",
     )
+    read_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for a user's history: POST /rec/recall with user_ids and POST /ui/api/explore with "
+        "user_id (hist_item and items stay open); unset = refused unless the admin token is sent",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS),
+        description="Host header names (port stripped; '*.example.com' = its subdomains) the gateway answers, any "
+        "other gets 400: a web page cannot reach the gateway through a name of its own (DNS rebinding). Unset = "
+        "127.0.0.1, localhost, [::1] and http.host when it is not 0.0.0.0 or ::. Behind a proxy or when binding "
+        '0.0.0.0, list the names clients use (JSON: \'["gw.example.com", "localhost"]\'); ["*"] turns the check off',
+    )
+    max_queue: int = Field(
+        1024,
+        ge=1,
+        description="Recall requests waiting for the gateway's batcher at most; past it, requests whose caller is gone "
+        "or timed out are dropped, and if it is still full the new one gets 503 with Retry-After",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) of the 503 answered when the queue is full")
     ui_sample_s: float = Field(
         5.0, gt=0, description="How often the /ui page's status reads the workers' metrics (one read for all pages)"
     )
@@ -425,6 +446,20 @@ class HttpSettings(_Section):
         default_factory=dict,
         description="Metrics URL of a worker for /ui; default http://127.0.0.1:<its metrics_port>/metrics where set",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_allowed_hosts(cls, data: object) -> object:
+        """``allowed_hosts`` not given: the loopback names, plus ``host`` when it names one address."""
+        if not isinstance(data, dict) or "allowed_hosts" in data:
+            return data
+        host = str(data.get("host", cls.model_fields["host"].default)).strip().lower()
+        names = list(LOOPBACK_HOSTS)
+        if host and host not in ANY_ADDRESS:
+            name = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6 as in a Host header
+            if name not in names:
+                names.append(name)
+        return {**data, "allowed_hosts": names}
 
 
 class SupervisorSettings(_Section):
@@ -509,3 +544,8 @@ class Settings(BaseSettings):
     def admin_token_file(self) -> Path:
         """Where ``mindstream up`` keeps the local stack's admin token (mode 0600)."""
         return self.state_dir / "admin-token"
+
+    @property
+    def read_token_file(self) -> Path:
+        """Where ``mindstream up`` keeps the local stack's read token (mode 0600)."""
+        return self.state_dir / "read-token"

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pydantic import SecretStr
 
 from model.checkpoint import open_checkpoint
 from model.data.types import Dataset, IntArray
@@ -202,9 +203,18 @@ class _Progress:
 
 def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
     """The local stack's admin token: the configured one, else the state dir's (created 0600 once)."""
-    if settings.http.admin_token is not None:
-        return settings.http.admin_token.get_secret_value(), False
-    path = settings.admin_token_file
+    return _ensure_token(settings.http.admin_token, settings.admin_token_file)
+
+
+def ensure_read_token(settings: Settings) -> tuple[str, bool]:
+    """The local stack's read token (a user's history over HTTP): the configured one, else the state dir's."""
+    return _ensure_token(settings.http.read_token, settings.read_token_file)
+
+
+def _ensure_token(configured: SecretStr | None, path: Path) -> tuple[str, bool]:
+    """``(token, created now)``: ``configured`` when set, else the one in ``path`` (created 0600 once)."""
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value(), False
     if path.exists():
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
@@ -251,6 +261,7 @@ def run_up(
         run_train(settings, dataset=dataset, resume=False)
     log.info("base model: %s", open_checkpoint(root, "best").manifest.version)
     token, created = ensure_admin_token(settings)
+    read_token, read_created = ensure_read_token(settings)
     kafka = settings.kafka
     with contextlib.ExitStack() as stack:
         bootstrap = stack.enter_context(open_kafka(kafka, settings.kafka_dir))
@@ -259,6 +270,7 @@ def run_up(
         ensure_stack_topics(conf, kafka)
         env = _child_env(settings, bootstrap, milvus_uri)
         env["MINDSTREAM_HTTP__ADMIN_TOKEN"] = token
+        env["MINDSTREAM_HTTP__READ_TOKEN"] = read_token
         supervisor = Supervisor(_children(settings, env))
         stack.callback(supervisor.stop)
         supervisor.start()
@@ -279,6 +291,7 @@ def run_up(
             probes["http"] = _RecallProbe(_http_send(base, settings.recall.client_timeout_s), histories, http_rate)
         print_urls(settings, bootstrap)
         print_admin_token(settings, token, created)
+        print_read_token(settings, read_token, read_created)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
         live = threading.Event()
         threads = [threading.Thread(target=sender.run, args=(sources, stop), daemon=True)]
@@ -316,6 +329,21 @@ def print_admin_token(settings: Settings, token: str, created: bool) -> None:
         )
     elif settings.http.admin_token is None:
         sys.stderr.write(f"  admin token   in {settings.admin_token_file} (Authorization: Bearer <token>)\n")
+
+
+def print_read_token(settings: Settings, token: str, created: bool) -> None:
+    """As :func:`print_admin_token`, for the token that opens a user's history (``user_ids``, the page's user id)."""
+    base = f"http://{settings.http.host}:{settings.http.port}"
+    if created:
+        sys.stderr.write(
+            f"  read token    {token}\n"
+            f"                (created once, kept in {settings.read_token_file}, mode 0600): a user's history, for\n"
+            f"                /ui's Explore by user id, or: curl {base}/rec/recall -H 'Content-Type: application/json' "
+            f'-H "Authorization: Bearer $(cat {settings.read_token_file})" -d \'{{"user_ids": [1]}}\'\n'
+        )
+    elif settings.http.read_token is None:
+        where = settings.read_token_file
+        sys.stderr.write(f"  read token    in {where} (a user's history: Authorization: Bearer <token>)\n")
 
 
 def print_urls(settings: Settings, bootstrap: str) -> None:

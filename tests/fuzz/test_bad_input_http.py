@@ -35,6 +35,7 @@ from . import bad_request_shape, bad_requests, fuzz, huge_request, non_utf8, ora
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "fuzz-admin-token"
+READ_TOKEN = "fuzz-read-token"
 JSON_TYPES = ["application/json", "application/json; charset=utf-8", "application/vnd.api+json"]
 OTHER_TYPES = [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"]
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
@@ -56,7 +57,7 @@ def env(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     settings = Settings(
         state_dir=state_dir,
         milvus=MilvusSettings(uri=milvus_uri, alias=alias, index_type="FLAT"),
-        http=HttpSettings(admin_token=SecretStr(TOKEN)),
+        http=HttpSettings(admin_token=SecretStr(TOKEN), read_token=SecretStr(READ_TOKEN)),
     )
     store = VectorStore(milvus_uri, settings.milvus)
     try:
@@ -64,7 +65,7 @@ def env(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         live = LiveModel(store, ModelRegistry(settings.models_dir, alias), check_every_s=0.5)
         registry = CollectorRegistry()
         app = create_app(settings, store=store, engine=RecallEngine(live, store), registry=registry)
-        with TestClient(app, raise_server_exceptions=False) as client:
+        with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1:8000") as client:
             yield Env(client, net, store, alias, registry)
     finally:
         for name in store.list_collections(alias):
@@ -105,8 +106,10 @@ bodies = st.one_of(
 )
 
 
-def _post(client: TestClient, path: str, body: bytes, content_type: str | None) -> Any:
+def _post(client: TestClient, path: str, body: bytes, content_type: str | None, token: str | None = None) -> Any:
     headers = {"content-type": content_type} if content_type else {}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
     return client.post(path, content=body, headers=headers)
 
 
@@ -126,7 +129,7 @@ def _explained(response: Any) -> dict[str, Any]:
 @fuzz(200)
 @given(body=bodies, content_type=st.sampled_from(JSON_TYPES))
 def test_bad_json_bodies_get_4xx_with_an_explanation(env: Env, body: bytes, content_type: str | None) -> None:
-    r = _post(env.client, "/rec/recall", body, content_type)
+    r = _post(env.client, "/rec/recall", body, content_type, READ_TOKEN)  # user_ids need it (else 401)
     assert r.status_code < 500, (body[:200], r.status_code, r.text[:300])
     if oracle.valid_http_request(body):
         if oracle.request_uses_history(body, http=True):  # no history source in this app: 400, explained

@@ -1,5 +1,6 @@
-"""``mindstream up``: the admin token of the local stack, the continuous stream, and the whole command
-on a small synthetic catalogue: it keeps streaming after the replay, the seed's admin calls work, a
+"""``mindstream up``: the admin and read tokens of the local stack, the continuous stream, and the whole
+command on a small synthetic catalogue: it keeps streaming after the replay, the seed's admin calls work,
+a user's history answers with the read token only, a
 killed worker is restarted with a growing delay, Ctrl-C stops it quietly with one summary line, and the
 embedded broker keeps its topics and the clicks produced while the stack was down."""
 
@@ -30,7 +31,7 @@ from workers.infra.ports import free_port
 from workers.ingest.state_reader import StateReader
 from workers.settings import HttpSettings, KafkaSettings, Settings, StreamSettings
 from workers.stream import ClickStream
-from workers.up import ensure_admin_token
+from workers.up import ensure_admin_token, ensure_read_token, print_read_token
 
 
 def test_admin_token_is_created_once_owner_only(tmp_path: Path) -> None:
@@ -41,6 +42,24 @@ def test_admin_token_is_created_once_owner_only(tmp_path: Path) -> None:
     assert ensure_admin_token(settings) == (token, False)  # reused, not printed again
     configured = settings.model_copy(update={"http": HttpSettings(admin_token=SecretStr("mine"))})
     assert ensure_admin_token(configured) == ("mine", False)
+
+
+def test_read_token_is_created_once_owner_only_and_printed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    token, created = ensure_read_token(settings)
+    assert created and len(token) >= 32 and token != ensure_admin_token(settings)[0]
+    assert stat.S_IMODE(settings.read_token_file.stat().st_mode) == 0o600
+    assert settings.read_token_file.read_text().strip() == token
+    assert ensure_read_token(settings) == (token, False)
+    print_read_token(settings, token, created=True)
+    assert token in capsys.readouterr().err  # shown once, when created
+    print_read_token(settings, token, created=False)
+    later = capsys.readouterr().err
+    assert token not in later and str(settings.read_token_file) in later  # later: where it is
+    configured = settings.model_copy(update={"http": HttpSettings(read_token=SecretStr("mine"))})
+    assert ensure_read_token(configured) == ("mine", False)
 
 
 def test_the_stream_speaks_catalogue_ids_and_births_fresh_ones() -> None:
@@ -93,6 +112,7 @@ def test_up_streams_after_the_replay_restarts_killed_workers_stops_quietly_and_k
         "MINDSTREAM_RECALL__METRICS_PORT": str(free_port()),
     }
     env.pop("MINDSTREAM_HTTP__ADMIN_TOKEN", None)
+    env.pop("MINDSTREAM_HTTP__READ_TOKEN", None)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -116,6 +136,13 @@ def test_up_streams_after_the_replay_restarts_killed_workers_stops_quietly_and_k
         # the seed's calls: refused without the token, served with it
         assert _post(f"{base}/rec/insert_data", None) == 401
         assert _post(f"{base}/qa/drop", "wrong") == 403
+        read_file = tmp_path / "state" / "read-token"
+        assert stat.S_IMODE(read_file.stat().st_mode) == 0o600
+        read_token = read_file.read_text().strip()
+        assert read_token in log.read_text()
+        # a user's history: the read token opens it, nothing else does
+        assert _recall_by_user(base, None) == 401 and _recall_by_user(base, "wrong") == 403
+        assert _recall_by_user(base, read_token) == 200
         assert _post_retrying(f"{base}/rec/insert_data", token) == 200
         assert _post_retrying(f"{base}/qa/drop", token) == 200
         # the supervisor: a killed worker comes back, each time after a longer delay
@@ -209,6 +236,18 @@ def _post(url: str, token: str | None) -> int:
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             json.loads(response.read())
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _recall_by_user(base: str, token: str | None) -> int:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    body = json.dumps({"user_ids": [1, 2], "top_k": 5}).encode()
+    request = urllib.request.Request(f"{base}/rec/recall", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert len(json.loads(response.read())["items"]) == 2
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

@@ -3,8 +3,9 @@
 Endpoints (interactive docs at ``/docs``, served offline):
 
 * ``POST /rec/recall`` — body :class:`RecallRequest` -> :class:`RecallReply` (200); 422 for invalid
-  bodies (FastAPI's field details), 413 for bodies over ``MAX_PAYLOAD_BYTES``, 400 for ``user_ids``
-  without a history source, 503 when nothing is live, 500 (no internals) otherwise.
+  bodies (FastAPI's field details), 413 for bodies over ``MAX_PAYLOAD_BYTES``, 401/403 for ``user_ids``
+  without the read (or admin) token, 400 for ``user_ids`` without a history source, 503 when nothing is
+  live or the batcher's queue is full (then with ``Retry-After``), 500 (no internals) otherwise.
 * ``POST /rec/count`` — rows of the live collection, its name and model version; 503 when nothing is live.
 * ``POST /rec/insert_data`` — publish the registry's newest checkpoint and swap the alias (admin).
 * ``POST /rec/drop`` — drop the live alias and our collections (admin); ``POST /qa/drop`` is the same
@@ -12,10 +13,15 @@ Endpoints (interactive docs at ``/docs``, served offline):
 * ``POST /rec/rollback`` — point the live alias back at the previous collection (admin), as
   ``mindstream rollback``; 409 when a publish runs or nothing is left to roll back to.
 * ``POST /rec/refresh`` — ask the refresh loop for a round now (admin), as ``mindstream refresh --now``.
-* ``GET /healthz`` (process up), ``GET /readyz`` (live alias resolves), ``GET /metrics`` (Prometheus).
+* ``GET /healthz`` (process up), ``GET /readyz`` (the live alias resolved at the last background check),
+  ``GET /metrics`` (Prometheus). Both health endpoints run on the event loop and read cached state only:
+  they answer while the batcher is blocked or Milvus hangs.
 * ``GET /ui`` — the page to look at (:mod:`workers.gateway.ui`); ``GET /`` links it and ``/docs``.
 
-Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>`` (see ``gateway_auth``).
+Admin endpoints need ``Authorization: Bearer <settings.http.admin_token>``; a user's history
+(``user_ids``, the page's ``user_id``) the read token or the admin token (:mod:`workers.gateway.auth`).
+Every request passes the Host check (``http.allowed_hosts``) and every response carries the security
+headers (:mod:`workers.gateway.middleware`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Final
 
@@ -47,16 +54,25 @@ from workers.gateway.admin import (
     RefreshRequested,
     RollbackResult,
 )
-from workers.gateway.auth import admin_guard
+from workers.gateway.auth import HistoryGuard, admin_guard, bearer
 from workers.gateway.catalogue import Catalogue, catalogue_of
 from workers.gateway.docs import mount_docs
 from workers.gateway.fast_recall import FastRecallMiddleware
-from workers.gateway.middleware import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
-from workers.gateway.recall import INTERNAL_MESSAGE, RecallService
+from workers.gateway.middleware import (
+    SECURITY_HEADERS,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    HttpMetrics,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
+from workers.gateway.recall import INTERNAL_MESSAGE, MILVUS_NOT_ANSWERING, QueueFull, RecallService
 from workers.gateway.ui import LiveReader, mount_ui
 from workers.gateway.ui_status import Source, StatusSampler, http_source, registry_source
 from workers.infra.vector_store import VectorStore
 from workers.metrics import GcPauses
+from workers.recall.breaker import BreakerState, CircuitBreaker, register_breaker_metrics
+from workers.recall.budget import Budget
 from workers.recall.engine import RecallEngine
 from workers.recall.metrics import RecallMetrics
 from workers.settings import Settings
@@ -69,12 +85,20 @@ TITLE: Final = "mindstream candidate generation"
 GRACEFUL_SHUTDOWN_S: Final = 10
 DESCRIPTION: Final = (
     "Candidate generation (recall) for the MIND model: item vectors in Milvus, live alias swapped on refresh.\n\n"
-    "`/rec/insert_data` and `/rec/drop` need the admin token: use **Authorize** (HTTP Bearer)."
+    "`/rec/insert_data` and `/rec/drop` need the admin token, `/rec/recall` with `user_ids` (a user's history) the "
+    "read token or the admin token: use **Authorize** (HTTP Bearer)."
 )
 RECALL_EXAMPLE: Final = {"top_k": 10, "hist_item": [[43, 23, 65], [675, 3456]]}
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     code: {"model": ErrorReply, "description": text}
     for code, text in {413: "Body too large", 500: "Internal error", 503: "No live collection"}.items()
+}
+_RECALL_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    **_ERRORS,
+    400: {"model": ErrorReply, "description": "user_ids without a history source"},
+    401: {"model": ErrorReply, "description": "user_ids without a bearer token"},
+    403: {"model": ErrorReply, "description": "user_ids with a wrong token, or no read or admin token configured"},
+    503: {"model": ErrorReply, "description": "No live collection, or the queue is full (Retry-After)"},
 }
 
 
@@ -90,6 +114,10 @@ def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
     return JSONResponse(ErrorReply(code=code, message=message).model_dump(mode="json"), status_code=status)
 
 
+def _reply(status: int, reply: ErrorReply, headers: dict[str, str]) -> JSONResponse:
+    return JSONResponse(reply.model_dump(mode="json"), status_code=status, headers=headers)
+
+
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 with its field details; an echoed ``input`` that strict JSON cannot carry (NaN,
     Infinity, non-UTF-8 bytes) is left out instead of failing the response with a 500."""
@@ -103,7 +131,23 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+    response = _error(500, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+    # Starlette answers this one outside the middleware stack: the security headers are set here
+    response.headers.update({name.decode(): value.decode() for name, value in SECURITY_HEADERS})
+    return response
+
+
+def _not_ready(recall: RecallService, engine: RecallEngine) -> str | None:
+    """Why ``/readyz`` says not ready (a fixed text), or None."""
+    state = recall.alias_state()
+    if state.checked is None or time.monotonic() - state.checked > recall.stale_after_s():
+        return MILVUS_NOT_ANSWERING
+    if state.collection is None:
+        return "no live collection"
+    breaker = getattr(engine, "breaker", None)
+    if isinstance(breaker, CircuitBreaker) and breaker.state is BreakerState.OPEN:
+        return "Milvus circuit open: recalls are answered unavailable for now"
+    return None
 
 
 def worker_metrics_urls(settings: Settings) -> dict[str, str]:
@@ -149,6 +193,8 @@ def create_app(
         )
     status = sampler
     gc_pauses = GcPauses(registry)
+    if isinstance(getattr(engine, "breaker", None), CircuitBreaker):
+        register_breaker_metrics(engine.breaker, registry)  # mindstream_recall_milvus_breaker_state
     recall = RecallService(
         engine,
         store,
@@ -156,10 +202,15 @@ def create_app(
         RecallMetrics(registry),
         max_batch=settings.recall.max_batch,
         timeout_s=settings.recall.client_timeout_s,
+        max_queue=settings.http.max_queue,
+        retry_after_s=settings.http.retry_after_s,
+        check_every_s=settings.recall.alias_check_s,
     )
+    guard = HistoryGuard(settings.http.read_token, settings.http.admin_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        recall.watch()  # the live model and the alias followed in the background, from here on
         status.start()
         gc_pauses.install()
         yield
@@ -174,6 +225,7 @@ def create_app(
         app,
         engine=engine,
         recall=recall,
+        guard=guard,
         sampler=status,
         catalogue=catalogue if catalogue is not None else catalogue_of(settings),
         higher_is_better=settings.milvus.metric_type != "L2",
@@ -181,20 +233,30 @@ def create_app(
             "alias": settings.milvus.alias,
             "dataset": settings.data.name,
             "admin": settings.http.admin_token is not None,
+            "read": settings.http.read_token is not None,
         },
     )
-    app.add_middleware(FastRecallMiddleware, service=recall)  # innermost: valid /rec/recall bodies
+    app.add_middleware(FastRecallMiddleware, service=recall, guard=guard)  # innermost: valid /rec/recall bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_PAYLOAD_BYTES)
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(HostCheckMiddleware, allowed=settings.http.allowed_hosts)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))  # outermost: counts every answer
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unhandled)
 
-    @app.post("/rec/recall", response_model=RecallReply, responses={400: {"model": ErrorReply}, **_ERRORS})
-    async def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])]) -> Any:
-        """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry)."""
+    # Depends(bearer): the OpenAPI document lists the token, so /docs' "Authorize" sends it with user_ids
+    @app.post("/rec/recall", response_model=RecallReply, responses=_RECALL_ERRORS, dependencies=[Depends(bearer)])
+    async def recall_items(request: Annotated[RecallRequest, Body(examples=[RECALL_EXAMPLE])], raw: Request) -> Any:
+        """Top-``top_k`` item ids per user (one list per ``hist_item`` sequence or ``user_ids`` entry);
+        ``user_ids`` (their histories) need the read token or the admin token."""
+        if request.user_ids is not None and (refusal := guard.refuse(raw.headers.get("authorization"))):
+            return _reply(refusal.status, refusal.reply, refusal.headers)
         # Awaited on the event loop (no thread-pool hop); encoded once by pydantic-core, without
         # FastAPI's re-validation of the reply and its jsonable_encoder pass.
-        status, reply, ready = await recall.answer_timed(request)
+        try:
+            status, reply, ready = await recall.answer_timed(request, raw.receive)
+        except QueueFull as full:
+            return _reply(503, full.reply, full.headers)
         response = Response(reply.model_dump_json(), status_code=status, media_type="application/json")
         recall.observe_reply(ready)  # Starlette writes it after we return: that part is not measured here
         return response
@@ -245,19 +307,18 @@ def create_app(
         return admin.refresh()
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        """The process answers (on the event loop: never behind the batcher or a Milvus call)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "No live collection"}})
-    def readyz() -> Any:
-        try:
-            collection = admin.live()
-        except Exception as exc:
-            log.warning("readiness check failed: %s", exc)
-            collection = None
-        if collection is None:
-            return JSONResponse({"status": "not ready", "collection": None}, status_code=503)
-        return {"status": "ready", "collection": collection}
+    @app.get("/readyz", responses={503: {"description": "No live collection, Milvus not answering, circuit open"}})
+    async def readyz() -> Any:
+        """Cached state only (no Milvus call here): the live alias resolved to a collection at the
+        background check, recently, and the engine's Milvus circuit breaker is not open."""
+        reason = _not_ready(recall, engine)
+        if reason is not None:
+            return JSONResponse({"status": "not ready", "collection": None, "reason": reason}, status_code=503)
+        return {"status": "ready", "collection": recall.alias_state().collection}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
@@ -287,13 +348,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = args.host or settings.http.host, args.port or settings.http.port
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
-        store = stack.enter_context(VectorStore(uri, settings.milvus))
+        store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True))
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
         registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
         items = settings.data.item_catalogue()  # read once: the `diversity` merge and the page's titles
         engine = RecallEngine(
-            live, store, history, higher_is_better=settings.milvus.metric_type != "L2", categories=items
+            live,
+            store,
+            history,
+            higher_is_better=settings.milvus.metric_type != "L2",
+            categories=items,
+            budget=Budget.from_settings(settings.recall),
+            breaker=CircuitBreaker.from_settings(settings.recall),
         )
         engine.warm_up()
         app = create_app(

@@ -10,6 +10,10 @@ unchanged (the body replayed), so error answers (422 with FastAPI's field detail
 OpenAPI schema stay exactly FastAPI's. It sits inside the metrics and body-limit middlewares, which
 therefore still see every request. Once the response is sent it observes the request's ``reply``
 stage (:meth:`RecallService.observe_reply`: reply ready -> event loop hand-off -> encoded -> sent).
+
+A body with ``user_ids`` asks for users' histories: without the read (or admin) token it is refused
+here, as the route refuses it (:class:`HistoryGuard`). A full batcher queue is answered 503 with
+``Retry-After`` (:class:`QueueFull`); while the request waits, the client's disconnect abandons it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.messages import RecallRequest
-from workers.gateway.recall import RecallService
+from workers.gateway.auth import HistoryGuard
+from workers.gateway.middleware import send_error
+from workers.gateway.recall import QueueFull, RecallService
 
 __all__ = ["FastRecallMiddleware"]
 
@@ -38,9 +44,11 @@ _ROUTE: Final = _Route(PATH)
 
 
 class FastRecallMiddleware:
-    def __init__(self, app: ASGIApp, service: RecallService) -> None:
+    def __init__(self, app: ASGIApp, service: RecallService, guard: HistoryGuard | None = None) -> None:
+        """``guard``: who may send ``user_ids``; none given = nobody (every ``user_ids`` body is refused)."""
         self.app = app
         self.service = service
+        self.guard = guard if guard is not None else HistoryGuard(None, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH or not _is_json(scope):
@@ -61,12 +69,23 @@ class FastRecallMiddleware:
             await self.app(scope, _replay(body, receive), send)  # FastAPI answers with its own details
             return
         scope["route"] = _ROUTE
-        status, reply, ready = await self.service.answer_timed(request)
+        if request.user_ids is not None and (refusal := self.guard.refuse_scope(scope.get("headers", []))):
+            await send_error(send, refusal.status, refusal.reply, _encoded(refusal.headers))
+            return
+        try:
+            status, reply, ready = await self.service.answer_timed(request, receive)
+        except QueueFull as full:
+            await send_error(send, 503, full.reply, _encoded(full.headers))
+            return
         payload = reply.model_dump_json().encode()
         headers = [(b"content-type", _JSON), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
         self.service.observe_reply(ready)
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def _is_json(scope: Scope) -> bool:

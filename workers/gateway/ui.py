@@ -3,7 +3,9 @@
 * **Now** polls ``GET /ui/api/status`` (:mod:`workers.gateway.ui_status`: the workers' own metrics,
   sampled in the background, the last 15 minutes as small charts).
 * **Explore** sends ``POST /ui/api/explore``: a user id (its history read as recall reads
-  ``user_ids``: the state store's last ``maxlen`` clicks) or a list of item ids, and answers with the
+  ``user_ids``: the state store's last ``maxlen`` clicks; like ``user_ids`` it needs the read token or
+  the admin token, typed into the page and kept in ``sessionStorage``) or a list of item ids (open),
+  and answers with the
   history and the recommended items with their titles and genres. The list comes from the gateway's
   :class:`RecallService`, the batcher and engine behind ``POST /rec/recall``, for the request
   ``{"hist_item": [history], "top_k": k}``: the same list, scores, version and generation that
@@ -16,6 +18,9 @@
   (:mod:`workers.gateway.catalogue`; ML-100K has titles, other data sets only ids).
 * **Admin** buttons call ``POST /rec/refresh`` and ``POST /rec/rollback`` with the token typed into
   the page (kept in the browser's ``sessionStorage``): the API's own guarded endpoints.
+
+The page runs under the gateway's Content-Security-Policy (``'self'`` only): no inline script or
+style, in ``index.html``, ``ui.js`` or :data:`INDEX_HTML`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -43,8 +48,9 @@ from schemas.messages import (
     Id,
     RecallRequest,
 )
+from workers.gateway.auth import HistoryGuard
 from workers.gateway.catalogue import Catalogue, ItemInfo
-from workers.gateway.recall import RecallService
+from workers.gateway.recall import QueueFull, RecallService
 from workers.gateway.ui_status import LiveView, StatusSampler
 from workers.infra.vector_store import PAD_ID, VectorStore
 from workers.recall.engine import RecallEngine, ServedModel
@@ -63,15 +69,16 @@ NO_MODEL: Final = (
     "(after the first training, about a minute on ML-100K)"
 )
 INDEX_HTML: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mindstream</title></head>
-<body style="font-family: system-ui, sans-serif; margin: 2em">
+<html lang="en"><head><meta charset="utf-8"><title>mindstream</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/static/ui.css"></head>
+<body><main>
 <h1>mindstream gateway</h1>
 <ul>
 <li><a href="/ui">/ui</a>: the live system (versions, freshness, latency) and the recommendations by title</li>
 <li><a href="/docs">/docs</a>: the HTTP API (Swagger UI)</li>
 <li><a href="/metrics">/metrics</a>: the gateway's Prometheus metrics</li>
 <li><a href="/readyz">/readyz</a>: is a model live</li>
-</ul></body></html>
+</ul></main></body></html>
 """
 
 
@@ -237,7 +244,10 @@ class Explorer:
         history = history[-MAX_SEQUENCE_LENGTH:]
         request = RecallRequest(hist_item=[history], top_k=body.top_k, diversity=body.diversity)
         out["request"] = request.model_dump(mode="json", exclude_none=True)
-        status, reply = await self.recall.answer_async(request)
+        try:
+            status, reply = await self.recall.answer_async(request)
+        except QueueFull as full:
+            return JSONResponse(full.reply.model_dump(mode="json"), status_code=503, headers=full.headers)
         if isinstance(reply, ErrorReply):
             return JSONResponse(reply.model_dump(mode="json"), status_code=status)
         out["reply"] = reply.model_dump(mode="json")
@@ -264,12 +274,14 @@ def mount_ui(
     *,
     engine: RecallEngine,
     recall: RecallService,
+    guard: HistoryGuard,
     sampler: StatusSampler,
     catalogue: Catalogue,
     higher_is_better: bool,
     info: Callable[[], dict[str, Any]],
 ) -> None:
-    """``/``, ``/ui``, its files and its JSON endpoints on ``app``."""
+    """``/``, ``/ui``, its files and its JSON endpoints on ``app``; ``guard`` decides who may look up a
+    user's history."""
     directory = ui_assets()
     page = (directory / "index.html").read_bytes()
     explorer = Explorer(engine, recall, catalogue, higher_is_better)
@@ -302,5 +314,9 @@ def mount_ui(
         return [_info(catalogue, item_id) for item_id in found]
 
     @app.post("/ui/api/explore", include_in_schema=False)
-    async def ui_explore(body: ExploreRequest) -> Response:
+    async def ui_explore(body: ExploreRequest, raw: Request) -> Response:
+        if body.user_id is not None and (refusal := guard.refuse(raw.headers.get("authorization"))):
+            return JSONResponse(
+                refusal.reply.model_dump(mode="json"), status_code=refusal.status, headers=refusal.headers
+            )
         return await explorer.explore(body)

@@ -1,11 +1,15 @@
 """The HTTP gateway against the real embedded Milvus (fastapi.testclient, no network).
 
 One tiny model is live for the module; tests run in file order: the publish and drop tests come last.
+``user_ids`` (a user's history) are sent with the read token; the live model is watched in the
+background (no alias lookup on the request path) and a swap that dropped the served collection is
+retried once on the new model.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,10 +37,13 @@ from workers.recall.metrics import STAGES
 from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
-from workers.settings import HttpSettings, MilvusSettings, Settings
+from workers.settings import HttpSettings, MilvusSettings, RecallSettings, Settings
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"
+READ_TOKEN = "test-read-token"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+BASE_URL = "http://127.0.0.1:8000"  # a Host the gateway answers
 HISTORIES = [[3, 17, 42], [100, 101, 102, 103, 104, 105, 106], [7]]
 USERS = {11: [3, 17, 42], 12: [7]}
 
@@ -56,12 +63,17 @@ class Env:
     client: TestClient
 
 
-def _settings(state_dir: Path, uri: str, alias: str, token: str | None = TOKEN) -> Settings:
+def _settings(state_dir: Path, uri: str, alias: str, token: str | None = TOKEN, **recall: float) -> Settings:
     return Settings(
         state_dir=state_dir,
         milvus=MilvusSettings(uri=uri, alias=alias, index_type="FLAT"),
-        http=HttpSettings(admin_token=SecretStr(token) if token else None),
+        http=HttpSettings(admin_token=SecretStr(token) if token else None, read_token=SecretStr(READ_TOKEN)),
+        recall=RecallSettings(**recall),
     )
+
+
+def _client(app: FastAPI, **kw: Any) -> TestClient:
+    return TestClient(app, base_url=BASE_URL, **kw)
 
 
 def _engine(settings: Settings, store: VectorStore, history: HistorySource | None = None) -> RecallEngine:
@@ -82,7 +94,7 @@ def env(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     version, net = publish_tiny(store, settings.models_dir, alias, 200, seed=1)
     registry = CollectorRegistry()
     app = create_app(settings, store=store, engine=_engine(settings, store, FakeHistory()), registry=registry)
-    with TestClient(app) as client:
+    with _client(app) as client:
         yield Env(settings, store, alias, {version: net}, registry, client)
     for name in store.list_collections(alias):
         if store.resolve_alias(alias) == name:
@@ -100,8 +112,17 @@ def test_recall_returns_items_scores_and_version(env: Env) -> None:
     assert [len(s) for s in body["scores"]] == [10, 10, 10]
     assert all(s == sorted(s, reverse=True) for s in body["scores"])
     assert body["took_ms"] >= 0
-    by_user = env.client.post("/rec/recall", json={"top_k": 10, "user_ids": [11, 12, 99]}).json()
+    by_user = env.client.post("/rec/recall", json={"top_k": 10, "user_ids": [11, 12, 99]}, headers=READ).json()
     assert by_user["items"] == [body["items"][0], body["items"][2], []]  # unknown user: empty, not an error
+
+
+def test_user_ids_need_the_read_token(env: Env) -> None:
+    r = env.client.post("/rec/recall", json={"top_k": 10, "user_ids": [11]})
+    assert r.status_code == 401 and r.json()["code"] == "bad_request" and "items" not in r.json()
+    r = env.client.post("/rec/recall", json={"top_k": 10, "user_ids": [11]}, headers={"Authorization": "Bearer no"})
+    assert r.status_code == 403 and "items" not in r.json()
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    assert env.client.post("/rec/recall", json={"user_ids": [11]}, headers=admin).status_code == 200
 
 
 LONG = [[1]] * 257
@@ -153,8 +174,8 @@ def test_malformed_json_and_oversized_bodies(env: Env) -> None:
 
 def test_user_ids_without_a_history_source_is_400(env: Env) -> None:
     app = _app(env.settings, env.store, _engine(env.settings, env.store, history=None))
-    with TestClient(app) as client:
-        r = client.post("/rec/recall", json={"user_ids": [11]})
+    with _client(app) as client:
+        r = client.post("/rec/recall", json={"user_ids": [11]}, headers=READ)
     assert r.status_code == 400 and r.json()["code"] == "bad_request"
 
 
@@ -178,7 +199,7 @@ def test_internal_errors_never_leak(env: Env) -> None:
     live = LiveModel(env.store, ModelRegistry(env.settings.models_dir, env.alias), check_every_s=0.1)
     engine = RecallEngine(live, Broken())
     app = _app(env.settings, env.store, engine, admin=BrokenAdmin(env.settings, env.store))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with _client(app, raise_server_exceptions=False) as client:
         r = client.post("/rec/recall", json={"hist_item": [[1, 2]]})
         assert r.status_code == 500 and r.json()["code"] == "internal"
         assert "secret" not in r.text and "10.1.2.3" not in r.text
@@ -197,7 +218,7 @@ def test_count_health_and_readiness(env: Env) -> None:
 
 def test_no_live_alias_is_503(env: Env, tmp_path: Path) -> None:
     settings = _settings(tmp_path, env.settings.milvus.uri or "", f"gw_none_{uuid.uuid4().hex[:8]}")
-    with TestClient(_app(settings, env.store)) as client:
+    with _client(_app(settings, env.store)) as client:
         r = client.post("/rec/recall", json={"hist_item": [[1, 2]]})
         assert r.status_code == 503 and r.json()["code"] == "unavailable"
         assert client.get("/readyz").status_code == 503
@@ -213,7 +234,7 @@ def test_admin_endpoints_refuse_without_the_token(env: Env, path: str, tmp_path:
     assert env.client.post(path, headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert env.client.post(path, headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 403
     unconfigured = _settings(tmp_path, env.settings.milvus.uri or "", env.alias, token=None)
-    with TestClient(_app(unconfigured, env.store)) as client:
+    with _client(_app(unconfigured, env.store)) as client:
         r = client.post(path, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 403 and r.json()["detail"] == NOT_CONFIGURED
     assert env.store.resolve_alias(env.alias) == f"{env.alias}_v1"  # nothing happened
@@ -244,7 +265,7 @@ def test_a_real_requests_stages_add_up_to_its_measured_time(env: Env) -> None:
         body = {"top_k": 10, "hist_item": HISTORIES} if i % 2 else {"top_k": 10, "user_ids": [11, 12]}
         before = _stage_sums(env.registry)
         began = time.perf_counter()
-        r = env.client.post("/rec/recall", json=body)
+        r = env.client.post("/rec/recall", json=body, headers=READ)
         total = time.perf_counter() - began
         assert r.status_code == 200, r.text
         stages = _stage_sums(env.registry) - before
@@ -252,6 +273,50 @@ def test_a_real_requests_stages_add_up_to_its_measured_time(env: Env) -> None:
         gaps.append(total - stages)
     gaps.sort()
     assert gaps[len(gaps) // 2] < 0.005, f"median time outside the stages {gaps[len(gaps) // 2] * 1000:.1f} ms"
+
+
+def test_the_live_model_is_followed_off_the_request_path(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recalls read the model in hand: only the background watchers (and the page's sampler) ask Milvus
+    what the alias points at."""
+    callers: list[str] = []
+    resolve = env.store.resolve_alias
+
+    def spy(alias: str) -> str | None:
+        callers.append(threading.current_thread().name)
+        return resolve(alias)
+
+    monkeypatch.setattr(env.store, "resolve_alias", spy)
+    deadline = time.monotonic() + 30
+    while not {"live-model-watch", "alias-check"} <= set(callers):  # both watchers tick (every 0.1 / 0.5 s)
+        assert time.monotonic() < deadline, f"the watchers did not run: {callers}"
+        r = env.client.post("/rec/recall", json={"top_k": 5, "hist_item": HISTORIES})
+        assert r.status_code == 200, r.text
+        r = env.client.post("/rec/recall", json={"top_k": 5, "user_ids": [11]}, headers=READ)
+        assert r.status_code == 200, r.text
+    assert set(callers) <= {"live-model-watch", "alias-check", "ui-status"}, callers
+
+
+def test_a_swap_that_dropped_the_served_collection_is_retried_on_the_new_model(env: Env, tmp_path: Path) -> None:
+    """The watchers are far from their next check (an hour): the engine still holds v1 when v1 is dropped
+    under it; the failed search re-resolves the alias once and the request is answered by v2."""
+    alias = f"gw_swap_{uuid.uuid4().hex[:8]}"
+    settings = _settings(tmp_path, env.settings.milvus.uri or "", alias, alias_check_s=3600)
+    publish_tiny(env.store, settings.models_dir, alias, 200, seed=5)
+    live = LiveModel(env.store, ModelRegistry(settings.models_dir, alias), check_every_s=3600)
+    assert live.current(force=True) is not None  # v1 in hand before the watcher's (hour-long) wait begins
+    app = create_app(settings, store=env.store, engine=RecallEngine(live, env.store), registry=CollectorRegistry())
+    try:
+        with _client(app) as client:
+            assert client.post("/rec/recall", json={"hist_item": HISTORIES}).json()["model_version"] == "v1"
+            _, net = publish_tiny(env.store, settings.models_dir, alias, 160, seed=6)
+            env.store.drop_collection(f"{alias}_v1")
+            r = client.post("/rec/recall", json={"top_k": 7, "hist_item": HISTORIES})
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == "v2" and r.json()["items"] == exact_recall(net, HISTORIES, 7)
+    finally:
+        env.store.drop_alias(alias)
+        for name in env.store.list_collections(alias):
+            env.store.drop_collection(name)
 
 
 def test_admin_endpoints_wait_for_no_refresh_round(env: Env) -> None:

@@ -1,18 +1,20 @@
-"""The gateway's micro-batcher (pure logic: a fake engine stands in for the tower and Milvus)."""
+"""The gateway's micro-batcher (pure logic: a fake engine stands in for the tower and Milvus): batching,
+timeouts, and the bounded queue (full = 503 with Retry-After; abandoned jobs make room first)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.gateway.recall import RecallService
+from workers.gateway.recall import QueueFull, RecallService
 from workers.infra.vector_store import VectorStore
 from workers.recall.engine import RecallEngine, Reply, StageTimes
 from workers.recall.metrics import RecallMetrics
@@ -29,8 +31,14 @@ class SlowEngine:
         self.entered = threading.Event()  # set when the first batch reaches the engine
 
     def answer(
-        self, requests: Sequence[RecallRequest], started: float | None = None, *, stages: StageTimes | None = None
+        self,
+        requests: Sequence[RecallRequest],
+        started: float | None = None,
+        *,
+        stages: StageTimes | None = None,
+        deadlines: Sequence[int | None] | None = None,
     ) -> list[Reply]:
+        assert deadlines is not None and len(deadlines) == len(requests)  # each caller's deadline goes along
         with self.lock:
             self.batches.append(len(requests))
         self.entered.set()
@@ -159,3 +167,136 @@ def test_an_engine_crash_reaches_an_awaiting_caller_as_a_fixed_500() -> None:
     status, reply = asyncio.run(service.answer_async(_request(666)))
     service.close()
     assert status == 500 and isinstance(reply, ErrorReply) and "secret" not in reply.message
+
+
+# ------------------------------------------------------------------ the bounded queue
+
+
+class BlockingEngine(SlowEngine):
+    """Holds every batch until ``release`` is set; records the requests it searched, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0.0)
+        self.release = threading.Event()
+        self.searched: list[int] = []
+
+    def answer(
+        self,
+        requests: Sequence[RecallRequest],
+        started: float | None = None,
+        *,
+        stages: StageTimes | None = None,
+        deadlines: Sequence[int | None] | None = None,
+    ) -> list[Reply]:
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the engine"
+        self.searched += [r.hist_item[0][-1] for r in requests if r.hist_item]
+        return super().answer(requests, started, stages=stages, deadlines=deadlines)
+
+
+def _bounded(engine: SlowEngine, max_queue: int, timeout_s: float = 30.0) -> RecallService:
+    return RecallService(
+        cast(RecallEngine, engine),
+        cast(VectorStore, None),
+        "alias",
+        RecallMetrics(CollectorRegistry()),
+        max_batch=1,
+        timeout_s=timeout_s,
+        max_queue=max_queue,
+        retry_after_s=7,
+    )
+
+
+def _metric(service: RecallService, name: str) -> float:
+    value = service.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_full_queue_refuses_with_retry_after_and_serves_the_queued_ones() -> None:
+    engine = BlockingEngine()
+    service = _bounded(engine, max_queue=3)
+
+    async def scenario() -> tuple[list[tuple[int, Reply]], QueueFull]:
+        first = asyncio.ensure_future(service.answer_async(_request(1)))
+        while not engine.entered.is_set():  # the batcher holds request 1: the queue is empty again
+            await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(service.answer_async(_request(n))) for n in (2, 3, 4)]
+        await asyncio.sleep(0)  # each one queued itself
+        assert _metric(service, "mindstream_http_recall_queue_depth") == 3
+        with pytest.raises(QueueFull) as refused:
+            await service.answer_async(_request(5))
+        engine.release.set()
+        return list(await asyncio.gather(first, *queued)), refused.value
+
+    answered, full = asyncio.run(scenario())
+    service.close()
+    assert full.headers == {"Retry-After": "7"} and full.reply.code is ErrorCode.UNAVAILABLE
+    assert "3 recall requests are waiting" in full.reply.message
+    assert [status for status, _ in answered] == [200, 200, 200, 200]
+    assert engine.searched == [1, 2, 3, 4]  # the refused one was never queued
+    assert _metric(service, "mindstream_http_recall_refused_total") == 1
+    assert _metric(service, "mindstream_http_recall_shed_total") == 0
+
+
+def test_abandoned_jobs_make_room_before_new_work_is_refused() -> None:
+    """Queue of 3: two callers go away (their client disconnects), one keeps waiting; a new request then
+    takes the room of the abandoned ones, which are never searched; the live ones keep their order."""
+    engine = BlockingEngine()
+    service = _bounded(engine, max_queue=3)
+
+    async def scenario() -> list[tuple[int, Reply]]:
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, str]:  # the client's side of the connection
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        first = asyncio.ensure_future(service.answer_async(_request(1)))
+        while not engine.entered.is_set():
+            await asyncio.sleep(0.01)
+        leaving = [asyncio.ensure_future(service.answer_async(_request(n), receive)) for n in (2, 4)]
+        staying = asyncio.ensure_future(service.answer_async(_request(3)))
+        await asyncio.sleep(0)
+        assert _metric(service, "mindstream_http_recall_queue_depth") == 3
+        gone.set()
+        left = await asyncio.gather(*leaving)
+        assert [status for status, _ in left] == [499, 499]  # answered at once, nobody reads them
+        newcomer = asyncio.ensure_future(service.answer_async(_request(5)))  # not refused: room was made
+        await asyncio.sleep(0)
+        assert _metric(service, "mindstream_http_recall_queue_depth") == 2
+        engine.release.set()
+        return list(await asyncio.gather(first, staying, newcomer))
+
+    answered = asyncio.run(scenario())
+    service.close()
+    assert [status for status, _ in answered] == [200, 200, 200]
+    assert engine.searched == [1, 3, 5], "an abandoned request was searched, or the order changed"
+    assert _metric(service, "mindstream_http_recall_shed_total") == 2
+    assert _metric(service, "mindstream_http_recall_refused_total") == 0
+
+
+def test_jobs_past_their_timeout_are_dropped_to_make_room() -> None:
+    """Blocking callers that timed out (504) leave their jobs queued; they count as abandoned."""
+    engine = BlockingEngine()
+    service = _bounded(engine, max_queue=2, timeout_s=0.2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(service.answer, _request(1))
+        assert engine.entered.wait(5), "the first request never reached the engine"
+        late = [pool.submit(service.answer, _request(n)) for n in (2, 3)]
+        assert [f.result()[0] for f in late] == [504, 504]
+        _wait_until(lambda: _metric(service, "mindstream_http_recall_queue_depth") == 2, "the late jobs stay queued")
+        newcomer = pool.submit(service.answer, _request(4))  # would raise QueueFull if no room were made
+        _wait_until(lambda: _metric(service, "mindstream_http_recall_shed_total") == 2, "the late jobs dropped")
+        assert _metric(service, "mindstream_http_recall_queue_depth") == 1
+        engine.release.set()
+        assert newcomer.result()[0] in (200, 504) and first.result()[0] == 504  # 504: this machine was slow
+    service.close()
+    assert engine.searched in ([1, 4], [1]) and _metric(service, "mindstream_http_recall_refused_total") == 0

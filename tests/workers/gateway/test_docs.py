@@ -1,10 +1,11 @@
 """``/docs`` renders offline: headless Chromium against a real uvicorn server on a loopback port.
 
-A recall made THROUGH Swagger UI ("Try it out" -> body -> Execute) must show item ids, and the page
-must not have requested anything from a non-loopback host. Needs Debian's ``chromium`` and
-``chromium-driver`` (``apt-get install -y --no-install-recommends chromium chromium-driver``) and
-``selenium``; skipped when they are absent, failed when ``.ci/run`` installed them
-(``MINDSTREAM_REQUIRE_TOOLS`` names ``chromium``). A screenshot is left at ``/tmp/docs.png``.
+A recall made THROUGH Swagger UI ("Try it out" -> body -> Execute) must show item ids, the page must
+not have requested anything from a non-loopback host, and the gateway's Content-Security-Policy (its
+own files plus the hash of Swagger UI's one inline script) must not have blocked anything. Needs
+Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y --no-install-recommends chromium
+chromium-driver``) and ``selenium``; skipped when they are absent, failed when ``.ci/run`` installed
+them (``MINDSTREAM_REQUIRE_TOOLS`` names ``chromium``). A screenshot is left at ``/tmp/docs.png``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def served(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium"), {"performance": "ALL"}) as driver:
+    with chromium(tmp_path_factory.mktemp("chromium"), {"performance": "ALL", "browser": "ALL"}) as driver:
         yield driver
 
 
@@ -99,3 +100,5 @@ def test_docs_render_offline_and_recall_through_swagger_ui(served: tuple[str, An
     assert any(u.endswith("/static/docs/swagger-ui-bundle.js") for u in urls)
     assert any(u.endswith("/rec/recall") for u in urls)
     assert [u for u in urls if not local(u)] == []
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors  # a Content-Security-Policy violation is one

@@ -4,7 +4,7 @@
   ``test_ui_status.py``); the live version is the alias's.
 * ``/ui/api/explore``: the list, scores, version and generation equal ``POST /rec/recall``'s for the
   same history (user id or typed items); the interest tags agree with a brute-force search of each
-  interest; titles come from the catalogue.
+  interest; titles come from the catalogue. A user id needs the read token (or the admin token).
 * the admin operations behind the page's buttons: refused without the token, done with it.
 """
 
@@ -36,6 +36,8 @@ from workers.refresh.state import RefreshState, Superseded
 from workers.settings import HttpSettings, IngestSettings, MilvusSettings, RecallSettings, Settings
 
 TOKEN = "ui-test-token"
+READ_TOKEN = "ui-read-token"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 ALIAS = "uitest"
 USERS = {7: [3, 9, 4, 12, 30, 31, 2], 8: [5]}
 TITLES = {i: ItemInfo(f"Movie {i}", ("Drama",) if i % 2 else ("Comedy", "Romance")) for i in range(1, 31)}
@@ -53,7 +55,9 @@ def _settings(state_dir: Path, token: str | None = TOKEN) -> Settings:
     return Settings(
         state_dir=state_dir,
         milvus=MilvusSettings(uri="http://127.0.0.1:1", alias=ALIAS),
-        http=HttpSettings(admin_token=SecretStr(token) if token else None, ui_sample_s=3600),
+        http=HttpSettings(
+            admin_token=SecretStr(token) if token else None, read_token=SecretStr(READ_TOKEN), ui_sample_s=3600
+        ),
     )
 
 
@@ -73,7 +77,7 @@ def _env(state_dir: Path, store: fakes.Store, token: str | None = TOKEN) -> Iter
         sampler=sampler,
         catalogue=Catalogue(TITLES, "test"),
     )
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost:8000") as client:
         yield Env(client, store, settings, sampler)
 
 
@@ -128,7 +132,7 @@ def test_status_without_a_live_model_says_so(tmp_path: Path) -> None:
         assert body["live"]["state"] == "none" and "no model is live yet" in body["live"]["message"]
         reply = env.client.post("/ui/api/explore", json={"items": [3, 4]})
         assert reply.status_code == 503 and reply.json()["code"] == "unavailable"
-        assert env.client.post("/ui/api/explore", json={"user_id": 7}).status_code == 503
+        assert env.client.post("/ui/api/explore", json={"user_id": 7}, headers=READ).status_code == 503
 
 
 def test_worker_metrics_urls_follow_the_ports_and_the_overrides(tmp_path: Path) -> None:
@@ -184,10 +188,20 @@ def test_explore_passes_diversity_as_rec_recall_takes_it(env: Env) -> None:
     assert env.client.post("/ui/api/explore", json={"items": history, "diversity": -1}).status_code == 422
 
 
+def test_explore_user_needs_the_read_or_the_admin_token(env: Env) -> None:
+    refused = env.client.post("/ui/api/explore", json={"user_id": 7})
+    assert refused.status_code == 401 and refused.json()["code"] == "bad_request" and "history" not in refused.json()
+    wrong = env.client.post("/ui/api/explore", json={"user_id": 7}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and "history" not in wrong.json()
+    admin = env.client.post("/ui/api/explore", json={"user_id": 7}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert admin.status_code == 200 and admin.json()["history"]
+    assert env.client.post("/ui/api/explore", json={"items": [3, 9]}).status_code == 200  # items: open
+
+
 def test_explore_user_reads_the_history_as_recall_does(env: Env) -> None:
-    out = env.client.post("/ui/api/explore", json={"user_id": 7, "top_k": 10}).json()
+    out = env.client.post("/ui/api/explore", json={"user_id": 7, "top_k": 10}, headers=READ).json()
     assert [h["id"] for h in out["history"]] == USERS[7][-fakes.MAXLEN :]
-    by_user = env.client.post("/rec/recall", json={"user_ids": [7], "top_k": 10}).json()
+    by_user = env.client.post("/rec/recall", json={"user_ids": [7], "top_k": 10}, headers=READ).json()
     assert [i["id"] for i in out["items"]] == by_user["items"][0]
     assert out["reply"]["model_version"] == "v2"
     untitled = [i for i in out["items"] if i["id"] > 30]
@@ -195,7 +209,7 @@ def test_explore_user_reads_the_history_as_recall_does(env: Env) -> None:
 
 
 def test_explore_user_without_history_and_items_the_model_does_not_know(env: Env) -> None:
-    out = env.client.post("/ui/api/explore", json={"user_id": 99}).json()
+    out = env.client.post("/ui/api/explore", json={"user_id": 99}, headers=READ).json()
     assert out["items"] == [] and out["reply"] is None and "no clicks" in out["message"]
     big = 2**62 + 1  # past 2^53: the page shows ``key``, the exact digits
     unknown = env.client.post("/ui/api/explore", json={"items": [10_000, big]}).json()

@@ -1,8 +1,10 @@
 """``/ui`` in headless Chromium against a real uvicorn gateway with a live model (the embedded Milvus).
 
-The page renders without console errors and without a request off the machine; the live version it
-shows is the alias's; the explorer's list for a history equals ``POST /rec/recall``'s reply for the
-same history (typed items, and a user id); the admin buttons are refused without the token and work
+The page renders without console errors (so without a Content-Security-Policy violation: the
+gateway's policy allows the page's own files only) and without a request off the machine; the live
+version it shows is the alias's; the explorer's list for a history equals ``POST /rec/recall``'s reply
+for the same history (typed items, and a user id: refused until the read token is typed into the
+page, then answered); the admin buttons are refused without the token and work
 with it (refresh sets the trigger, rollback moves the alias and the page follows); a screenshot is
 taken and is not blank (``/tmp/ui.png``). Needs Debian's ``chromium`` and ``chromium-driver`` and
 ``selenium``, as ``test_docs.py``.
@@ -39,6 +41,7 @@ from workers.settings import HttpSettings, MilvusSettings, Settings
 pytestmark = pytest.mark.integration
 SCREENSHOT = Path("/tmp/ui.png")
 TOKEN = "ui-browser-token"
+READ_TOKEN = "ui-browser-read-token"
 USERS = {11: [3, 17, 42, 8]}
 
 
@@ -62,7 +65,7 @@ def served(milvus_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     settings = Settings(
         state_dir=tmp_path_factory.mktemp("gwui"),
         milvus=MilvusSettings(uri=milvus_uri, alias=alias, index_type="FLAT"),
-        http=HttpSettings(admin_token=SecretStr(TOKEN), ui_sample_s=1.0),
+        http=HttpSettings(admin_token=SecretStr(TOKEN), read_token=SecretStr(READ_TOKEN), ui_sample_s=1.0),
     )
     store = VectorStore(milvus_uri, settings.milvus)
     publish_tiny(store, settings.models_dir, alias, 200, seed=3)
@@ -95,8 +98,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield driver
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         out: dict[str, Any] = json.loads(response.read())
         return out
@@ -146,12 +150,21 @@ def test_ui_now_explore_admin(served: Served, browser: Any) -> None:
     box.clear()
     browser.find_element(By.ID, "items-clear").click()
     browser.find_element(By.ID, "user-id").send_keys("11")
+    browser.find_element(By.ID, "user-go").click()  # no token yet: a user's history is refused
+    wait.until(lambda d: "HTTP 401" in d.find_element(By.ID, "explore-message").text)
+    assert browser.find_element(By.ID, "explore-result").get_attribute("hidden") is not None
+    browser.find_element(By.ID, "read-token").send_keys(READ_TOKEN)
+    browser.find_element(By.ID, "read-token-save").click()
+    assert browser.execute_script("return sessionStorage.getItem('mindstream-read-token')") == READ_TOKEN
+    assert browser.execute_script("return localStorage.length") == 0  # the tab's session only
     browser.find_element(By.ID, "user-go").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == len(USERS[11]))
-    by_user = _post(f"{served.base}/rec/recall", {"user_ids": [11], "top_k": top_k})
+    by_user = _post(f"{served.base}/rec/recall", {"user_ids": [11], "top_k": top_k}, READ_TOKEN)
     wait.until(lambda d: _shown_ids(d) == by_user["items"][0])
 
-    assert _console_errors(browser) == []  # rendered, polled and explored without a console error
+    errors = _console_errors(browser)
+    assert [e for e in errors if not _refused_call(e)] == []  # rendered, polled and explored without an error
+    assert not any("Content Security Policy" in str(e["message"]) for e in errors)
 
     # Admin: refused without the token, done with it
     browser.find_element(By.ID, "tab-admin").click()
@@ -179,18 +192,19 @@ def test_ui_now_explore_admin(served: Served, browser: Any) -> None:
 
     browser.save_screenshot(str(SCREENSHOT))
     assert _not_blank(SCREENSHOT)
-    refused = [e for e in _console_errors(browser) if not _refused_admin_call(e)]
+    refused = [e for e in _console_errors(browser) if not _refused_call(e)]
     assert refused == []  # the only "errors": the browser's own notes of the two refused calls
     urls = requested_urls(browser)
     assert any(u.endswith("/ui/api/status") for u in urls) and any(u.endswith("/ui/api/explore") for u in urls)
     assert [u for u in urls if not local(u)] == []
 
 
-def _refused_admin_call(entry: dict[str, Any]) -> bool:
+def _refused_call(entry: dict[str, Any]) -> bool:
+    """The browser's note of an admin call, or a user's explore, refused for its token."""
     message = str(entry["message"])
     return (
         entry.get("source") == "network"
-        and any(f"/rec/{op} " in message for op in ("refresh", "rollback"))
+        and any(f"{path} " in message for path in ("/rec/refresh", "/rec/rollback", "/ui/api/explore"))
         and any(f"status of {code}" in message for code in (401, 403))
     )
 

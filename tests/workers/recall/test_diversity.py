@@ -141,7 +141,7 @@ def test_kafka_path_answers_bad_request_with_the_reason(value: object, reason: s
 
 
 class _Service:
-    async def answer_timed(self, request: RecallRequest) -> tuple[int, RecallReply, float]:
+    async def answer_timed(self, request: RecallRequest, receive: object = None) -> tuple[int, RecallReply, float]:
         items = [[1]] * request.n_users
         reply = RecallReply(items=items, scores=[[0.5]] * len(items), model_version="v", collection="c", took_ms=0)
         return 200, reply, 0.0

@@ -1,9 +1,12 @@
-// The /ui page: plain JS, no library. Now polls /ui/api/status; Explore posts /ui/api/explore;
-// Admin calls the API's guarded /rec/refresh and /rec/rollback with the token kept in sessionStorage.
+// The /ui page: plain JS, no library. Now polls /ui/api/status; Explore posts /ui/api/explore (a user id
+// with the read token, or else the admin token); Admin calls the API's guarded /rec/refresh and
+// /rec/rollback with the admin token. Both tokens are kept in sessionStorage only. The page runs under a
+// Content-Security-Policy of 'self': no inline script or style attribute here (element.style is fine).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "mindstream-admin-token";
+const READ_TOKEN_KEY = "mindstream-read-token";
 const COLORS = ["#2f6fde", "#e0822b", "#2a9d5c", "#b5489b", "#7a5af0"];
 const state = { status: null, chosen: [], timer: null, fetching: false, titles: 0 };
 
@@ -289,13 +292,17 @@ async function explore(source) {
   const diversity = Number.isFinite(lam) && lam > 0 ? `, "diversity": ${Math.min(lam, 1000)}` : "";
   const body = (source.user ? `{"user_id": ${source.user}` : `{"items": [${source.items.join(", ")}]`) + `, "top_k": ${topK}${diversity}}`;
   message("asking\u2026");
+  const headers = { "Content-Type": "application/json" };
+  const bearer = readToken() || token();  // a user's history needs one of them; items need none
+  if (source.user && bearer) headers.Authorization = "Bearer " + bearer;
   try {
-    const r = await fetch("/ui/api/explore", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    const r = await fetch("/ui/api/explore", { method: "POST", headers, body });
     const out = await r.json();
     if (!r.ok) {
       const detail = out.message || (out.detail && JSON.stringify(out.detail)) || "";
+      const hint = r.status === 401 || r.status === 403 ? " \u2192 Type the read token (or the admin token) into \u201cToken for user ids\u201d." : "";
       $("explore-result").hidden = true;
-      message(`Not answered (HTTP ${r.status}): ${detail}`);
+      message(`Not answered (HTTP ${r.status}): ${detail}${hint}`);
       return;
     }
     renderExplore(out);
@@ -351,7 +358,12 @@ $("item-query").addEventListener("input", suggest);
 // ------------------------------------------------------------------ Admin
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
-function tokenState() { $("token-state").textContent = token() ? "a token is set for this session" : "no token set"; }
+function readToken() { return sessionStorage.getItem(READ_TOKEN_KEY) || ""; }
+function tokenState() {
+  $("token-state").textContent = token() ? "a token is set for this session" : "no token set";
+  $("read-token-state").textContent = readToken() ? "a token is set for this session"
+    : token() ? "none: the admin token is used" : "none set: user ids need one, items do not";
+}
 
 async function admin(path, label) {
   $("admin-result").textContent = label + "\u2026";
@@ -378,6 +390,13 @@ $("token-form").addEventListener("submit", (e) => {
   tokenState();
 });
 $("token-forget").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); tokenState(); });
+$("read-token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(READ_TOKEN_KEY, $("read-token").value.trim());
+  $("read-token").value = "";
+  tokenState();
+});
+$("read-token-forget").addEventListener("click", () => { sessionStorage.removeItem(READ_TOKEN_KEY); tokenState(); });
 $("admin-refresh").addEventListener("click", () => admin("/rec/refresh", "Refresh now"));
 $("admin-rollback").addEventListener("click", () => admin("/rec/rollback", "Roll back"));
 
