@@ -44,16 +44,30 @@ PENDING_SECTIONS: set[str] = set()
 # missing, its check is skipped with this reason; once build_parser() has it, it is checked strictly.
 # Delete an entry when its command lands (test_pending_lists_are_current says when).
 PENDING_SUBCOMMANDS: set[str] = set()
-HEALTHCHECKED = {"kafka", "milvus", "etcd", "minio", "gateway"}
+HEALTHCHECKED = {"kafka", "milvus", "etcd", "minio", "gateway", "prometheus", "alertmanager", "grafana"}
 LONG_RUNNING_RESTARTS = {"unless-stopped", "on-failure", "always"}
 PINNED_IMAGES = {
     "kafka": "apache/kafka",
     "kafka-init": "apache/kafka",
     "etcd": "quay.io/coreos/etcd",
-    "minio": "minio/minio",
+    "minio": "quay.io/minio/minio",
     "milvus": "milvusdb/milvus",
     "prometheus": "prom/prometheus",
+    "alertmanager": "prom/alertmanager",
     "grafana": "grafana/grafana",
+    "kafka-jmx-agent": "maven",
+}
+# Milvus 3.x's WAL (Woodpecker, on MinIO) needs S3 conditional writes: MinIO RELEASE.2024-12-18T13-15-44Z or
+# later (Milvus v3.0.x docs, "Woodpecker": object storage compatibility).
+MINIO_MIN_RELEASE = "2024-12-18T13-15-44Z"
+# Kafka's JMX exporter agent port (KAFKA_OPTS) = the port the "kafka" scrape job uses.
+KAFKA_JMX_PORT = 9404
+# Jobs of the parts we run on: job -> (compose service, port, metrics path).
+INFRA_JOBS = {
+    "milvus": ("milvus", 9091, "/metrics"),
+    "etcd": ("etcd", 2379, "/metrics"),
+    "minio": ("minio", 9000, "/minio/v2/metrics/cluster"),
+    "alertmanager": ("alertmanager", 9093, "/metrics"),
 }
 
 
@@ -106,7 +120,7 @@ def _resolve(var: str) -> str | None:
         if last and is_section:
             return f"{var}: {part} is a section, not a value"
         if not last:
-            if not is_section:
+            if not is_section or not isinstance(annotation, type):
                 return f"{var}: {part} is a value, not a section"
             model = annotation
     return None
@@ -261,7 +275,78 @@ def test_health_checks(services: dict[str, dict[str, Any]]) -> None:
         if name in _one_shots(services):
             continue
         port = METRICS_PORTS[name]
-        assert str(port) in " ".join(service["healthcheck"]["test"]), f"{name}: health check not on port {port}"
+        test = " ".join(service["healthcheck"]["test"])
+        urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", test)
+        assert urls, f"{name}: health check calls no loopback URL: {test}"
+        ((url_port, path),) = urls
+        assert int(url_port) == port, f"{name}: health check not on port {port}"
+        assert path in {"/healthz", "/readyz"}, f"{name}: health check on {path}, not /healthz or /readyz"
+
+
+def test_workers_probe_readiness(services: dict[str, dict[str, Any]]) -> None:
+    """ingest and recall mark themselves ready (workers.runtime.run_until_stopped), the gateway has its own
+    /readyz: compose waits for those. The refresh loop has no ready mark of its own yet: /healthz."""
+    for name in ("ingest", "recall", "gateway"):
+        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
+    assert "/healthz" in " ".join(services["refresh"]["healthcheck"]["test"])
+
+
+def test_workers_serve_metrics_on_every_interface(services: dict[str, dict[str, Any]]) -> None:
+    """Prometheus scrapes them from its own container; the setting's default is loopback."""
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    for name, service in _workers(services).items():
+        assert _env(service).get("MINDSTREAM_METRICS_HOST") == "0.0.0.0", name
+
+
+def _minio_release(image: str) -> str:
+    match = re.fullmatch(r"quay\.io/minio/minio:RELEASE\.(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z)", image)
+    assert match, f"MinIO image {image!r}: pin a RELEASE tag of quay.io/minio/minio"
+    return match.group(1)
+
+
+def test_minio_can_be_pulled_and_serves_woodpecker(services: dict[str, dict[str, Any]]) -> None:
+    minio = services["minio"]
+    assert not minio["image"].startswith("minio/"), "minio/minio is no longer on Docker Hub"
+    assert _minio_release(minio["image"]) >= MINIO_MIN_RELEASE  # the tag's timestamp sorts as text
+    check = minio["healthcheck"]["test"]
+    assert check == ["CMD", "mc", "ready", "local"] or "/minio/health/ready" in " ".join(check), check
+    env = _env(minio)
+    assert env["MINIO_PROMETHEUS_AUTH_TYPE"] == "public"
+    assert {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(env)
+    assert not {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} & set(env), "deprecated MinIO variables"
+    milvus = _env(services["milvus"])
+    assert milvus["MINIO_ACCESS_KEY_ID"] == env["MINIO_ROOT_USER"]
+    assert milvus["MINIO_SECRET_ACCESS_KEY"] == env["MINIO_ROOT_PASSWORD"]
+
+
+def test_minio_release_parsing() -> None:
+    assert _minio_release("quay.io/minio/minio:RELEASE.2024-12-18T13-15-44Z") == MINIO_MIN_RELEASE
+    assert _minio_release("quay.io/minio/minio:RELEASE.2023-03-20T20-16-18Z") < MINIO_MIN_RELEASE
+    with pytest.raises(AssertionError):
+        _minio_release("minio/minio:RELEASE.2025-09-06T17-38-46Z")
+
+
+def test_kafka_jmx_agent(services: dict[str, dict[str, Any]]) -> None:
+    """The brokers load the JMX exporter agent from the one-shot's volume, with ops/kafka/jmx-exporter.yml."""
+    kafka = services["kafka"]
+    opts = _env(kafka)["KAFKA_OPTS"]
+    match = re.fullmatch(r"-javaagent:(/\S+\.jar)=(\d+):(/\S+)", opts)
+    assert match, opts
+    jar, port, config = match.group(1), int(match.group(2)), match.group(3)
+    assert port == KAFKA_JMX_PORT
+    mounts = dict((target, source) for source, target in _mounts(kafka))
+    assert mounts[config] == "./ops/kafka/jmx-exporter.yml"
+    agent = services["kafka-jmx-agent"]
+    (agent_volume,) = [src for src, dst in _mounts(agent) if dst == str(Path(jar).parent)]
+    assert mounts[str(Path(jar).parent)] == agent_volume
+    assert kafka["depends_on"]["kafka-jmx-agent"]["condition"] == "service_completed_successfully"
+    env = _env(agent)
+    assert re.fullmatch(r"io\.prometheus\.jmx:jmx_prometheus_javaagent:\d+\.\d+\.\d+", env["JMX_AGENT"])
+    assert re.fullmatch(r"[0-9a-f]{64}", env["JMX_AGENT_SHA256"])
+    script = agent["command"][0]
+    assert "sha256sum -c" in script and Path(jar).name in script
+    # the broker's own tools must not load the agent (it would take the broker's port)
+    assert "KAFKA_OPTS= " in " ".join(kafka["healthcheck"]["test"])
 
 
 def test_depends_on(services: dict[str, dict[str, Any]]) -> None:
@@ -321,11 +406,20 @@ def test_grafana_mounts_match_provisioning(services: dict[str, dict[str, Any]]) 
 
 
 def _scrape_targets(path: Path) -> dict[str, list[str]]:
+    """job -> its targets: static ones, and ``name:port`` for each name a ``dns_sd_configs`` entry resolves."""
     config = yaml.safe_load(path.read_text())
-    return {
-        job["job_name"]: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
-        for job in config["scrape_configs"]
-    }
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        for sd in job.get("dns_sd_configs", []):
+            assert sd.get("type") == "A" and sd.get("port"), (job["job_name"], sd)
+            found += [f"{name}:{sd['port']}" for name in sd["names"]]
+        targets[job["job_name"]] = found
+    return targets
+
+
+def _jobs(path: Path) -> dict[str, dict[str, Any]]:
+    return {job["job_name"]: job for job in yaml.safe_load(path.read_text())["scrape_configs"]}
 
 
 def test_prometheus_mount_and_config(services: dict[str, dict[str, Any]]) -> None:
@@ -346,22 +440,44 @@ def test_metrics_ports_convention(services: dict[str, dict[str, Any]]) -> None:
 
 def test_compose_targets_match_services(services: dict[str, dict[str, Any]]) -> None:
     targets = _scrape_targets(PROMETHEUS_DIR / "prometheus.yml")
-    assert set(targets) == {"prometheus", *METRICS_PORTS}
+    assert set(targets) == {"prometheus", "kafka", *METRICS_PORTS, *INFRA_JOBS}
+    jobs = _jobs(PROMETHEUS_DIR / "prometheus.yml")
     for job, port in METRICS_PORTS.items():
+        # every replica: the service name resolved (type A), the worker kind's port on each address
+        assert not jobs[job].get("static_configs"), f"{job}: a static target scrapes one replica only"
         assert targets[job] == [f"{job}:{port}"], job
         assert job in services, f"job {job} has no compose service"
         assert _env(services[job])[METRICS_PORT_VARS[job]] == str(port)
+    for job, (service, port, path) in INFRA_JOBS.items():
+        assert targets[job] == [f"{service}:{port}"], job
+        assert service in services, job
+        assert jobs[job].get("metrics_path", "/metrics") == path, job
+    assert targets["kafka"][0] == f"kafka:{KAFKA_JMX_PORT}"
     scraped = set(targets)
     long_running = set(_workers(services)) - _one_shots(services)
     assert long_running <= scraped, f"workers without a scrape job: {long_running - scraped}"
 
 
 def test_local_targets_mirror_compose() -> None:
+    """`mindstream up`: the worker jobs on loopback (no Kafka exporter, Milvus is embedded, no Alertmanager)."""
     compose_targets = _scrape_targets(PROMETHEUS_DIR / "prometheus.yml")
     local_targets = _scrape_targets(PROMETHEUS_DIR / "prometheus.local.yml")
-    assert set(local_targets) == set(compose_targets)
+    assert set(local_targets) == {"prometheus", *METRICS_PORTS}
+    assert set(local_targets) <= set(compose_targets)
     for job in METRICS_PORTS:
         assert local_targets[job] == [f"127.0.0.1:{METRICS_PORTS[job]}"], job
+
+
+def test_prometheus_sends_alerts_to_alertmanager(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    (manager,) = config["alerting"]["alertmanagers"]
+    assert [t for sc in manager["static_configs"] for t in sc["targets"]] == ["alertmanager:9093"]
+    alertmanager = services["alertmanager"]
+    mounts = dict(_mounts(alertmanager))
+    assert mounts["./ops/alertmanager"] == "/etc/alertmanager"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    assert (ROOT / "ops/alertmanager/alertmanager.yml").is_file()
+    assert services["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
 
 
 # ------------------------------------------------------------------------------ commands, Dockerfile
@@ -371,7 +487,7 @@ def _subcommands() -> set[str]:
     parser = build_parser()
     actions = [a for a in parser._actions if a.choices and a.dest == "command"]
     assert len(actions) == 1
-    return set(actions[0].choices)
+    return set(actions[0].choices or ())
 
 
 def _worker_commands() -> list[tuple[str, list[str]]]:

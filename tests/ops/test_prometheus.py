@@ -1,7 +1,8 @@
-"""Prometheus config, alerting rules and the Grafana dashboard, checked against the code's metric names.
+"""Prometheus config, alerting rules, Alertmanager and the Grafana dashboard, checked against the code's metric names.
 
 ``promtool`` (Debian package ``prometheus``) runs ``check config``, ``check rules`` and the rule unit
-tests when it is on PATH; CI installs it. The structural checks run everywhere.
+tests, ``amtool`` (Debian package ``prometheus-alertmanager``) ``check-config``, when they are on PATH;
+CI installs both. The structural checks run everywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.required_tools import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
+ALERTMANAGER = ROOT / "ops" / "alertmanager" / "alertmanager.yml"
 GRAFANA_DIR = ROOT / "ops" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "mindstream.json"
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
@@ -53,6 +55,36 @@ def _run(*args: str) -> str:
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.local.yml"])
 def test_promtool_check_config(config: str) -> None:
     assert "SUCCESS" in _run("check", "config", config)
+
+
+def test_amtool_check_config() -> None:
+    path = shutil.which("amtool")
+    if path is None:
+        missing_tool(
+            "amtool",
+            "amtool not on PATH (CI installs it: apt-get install --no-install-recommends prometheus-alertmanager)",
+        )
+    proc = subprocess.run(
+        [path, "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=120, check=False
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS" in output, output
+
+
+def test_alertmanager_routes_to_the_null_receiver() -> None:
+    """Every alert reaches one receiver, "null": no integration yet (the pager plugs in there)."""
+    doc = yaml.safe_load(ALERTMANAGER.read_text())
+    assert doc["route"]["receiver"] == "null"
+    assert not doc["route"].get("routes"), "child routes would need receivers of their own"
+    (receiver,) = doc["receivers"]
+    assert receiver == {"name": "null"}, "the null receiver has no integration"
+    text = ALERTMANAGER.read_text()
+    assert "place to plug a pager" in text
+    alerts = {r["alert"] for r in _rules()}
+    for rule in doc.get("inhibit_rules", []):
+        for matcher in rule.get("source_matchers", []) + rule.get("target_matchers", []):
+            name = re.fullmatch(r'alertname\s*=\s*"(\w+)"', matcher)
+            assert name is None or name.group(1) in alerts, matcher
 
 
 def test_promtool_check_rules() -> None:
