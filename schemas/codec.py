@@ -1,13 +1,28 @@
-"""Bytes <-> wire models. Decoding never raises anything but ``DecodeError``."""
+"""Bytes <-> wire models. Decoding never raises anything but ``DecodeError``.
+
+Readers follow the compatibility policy of ``docs/wire-protocol.md``: requests and events are read
+strictly (an unknown field is refused, naming it), replies leniently by clients
+(:func:`decode_reply` with ``lenient=True``: unknown fields ignored, an unknown error code read as
+``internal``), so that a worker newer than its callers never breaks them.
+"""
 
 from __future__ import annotations
 
 from typing import Final, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from schemas.headers import CORRELATION_ID, REPLY_TO, Headers, get_header
-from schemas.messages import ClickEvent, ErrorCode, ErrorReply, RecallReply, RecallRequest
+from schemas.messages import (
+    MAX_ERROR_MESSAGE_LENGTH,
+    ClickEvent,
+    ErrorCode,
+    ErrorReply,
+    ItemEvent,
+    RecallReply,
+    RecallRequest,
+    SchemaVersion,
+)
 
 __all__ = [
     "CORRELATION_ID",
@@ -17,6 +32,7 @@ __all__ = [
     "Headers",
     "decode",
     "decode_click",
+    "decode_item",
     "decode_reply",
     "decode_request",
     "encode",
@@ -29,6 +45,37 @@ _SHOWN_ERRORS: Final = 3
 
 M = TypeVar("M", bound=BaseModel)
 _REPLY: TypeAdapter[RecallReply | ErrorReply] = TypeAdapter(RecallReply | ErrorReply)
+
+
+class _LenientReply(RecallReply):
+    """A reply as a client reads it: fields it does not know (a newer worker's) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _LenientError(BaseModel):
+    """An error reply as a client reads it: unknown fields ignored, any code kept as text."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    schema_version: SchemaVersion = 1
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=MAX_ERROR_MESSAGE_LENGTH)
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _truncate(cls, value: object) -> object:
+        return ErrorReply._truncate(value)
+
+    def reply(self) -> ErrorReply:
+        """The :class:`ErrorReply`; a code this client does not know is ``internal``, named in the message."""
+        known = {code.value for code in ErrorCode}
+        if self.code in known:
+            return ErrorReply(code=ErrorCode(self.code), message=self.message)
+        return ErrorReply(code=ErrorCode.INTERNAL, message=f"{self.code}: {self.message}")
+
+
+_LENIENT_REPLY: TypeAdapter[_LenientReply | _LenientError] = TypeAdapter(_LenientReply | _LenientError)
 
 
 class DecodeError(ValueError):
@@ -90,6 +137,21 @@ def decode_request(raw: bytes | None) -> RecallRequest:
     return decode(raw, RecallRequest)
 
 
-def decode_reply(raw: bytes | None) -> RecallReply | ErrorReply:
-    """A reply on the replies topic: candidates or an error."""
-    return _validated(_REPLY, _text(raw))
+def decode_item(raw: bytes | None) -> ItemEvent:
+    """An item's state from the items topic."""
+    return decode(raw, ItemEvent)
+
+
+def decode_reply(raw: bytes | None, *, lenient: bool = False) -> RecallReply | ErrorReply:
+    """A reply on the replies topic: candidates or an error.
+
+    ``lenient`` (what clients use): fields a newer worker added are ignored, and an error code this
+    version does not know becomes ``internal`` with the code named in the message; everything this
+    version knows is still checked as strictly (types, shapes, ``schema_version``).
+    """
+    if not lenient:
+        return _validated(_REPLY, _text(raw))
+    reply = _validated(_LENIENT_REPLY, _text(raw))
+    if isinstance(reply, _LenientError):
+        return reply.reply()
+    return RecallReply.model_construct(reply.model_fields_set, **dict(reply))

@@ -14,10 +14,10 @@ from typing import Final
 
 from pydantic import BaseModel
 
-from schemas.messages import ClickEvent, ErrorReply, RecallReply, RecallRequest
+from schemas.messages import ClickEvent, ErrorReply, ItemEvent, RecallReply, RecallRequest
 
 JSON_DIR: Final = Path(__file__).resolve().parent / "json"
-MODELS: Final[tuple[type[BaseModel], ...]] = (ClickEvent, RecallRequest, RecallReply, ErrorReply)
+MODELS: Final[tuple[type[BaseModel], ...]] = (ClickEvent, RecallRequest, RecallReply, ErrorReply, ItemEvent)
 
 
 def render_all() -> dict[str, str]:
