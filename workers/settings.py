@@ -428,9 +428,10 @@ class HttpSettings(_Section):
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS),
         description="Host header names (port stripped; '*.example.com' = its subdomains) the gateway answers, any "
-        "other gets 400: a web page cannot reach the gateway through a name of its own (DNS rebinding). Unset = "
-        "127.0.0.1, localhost, [::1] and http.host when it is not 0.0.0.0 or ::. Behind a proxy or when binding "
-        '0.0.0.0, list the names clients use (JSON: \'["gw.example.com", "localhost"]\'); ["*"] turns the check off',
+        "other name gets 400: a web page cannot reach the gateway through a name of its own (DNS rebinding); IP "
+        "addresses always pass. Unset = 127.0.0.1, localhost, [::1] and http.host when it is not 0.0.0.0 or ::. "
+        "Behind a proxy or when binding 0.0.0.0, list the names clients use (JSON: "
+        '\'["gw.example.com", "localhost"]\'); ["*"] turns the check off',
     )
     max_queue: int = Field(
         1024,

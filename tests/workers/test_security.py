@@ -552,7 +552,14 @@ def test_host_header_parsing(header: str, host: str | None) -> None:
     assert request_host([(b"host", b"localhost"), (b"host", b"evil.example")]) is None  # ambiguous: refused
 
 
-HOSTILE_HOSTS = ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil.example", "127.0.0.2"]
+HOSTILE_HOSTS = [  # names a DNS-rebinding page would send (its own), and malformed Hosts
+    "evil.example",
+    "evil.example:8000",
+    "127.0.0.1.evil.example",
+    "localhost.evil.example",
+    "2130706433",  # not an address as a browser writes one
+    "localhost:http",
+]
 
 
 @pytest.mark.parametrize("host", HOSTILE_HOSTS)
@@ -573,8 +580,8 @@ def test_a_hostile_host_is_refused_before_anything_runs(host: str) -> None:
             assert r.json()["code"] == "bad_request" and "allowed_hosts" in r.json()["message"]
             assert r.headers["x-content-type-options"] == "nosniff"
         assert histories.read == [] and store.searches == 0
-        for good in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
-            assert client.get("/healthz", headers={"Host": good}).status_code == 200, good
+        for good in ("127.0.0.1:8000", "localhost", "[::1]:8000", "LOCALHOST.", "10.1.2.3:8000", "[fe80::1]"):
+            assert client.get("/healthz", headers={"Host": good}).status_code == 200, good  # listed, or an address
         refused = registry.get_sample_value(
             "mindstream_http_requests_total", {"endpoint": "unmatched", "method": "POST", "status": "400"}
         )
@@ -583,9 +590,10 @@ def test_a_hostile_host_is_refused_before_anything_runs(host: str) -> None:
 
 def test_allowed_hosts_follow_the_settings() -> None:
     cases: list[tuple[HttpSettings, list[str], list[str]]] = [
-        (HttpSettings(host="10.0.0.5"), ["10.0.0.5:8000", "localhost"], ["10.0.0.6", "evil.example"]),
-        (HttpSettings(host="0.0.0.0"), ["127.0.0.1"], ["0.0.0.0", "10.0.0.5", "evil.example"]),
+        (HttpSettings(host="gw.internal"), ["gw.internal:8000", "localhost"], ["other.internal", "evil.example"]),
+        (HttpSettings(host="0.0.0.0"), ["127.0.0.1", "10.0.0.5:8000"], ["gw.internal", "evil.example"]),
         (HttpSettings(allowed_hosts=["*.example.com"]), ["gw.example.com:443"], ["example.com", "gw.example.com.evil"]),
+        (HttpSettings(allowed_hosts=["gateway"]), ["gateway:8000", "172.18.0.7:8000"], ["localhost", "gateway.evil"]),
         (HttpSettings(allowed_hosts=["*"]), ["evil.example", "anything:1"], []),
     ]
     for http, allowed, refused in cases:

@@ -5,9 +5,12 @@ Metric labels are the matched *route template* (``/rec/recall``), never the raw 
 headers, and the method is one of :data:`METHODS` or ``other`` (h11 accepts any token as a method),
 so neither secrets nor unbounded label values reach Prometheus.
 
-* :class:`HostCheckMiddleware`: a request whose ``Host`` (port stripped) is not one of
+* :class:`HostCheckMiddleware`: a request whose ``Host`` (port stripped) is a name not in
   ``http.allowed_hosts`` gets 400, so a web page cannot talk to a loopback gateway through a DNS name
-  of its own (DNS rebinding) and read what it answers; ``["*"]`` turns the check off.
+  of its own (DNS rebinding) and read what it answers; ``["*"]`` turns the check off. An IP address
+  is always answered (as Vite's and webpack-dev-server's checks do): a browser sends one only for a
+  page whose origin is that address, never for an attacker's page, and Prometheus' DNS discovery,
+  Kubernetes probes and clients on the LAN address a gateway bound to 0.0.0.0 by IP.
 * :class:`SecurityHeadersMiddleware`: ``Content-Security-Policy`` (:data:`CSP`: the page's own files
   only, unless the response set its own, as ``/docs`` does), ``X-Content-Type-Options: nosniff`` and
   ``Referrer-Policy: no-referrer`` on every response that passes through the middleware stack.
@@ -15,6 +18,7 @@ so neither secrets nor unbounded label values reach Prometheus.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -209,9 +213,18 @@ def request_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return name or None
 
 
+def _is_address(host: str) -> bool:
+    """``host`` is an IP address as a Host header writes it (``127.0.0.1``, ``[::1]``), not a name."""
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return False
+    return True
+
+
 class HostCheckMiddleware:
-    """400 (an ``ErrorReply``, code ``bad_request``) to a request whose Host is not in ``allowed``:
-    exact names, ``*.example.com`` for its subdomains, ``*`` for any."""
+    """400 (an ``ErrorReply``, code ``bad_request``) to a request whose Host is a name not in ``allowed``:
+    exact names, ``*.example.com`` for its subdomains, ``*`` for any; IP addresses always pass."""
 
     def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
         self.app = app
@@ -223,7 +236,9 @@ class HostCheckMiddleware:
     def allows(self, host: str | None) -> bool:
         if self.any:
             return True
-        return host is not None and (host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes)))
+        if host is None:
+            return False
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes)) or _is_address(host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.allows(request_host(scope.get("headers", ()))):
