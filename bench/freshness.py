@@ -182,7 +182,8 @@ class Observer:
             if click is None:
                 continue
             body = json.dumps({"user_ids": [click[0]], "top_k": self.top_k}).encode()
-            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.stack.read_token}"}
+            request = urllib.request.Request(url, body, headers)
             try:
                 with urllib.request.urlopen(request, timeout=5) as r:
                     reply = json.loads(r.read())

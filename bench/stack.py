@@ -16,6 +16,7 @@ import ast
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -160,6 +161,8 @@ class LiveStack:
         self.setup: dict[str, Any] = {}
         self.http_port = free_port()
         self.refresh_metrics_port = free_port()
+        # the gateway's read token: HTTP recalls by user_ids (a user's history) must send it
+        self.read_token = cfg.env.get("MINDSTREAM_HTTP__READ_TOKEN") or secrets.token_urlsafe(32)
         self.settings = Settings(
             state_dir=workdir / "state",
             # the workers' index (child_env) and the one this process searches with must agree
@@ -235,6 +238,7 @@ class LiveStack:
             "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
             "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "5",
             "MINDSTREAM_HTTP__PORT": str(self.http_port),
+            "MINDSTREAM_HTTP__READ_TOKEN": self.read_token,
             "MINDSTREAM_REFRESH__METRICS_PORT": str(self.refresh_metrics_port),
             "MINDSTREAM_LOG_LEVEL": "INFO",
         }
