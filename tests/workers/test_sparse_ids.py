@@ -65,7 +65,7 @@ def test_sparse_64_bit_ids_end_to_end(stack: Stack) -> None:  # noqa: F811
     app = create_app(
         stack.settings, store=stack.store, engine=RecallEngine(live, stack.store, None), registry=CollectorRegistry()
     )
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as http:  # a Host the gateway answers
         r = http.post("/rec/recall", json={"top_k": everything, "hist_item": [[SPARSE[2], 3]]})
         assert r.status_code == 200, r.text
         body = r.json()
