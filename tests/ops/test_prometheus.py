@@ -31,6 +31,10 @@ DASHBOARD_PROVIDERS = GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.
 # _bucket, _sum, _count, _created). prometheus_client appends _total to a Counter's given name.
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 METRIC_IN_EXPR = re.compile(r"\bmindstream_[a-z0-9_]+\b")
+# Panels about what we run on: the brokers' JMX exporter series (names checked against a real broker by
+# tests/ops/test_kafka_jmx.py) and Prometheus' own `up`.
+OTHER_IN_EXPR = re.compile(r"\bkafka_[a-z0-9_]+\b|\bup\b")
+UI_STATUS = ROOT / "workers" / "gateway" / "ui_status.py"
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -227,7 +231,10 @@ def test_dashboard_structure() -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == uid, title
             assert target["refId"] and target["expr"], title
-            assert METRIC_IN_EXPR.search(target["expr"]), (title, target["expr"])
+            assert METRIC_IN_EXPR.search(target["expr"]) or OTHER_IN_EXPR.search(target["expr"]), (
+                title,
+                target["expr"],
+            )
             assert not _unknown_metrics(target["expr"], names), (title, _unknown_metrics(target["expr"], names))
     for i, a in enumerate(panels):
         for b in panels[i + 1 :]:
@@ -253,3 +260,44 @@ def test_dashboard_covers_the_pipeline() -> None:
         assert needed in exprs, needed
     assert "histogram_quantile(0.5, sum by (le) (rate(mindstream_recall_latency_seconds_bucket" in exprs
     assert "histogram_quantile(0.99, sum by (le) (rate(mindstream_recall_latency_seconds_bucket" in exprs
+
+
+def _family(series: str) -> str:
+    """A series' metric family: ``x_bucket`` / ``x_count`` / ``x_sum`` -> ``x``; counters keep ``_total``."""
+    for suffix in ("_bucket", "_count", "_sum", "_created"):
+        if series.endswith(suffix):
+            return series.removesuffix(suffix)
+    return series
+
+
+def _ui_metric_names() -> set[str]:
+    """Every metric the /ui page's status reads: the ``mindstream_*`` names in workers/gateway/ui_status.py."""
+    return set(METRIC_IN_EXPR.findall(UI_STATUS.read_text()))
+
+
+def test_dashboard_shows_every_figure_of_the_ui() -> None:
+    """Grafana, for production, draws every figure /ui shows: each metric ui_status.py reads is in some panel."""
+    ui = _ui_metric_names()
+    assert {"mindstream_freshness_user_seconds", "mindstream_swaps_total", "mindstream_dlq_messages_total"} <= ui
+    exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
+    shown = {_family(name) for name in METRIC_IN_EXPR.findall(exprs)} | set(METRIC_IN_EXPR.findall(exprs))
+    missing = {name for name in ui if name not in shown and _family(name) not in shown}
+    assert not missing, f"metrics /ui shows that no Grafana panel draws: {sorted(missing)}"
+
+
+def test_dashboard_covers_serving_internals() -> None:
+    """The recall stages, GC pauses and the fast path (what /ui's serving figures are made of)."""
+    exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
+    for needed in (
+        "sum by (le, stage) (rate(mindstream_recall_stage_seconds_bucket",
+        "mindstream_gc_pause_seconds_bucket",
+        "mindstream_live_generation",
+        "mindstream_fast_path_items_total",
+        'mindstream_http_request_duration_seconds_bucket{endpoint="/rec/recall"}',
+    ):
+        assert needed in exprs, needed
+
+
+def test_family() -> None:
+    assert _family("mindstream_recall_latency_seconds_bucket") == "mindstream_recall_latency_seconds"
+    assert _family("mindstream_swaps_total") == "mindstream_swaps_total"
