@@ -35,6 +35,7 @@ from pymilvus.client.utils import check_status
 from pymilvus.exceptions import ConnectError, ErrorCode, MilvusUnavailableException, ParamError
 from pymilvus.grpc_gen import milvus_pb2, schema_pb2
 
+from workers.infra.row_keys import KEY_LENGTH, OPEN, item_ids_of, row_keys, visible
 from workers.settings import MilvusSettings
 
 try:  # pymilvus internals behind VectorStore._search_raw (pymilvus 3.0); the public search otherwise
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
 
 DEFAULT_SEGMENT = "all"
 PAD_ID = 0  # id of padding slots in SearchResult.ids; the score there is the worst possible
@@ -128,6 +130,63 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Rows of item vectors to write: per row its item id, vector, model version, the generation it is
+    written at and the generation it is valid until (``row_keys.OPEN``: until replaced)."""
+
+    item_ids: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, dim]
+    model_versions: list[str]
+    generations: np.ndarray  # int64 [n]
+    gen_to: np.ndarray  # int64 [n]
+
+    @classmethod
+    def of(
+        cls, item_ids: np.ndarray, vectors: np.ndarray, model_version: str, generation: int, gen_to: int = OPEN
+    ) -> Rows:
+        ids = np.asarray(item_ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if ids.ndim != 1 or vectors.ndim != 2 or len(ids) != len(vectors):
+            raise ValueError(f"ids [n] and vectors [n, dim] expected, got {ids.shape} and {vectors.shape}")
+        n = len(ids)
+        full = np.full(n, generation, dtype=np.int64)
+        return cls(ids, vectors, [model_version] * n, full, np.full(n, gen_to, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    def __getitem__(self, at: slice | np.ndarray) -> Rows:
+        versions = (
+            self.model_versions[at]
+            if isinstance(at, slice)
+            else [self.model_versions[i] for i in np.arange(len(self))[at].tolist()]
+        )
+        return Rows(self.item_ids[at], self.vectors[at], versions, self.generations[at], self.gen_to[at])
+
+    def closed(self, gen_to: int) -> Rows:
+        """The same rows, valid until ``gen_to``."""
+        return Rows(self.item_ids, self.vectors, self.model_versions, self.generations, np.full(len(self), gen_to))
+
+    def written_at(self, generation: int) -> Rows:
+        """The same rows, written at ``generation`` (and open)."""
+        n = len(self)
+        return Rows(self.item_ids, self.vectors, self.model_versions, np.full(n, generation), np.full(n, OPEN))
+
+    def columns(self, segment: str, keyed: bool) -> dict[str, list[Any]]:
+        """Every scalar field's column for a collection with (``keyed``) or without row keys."""
+        n = len(self)
+        columns: dict[str, list[Any]] = {
+            "model_version": list(self.model_versions),
+            "segment": [segment] * n,
+            "generation": self.generations.tolist(),
+        }
+        if not keyed:
+            return {"id": self.item_ids.tolist(), **columns}
+        keys = row_keys(self.item_ids, self.generations)
+        return {"id": keys, "item_id": self.item_ids.tolist(), **columns, "gen_to": self.gen_to.tolist()}
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     """Outcome of :meth:`VectorStore.probe`; truthy when every probe item was found intact."""
 
@@ -161,6 +220,7 @@ class VectorStore:
         self.settings = settings
         self.serving = serving
         self._kinds: dict[str, str] = {}  # collection -> index type (search parameters follow it)
+        self._keyed: dict[str, bool] = {}  # collection -> has row keys (row_keys) or the older id = item id
         token = settings.token.get_secret_value() if settings.token else ""
         self.client = client or with_retry(
             lambda: MilvusClient(uri=uri, token=token, timeout=settings.timeout_s), f"connect to {uri}"
@@ -191,12 +251,15 @@ class VectorStore:
         """Create an empty collection (not indexed, not loaded) with the default segment partition."""
         _check_name("collection", name)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=KEY_LENGTH)  # row_keys.row_keys
+        schema.add_field("item_id", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX_LEN)
         schema.add_field("segment", DataType.VARCHAR, max_length=255)
-        schema.add_field("generation", DataType.INT64)  # 0: the version's build; >0: fast-path additions
+        schema.add_field("generation", DataType.INT64)  # written at; 0: the epoch's build
+        schema.add_field("gen_to", DataType.INT64)  # valid until (exclusive); row_keys.OPEN while current
         self._call(f"create {name}", self.client.create_collection, name, schema=schema)
+        self._keyed[name] = True
         self.ensure_segment(name, DEFAULT_SEGMENT)
         log.info("created collection %s (dim %d)", name, dim)
 
@@ -218,6 +281,7 @@ class VectorStore:
             raise AliasedCollectionError(f"collection {name} is still the target of alias(es) {aliases}")
         self._call(f"drop {name}", self.client.drop_collection, name)
         self._kinds.pop(name, None)
+        self._keyed.pop(name, None)
         log.info("dropped collection %s", name)
 
     # -- segments (partitions) ------------------------------------------------------------------
@@ -255,66 +319,65 @@ class VectorStore:
     ) -> int:
         """Insert rows in batches of ``settings.insert_batch``; return the number inserted.
 
-        ``generation`` tags the rows: 0 for a version's build, ``g > 0`` for rows a fast-path step
-        adds to a live collection (searches at generation ``g' < g`` filter them out).
+        ``generation`` tags the rows: 0 for an epoch's build, ``g > 0`` for rows a fast-path step or a
+        delta adds to a live collection (searches at generation ``g' < g`` filter them out).
 
         A batch is retried on transient errors; if a lost reply hid a successful write the
-        retry duplicates rows, which the exact :meth:`count` before a swap reveals.
+        retry duplicates rows, which the exact :meth:`count` before a swap reveals (a keyed
+        collection's keys make a retried batch overwrite itself instead).
         """
         ids = np.asarray(ids)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if ids.ndim != 1 or vectors.ndim != 2 or len(ids) != len(vectors):
-            raise ValueError(f"ids [n] and vectors [n, dim] expected, got {ids.shape} and {vectors.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"ids must be integers, got {ids.dtype}")
-        if len(model_version) > VERSION_MAX_LEN:
+        return self.write_rows(name, Rows.of(ids, vectors, model_version, generation), segment)
+
+    def write_rows(self, name: str, rows: Rows, segment: str = DEFAULT_SEGMENT, *, upsert: bool = False) -> int:
+        """Insert (or upsert: same keys replaced) ``rows`` into ``segment``'s partition, in batches."""
+        if len(rows.model_versions) and max(len(v) for v in rows.model_versions) > VERSION_MAX_LEN:
             raise ValueError(f"model_version longer than {VERSION_MAX_LEN} characters")
         self.ensure_segment(name, segment)
+        keyed = self.is_keyed(name)
+        if upsert and not keyed:
+            raise ValueError(f"{name}: rows can only be replaced in a keyed collection")
         step = self.settings.insert_batch
-        for start in range(0, len(ids), step):
-            chunk_ids, chunk_vectors = ids[start : start + step], vectors[start : start + step]
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            columns = chunk.columns(segment, keyed)
             if _RAW_SEARCH:
-                self._call(
-                    f"insert into {name}",
-                    self._insert_raw,
-                    name,
-                    chunk_ids,
-                    chunk_vectors,
-                    {"model_version": model_version, "segment": segment, "generation": generation},
-                    segment,
-                )
+                self._call(f"write into {name}", self._write_raw, name, columns, chunk.vectors, segment, upsert)
                 continue
-            rows = [  # pragma: no cover - another pymilvus
-                {"id": i, "vector": v, "model_version": model_version, "segment": segment, "generation": generation}
-                for i, v in zip(chunk_ids.tolist(), chunk_vectors, strict=True)
+            dicts = [  # pragma: no cover - another pymilvus
+                {**{k: v[i] for k, v in columns.items()}, "vector": chunk.vectors[i]} for i in range(len(chunk))
             ]
-            self._call(f"insert into {name}", self.client.insert, name, rows, partition_name=segment)
-        log.debug("inserted %d rows into %s/%s", len(ids), name, segment)
-        return len(ids)
+            write = self.client.upsert if upsert else self.client.insert
+            self._call(f"write into {name}", write, name, dicts, partition_name=segment)
+        log.debug("%s %d rows into %s/%s", "upserted" if upsert else "inserted", len(rows), name, segment)
+        return len(rows)
 
-    def _insert_raw(
+    def _write_raw(
         self,
         name: str,
-        ids: np.ndarray,
+        columns: dict[str, list[Any]],
         vectors: np.ndarray,
-        constants: dict[str, str | int],
         partition: str,
+        upsert: bool,
         timeout: float | None = None,
     ) -> int:
-        """``client.insert`` of column data without pymilvus' per-row conversion.
+        """``client.insert`` / ``upsert`` of column data without pymilvus' per-row conversion.
 
         pymilvus turns each row dict into protobuf values float by float (~4.4 s of CPU for 100k x 64
-        here, holding the GIL the fast path needs); this builds the same ``InsertRequest`` from the
-        arrays (:func:`insert_request`, equal to pymilvus' own request: tested) and sends it through
+        here, holding the GIL the fast path needs); this builds the same request from the arrays
+        (:func:`insert_request`, equal to pymilvus' own request: tested) and sends it through
         pymilvus' connection, with its schema cache and call metadata (internals of pymilvus 3.0)."""
         conn = self.client._get_connection()
         context = self.client._generate_call_context()
         schema, schema_ts = conn._get_schema(name, timeout=timeout, context=context)
-        request = insert_request(name, partition, schema, schema_ts, ids, vectors, constants)
-        response = conn._stub.Insert(request=request, timeout=timeout, metadata=_api_level_md(context))
+        request = insert_request(name, partition, schema, schema_ts, columns, vectors, upsert=upsert)
+        send = conn._stub.Upsert if upsert else conn._stub.Insert
+        response = send(request=request, timeout=timeout, metadata=_api_level_md(context))
         check_status(response.status)
         _ts_utils.update_collection_ts(name, response.timestamp, conn.server_address, context.get_db_name())
-        return int(response.insert_cnt)
+        return int(response.upsert_cnt if upsert else response.insert_cnt)
 
     def index_kind(self, rows: int) -> str:
         """The index a collection of ``rows`` items gets: the configured one, or for AUTO exact FLAT up
@@ -366,13 +429,14 @@ class VectorStore:
         state = self._call(f"load state of {name}", self.client.get_load_state, name)
         return "Loaded" in str(state.get("state", ""))
 
-    def count(self, name: str, segment: str | None = None) -> int:
-        """Exact row count (Strong consistency; the collection must be loaded)."""
+    def count(self, name: str, segment: str | None = None, generation: int | None = None) -> int:
+        """Exact row count (Strong consistency; the collection must be loaded); with ``generation``, of the
+        rows a reader at that generation searches."""
         rows = self._call(
             f"count {name}",
             self.client.query,
             name,
-            filter="",
+            filter=self.visible_at(name, generation) if generation is not None else "",
             output_fields=["count(*)"],
             partition_names=[segment] if segment else None,
             consistency_level="Strong",
@@ -414,7 +478,9 @@ class VectorStore:
         versions: set[str] = set()
         extra: dict[str, Any] = {"consistency_level": "Strong" if strong else self.settings.search_consistency}
         if max_generation is not None:
-            extra["filter"] = f"generation <= {int(max_generation)}"
+            extra["filter"] = self.visible_at(name_or_alias, max_generation)
+        elif self.is_keyed(name_or_alias):
+            extra["filter"] = f"gen_to == {OPEN}"  # current rows (an epoch build: exactly one per item)
         for start in range(0, nq, MAX_NQ):
             chunk = queries[start : start + MAX_NQ]
             search: Callable[..., Any] = self._search_raw if _RAW_SEARCH and not with_versions else self.client.search
@@ -434,7 +500,7 @@ class VectorStore:
                 continue
             for row, hits in enumerate(hits_per_query, start=start):
                 n = len(hits.ids)
-                ids[row, :n] = hits.ids
+                ids[row, :n] = item_ids_of(list(hits.ids)) if n and isinstance(hits.ids[0], str) else hits.ids
                 scores[row, :n] = hits.distances
                 if with_versions:
                     versions.update(hit["entity"]["model_version"] for hit in hits)
@@ -480,7 +546,14 @@ class VectorStore:
         check_status(response.status)
         return response.results
 
-    def probe(self, name: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None) -> ProbeResult:
+    def probe(
+        self,
+        name: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        model_version: str | None = None,
+        generation: int | None = None,
+    ) -> ProbeResult:
         """Check that each probe item is stored with exactly the given vector (and version).
 
         A plain "is the item its own top-1" check is unsound under IP: an item with a small
@@ -500,12 +573,18 @@ class VectorStore:
             metric, np.zeros(len(ids))
         )
         id_list = ids.tolist()
+        keyed = self.is_keyed(name)
+        where = f"{'item_id' if keyed else 'id'} in {id_list}"
+        if generation is not None:
+            where = f"{where} and {self.visible_at(name, generation)}"
+        elif keyed:
+            where = f"{where} and gen_to == {OPEN}"
         raw = self._call(
             f"probe {name}",
             self.client.search,
             name,
             data=list(vectors),
-            filter=f"id in {id_list}",
+            filter=where,
             limit=len(ids),
             output_fields=["model_version"],
             search_params=self._search_params(len(ids), self._kind_of(name)),
@@ -513,7 +592,7 @@ class VectorStore:
         )
         missing, mismatched, wrong_version = [], [], []
         for item, want, hits in zip(id_list, expected.tolist(), raw, strict=True):
-            found = {hit.id: hit for hit in hits}
+            found = {int(item_ids_of([hit.id])[0]) if keyed else hit.id: hit for hit in hits}
             if item not in found:
                 missing.append(item)
             elif abs(found[item].distance - want) > 1e-3 * max(1.0, abs(want)):
@@ -526,15 +605,68 @@ class VectorStore:
 
     # -- generations (fast-path rows of a live collection) -----------------------------------------
 
+    def _field_names(self, name: str) -> set[str]:
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        return {str(f.get("name")) for f in info.get("fields", [])}
+
     def has_generations(self, name: str) -> bool:
         """Whether ``name`` has the ``generation`` field (collections built before it have not)."""
-        info = self._call(f"describe {name}", self.client.describe_collection, name)
-        return any(f.get("name") == "generation" for f in info.get("fields", []))
+        return "generation" in self._field_names(name)
+
+    def is_keyed(self, name: str) -> bool:
+        """Whether ``name`` holds keyed rows (:mod:`workers.infra.row_keys`; cached). Collections made before
+        them key a row by its item id: one row per item, generations only add."""
+        keyed = self._keyed.get(name)
+        if keyed is None:
+            keyed = self._keyed[name] = "gen_to" in self._field_names(name)
+        return keyed
+
+    def visible_at(self, name: str, generation: int) -> str:
+        """The filter of the rows a reader at ``generation`` searches in ``name``."""
+        return visible(generation) if self.is_keyed(name) else f"generation <= {int(generation)}"
 
     def delete_generations_above(self, name: str, generation: int) -> None:
-        """Delete the rows of generations ``> generation`` (left by a fast-path step that crashed
-        before announcing its generation: searches never saw them)."""
-        self._call(f"delete from {name}", self.client.delete, name, filter=f"generation > {int(generation)}")
+        """Delete the rows of generations ``> generation`` (left by a fast-path step or a delta that
+        crashed before announcing its generation: searches never saw them)."""
+        self.delete_where(name, f"generation > {int(generation)}")
+
+    def delete_where(self, name: str, where: str) -> None:
+        self._call(f"delete from {name}", self.client.delete, name, filter=where)
+
+    def rows_where(self, name: str, where: str, batch: int = 10_000) -> dict[str, Rows]:
+        """Every row matching ``where`` in a keyed collection, with its vector, by segment (Strong).
+
+        Paged by primary key (Milvus returns a limited query in key order), each page a Strong query:
+        pymilvus' query iterator falls back to a client-side timestamp on Milvus 2.3 and can miss writes
+        acknowledged just before."""
+        fields = ["item_id", "vector", "model_version", "segment", "generation", "gen_to"]
+        found: dict[str, list[dict[str, Any]]] = {}
+        last = ""
+        while True:
+            page = self._call(
+                f"rows of {name}",
+                self.client.query,
+                name,
+                filter=f'({where}) and id > "{last}"',
+                output_fields=fields,
+                limit=batch,
+                consistency_level="Strong",
+            )
+            for row in page:
+                found.setdefault(str(row["segment"]), []).append(row)
+            if len(page) < batch:
+                break
+            last = max(str(row["id"]) for row in page)
+        return {
+            segment: Rows(
+                np.array([r["item_id"] for r in rows], dtype=np.int64),
+                np.array([r["vector"] for r in rows], dtype=np.float32),
+                [str(r["model_version"]) for r in rows],
+                np.array([r["generation"] for r in rows], dtype=np.int64),
+                np.array([r["gen_to"] for r in rows], dtype=np.int64),
+            )
+            for segment, rows in found.items()
+        }
 
     # -- aliases --------------------------------------------------------------------------------
 
@@ -599,33 +731,34 @@ def insert_request(
     partition: str,
     schema: dict[str, Any],
     schema_ts: int,
-    ids: np.ndarray,
+    columns: dict[str, list[Any]],
     vectors: np.ndarray,
-    constants: dict[str, str | int],
-) -> milvus_pb2.InsertRequest:
-    """The ``InsertRequest`` of ``ids`` / ``vectors`` (and a constant per other scalar field) for a
-    collection of ``schema`` (as pymilvus' ``describe_collection`` gives it), in the schema's order."""
-    n = len(ids)
-    request = milvus_pb2.InsertRequest(
-        collection_name=name, partition_name=partition, num_rows=n, schema_timestamp=schema_ts
-    )
+    *,
+    upsert: bool = False,
+) -> milvus_pb2.InsertRequest | milvus_pb2.UpsertRequest:
+    """The ``InsertRequest`` (or ``UpsertRequest``) of ``vectors`` and one list per other field in
+    ``columns`` for a collection of ``schema`` (as pymilvus' ``describe_collection`` gives it), in the
+    schema's order."""
+    n = len(vectors)
+    kind = milvus_pb2.UpsertRequest if upsert else milvus_pb2.InsertRequest
+    request = kind(collection_name=name, partition_name=partition, num_rows=n, schema_timestamp=schema_ts)
     for spec in schema["fields"]:
         fname, ftype = spec["name"], spec["type"]
         data = schema_pb2.FieldData(field_name=fname, type=int(ftype))
-        if spec.get("is_primary"):
-            data.scalars.long_data.data.extend(np.asarray(ids, dtype=np.int64).tolist())
-        elif ftype == DataType.FLOAT_VECTOR:
+        if ftype == DataType.FLOAT_VECTOR:
             dim = int(spec["params"]["dim"])
             if vectors.shape[1] != dim:
                 raise ValueError(f"{name}: vectors of dim {vectors.shape[1]}, the collection has {dim}")
             data.vectors.dim = dim
             data.vectors.float_vector.CopyFrom(_packed_floats(vectors))
-        elif fname in constants and ftype == DataType.VARCHAR:
-            data.scalars.string_data.data.extend([str(constants[fname])] * n)
-        elif fname in constants and ftype == DataType.INT64:
-            data.scalars.long_data.data.extend([int(constants[fname])] * n)
-        else:
+        elif fname not in columns or len(columns[fname]) != n:
             raise ValueError(f"{name}: no data for field {fname!r} ({ftype!r})")
+        elif ftype == DataType.VARCHAR:
+            data.scalars.string_data.data.extend(columns[fname])
+        elif ftype == DataType.INT64:
+            data.scalars.long_data.data.extend(columns[fname])
+        else:
+            raise ValueError(f"{name}: unsupported field {fname!r} ({ftype!r})")
         request.fields_data.append(data)
     return request
 
@@ -636,9 +769,14 @@ def fill_from_result(result: schema_pb2.SearchResultData, ids: np.ndarray, score
     topks = np.asarray(result.topks, dtype=np.int64)
     if topks.shape[0] != ids.shape[0]:
         raise MilvusException(message=f"search returned {topks.shape[0]} result lists for {ids.shape[0]} queries")
-    if not result.ids.HasField("int_id"):
-        raise MilvusException(message="search returned non-integer ids")
-    flat_ids = np.asarray(result.ids.int_id.data, dtype=np.int64)
+    if result.ids.HasField("str_id"):  # a keyed collection: item ids from the row keys
+        flat_ids = item_ids_of(list(result.ids.str_id.data))
+    elif result.ids.HasField("int_id"):
+        flat_ids = np.asarray(result.ids.int_id.data, dtype=np.int64)
+    elif len(result.topks) and sum(result.topks) == 0:
+        flat_ids = np.empty(0, dtype=np.int64)
+    else:
+        raise MilvusException(message="search returned ids of an unknown kind")
     flat_scores = np.asarray(result.scores, dtype=np.float32)
     top_k = ids.shape[1]
     if topks.size and np.all(topks == top_k):
@@ -659,10 +797,12 @@ class MilvusSearcher:
     construction, so that an alias swap during a long evaluation cannot mix two models.
     """
 
-    def __init__(self, store: VectorStore, name_or_alias: str, pin: bool = True) -> None:
+    def __init__(self, store: VectorStore, name_or_alias: str, pin: bool = True, generation: int | None = None) -> None:
+        """``generation``: search the rows visible at it (default: the current rows)."""
         self.store = store
         self.target = (store.resolve_alias(name_or_alias) or name_or_alias) if pin else name_or_alias
+        self.generation = generation
 
     def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        result = self.store.search(self.target, queries, top_k, with_versions=False)
+        result = self.store.search(self.target, queries, top_k, with_versions=False, max_generation=self.generation)
         return result.ids, result.scores

@@ -1,9 +1,11 @@
 """The model a recall worker serves: the live alias, resolved to a collection, plus the user
-tower of the same version, at the generation the fast path announced for it. Swaps are picked up
-by re-resolving the alias, generations by re-reading the collection's generation file; the searched
-collection is always the resolved one (never the alias itself) and searches are limited to rows of
-the announced generations, so a reply can never mix the user vectors of one version with the item
-vectors of another, and names exactly the (version, generation) it searched."""
+tower of the version announced for it, at the announced generation. Swaps are picked up by
+re-resolving the alias; deltas and fast-path steps by re-reading the collection's generation file
+(:mod:`workers.refresh.generations`: a delta announces a new version on the same collection, whose
+tower is loaded before it is served). The searched collection is always the resolved one (never
+the alias itself) and searches are limited to the rows visible at the announced generation, so a
+reply names exactly the (version, generation) it searched, and every vector it searched was
+published for that version (its own row, or a row within ``refresh.delta_threshold`` of it)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from model.serving import ServingTower
 from workers.infra.vector_store import VectorStore
-from workers.refresh.generations import announced_generation
+from workers.refresh.generations import announced
 from workers.refresh.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -80,19 +82,37 @@ class LiveModel:
             if version is None:
                 log.error("alias %s points at %s, which is not a model collection", self._registry.alias, collection)
                 return served
-            ckpt = self._registry.checkpoint(version)
-            tower = ServingTower.from_net(ckpt.load_net(), version, vocab=ckpt.vocab())  # external ids
             limit = 0 if self._store.has_generations(collection) else None
-            self._served = self._with_generation(Served(version, collection, tower, time.time(), max_generation=limit))
-            log.info("serving %s from %s (generation %d)", version, collection, self._served.generation)
+            first = Served(version, collection, self._tower(version), time.time(), max_generation=limit)
+            self._served = self._with_generation(first)
+            log.info("serving %s from %s (generation %d)", self._served.version, collection, self._served.generation)
             return self._served
 
+    def _tower(self, version: str) -> ServingTower:
+        ckpt = self._registry.checkpoint(version)
+        return ServingTower.from_net(ckpt.load_net(), version, vocab=ckpt.vocab())  # external ids
+
     def _with_generation(self, served: Served) -> Served:
-        """``served`` at the generation announced now (same object when unchanged)."""
+        """``served`` at the (generation, version) announced now (same object when unchanged)."""
         if served.max_generation is None:
             return served
-        generation, stamp = announced_generation(self._registry.root, served.collection, served.generation_stamp)
-        if generation is None or generation < served.generation:
-            return served  # unchanged (generations never go back for one collection)
-        self._served = replace(served, generation=generation, max_generation=generation, generation_stamp=stamp)
+        state, stamp = announced(self._registry.root, served.collection, served.generation_stamp)
+        if state is None:
+            return served  # the file did not change
+        version = state.version or self._registry.version_of(served.collection) or served.version
+        if version == served.version and state.generation == served.generation:
+            self._served = replace(served, generation_stamp=stamp)
+            return self._served
+        tower = served.tower if version == served.version else self._tower(version)
+        self._served = replace(
+            served,
+            version=version,
+            tower=tower,
+            since=time.time() if version != served.version else served.since,
+            generation=state.generation,
+            max_generation=state.generation,
+            generation_stamp=stamp,
+        )
+        if version != served.version:
+            log.info("serving %s from %s (generation %d)", version, served.collection, state.generation)
         return self._served

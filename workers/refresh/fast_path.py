@@ -13,16 +13,16 @@ adds them to the live collection as the next *generation*:
    those clickers plus recent clicks on known items (in which the new rows are negatives, so a
    new item does not outscore the catalogue for everyone). Both read nothing but the live
    checkpoint and the state store;
-2. insert the rows tagged ``generation = g + 1`` (searches at generation ``g`` filter them out);
-3. verify them (every row found by its own vector, Strong consistency);
-4. announce ``g + 1`` (:class:`~workers.refresh.generations.Generations`, an atomic file write):
-   from then on the recall workers search ``generation <= g + 1`` and name it in their replies.
+2. write them as generation ``g + 1`` of the live collection, verify them (every row found by its
+   own vector, Strong consistency) and announce ``(g + 1, live version)``
+   (:meth:`~workers.refresh.live_writer.LiveWriter.write`, the same path as a delta's): from then
+   on the recall workers search the rows visible at ``g + 1`` and name it in their replies.
 
-Every vector a reply searches is therefore a function of one version's weights, and the tower is
-that version's: a reply never mixes versions, and names exactly the generation it searched. A
-crash before the announce leaves rows nobody searches; the next step deletes them and redoes the
-work. The next major version re-embeds these items with its own weights (its round reads the
-same clicks), and an item stays pending until a live version's vocabulary holds it.
+Every vector of these rows is a function of the live version's weights, and the tower is that
+version's. A crash before the announce leaves rows nobody searches; the next write removes them.
+A newer version that does not know an item yet (its clicks came after the round's) gets it again,
+embedded with its own weights (the item's older row is closed in the same write), and an item
+stays pending until a live version's vocabulary holds it.
 
 At most ``refresh.fast_path_max_pending`` items are pending: an item first clicked while that many
 are waits for the major round, which takes every item of the clicks it consumes (oldest first,
@@ -45,10 +45,10 @@ import numpy as np
 
 from model.cold_start import FrozenModel, IntroducingClicks, co_click_mean, few_steps
 from model.vocab import ItemVocab
-from workers.infra.vector_store import VectorStore
+from workers.infra.vector_store import Rows, VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import StoredClick
-from workers.refresh.generations import Generations
+from workers.refresh.live_writer import LiveWriter
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
@@ -95,9 +95,7 @@ class _Live:
     version: str
     vocab: ItemVocab
     model: FrozenModel  # the live item table and numpy user tower, never written
-    generations: Generations
     supported: bool  # the collection has the generation field
-    clean: bool = False  # rows of unannounced generations deleted
 
 
 def click_time(event: StoredClick, now: float) -> float:
@@ -118,8 +116,11 @@ class FastPath:
         cursor: Cursor | None = None,
         metrics: RefreshMetrics | None = None,
         before_announce: Callable[[], None] | None = None,
+        writer: LiveWriter | None = None,
     ) -> None:
+        """``writer``: the refresh worker's (shared with its major rounds); default a writer of its own."""
         self.settings = settings
+        self.writer = writer if writer is not None else LiveWriter(store, settings.models_dir, settings.mind.dim)
         self.store = store
         self.reader = reader
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
@@ -139,20 +140,21 @@ class FastPath:
 
     def _resolve(self) -> _Live | None:
         collection = self.store.resolve_alias(self.registry.alias)
-        version = self.registry.version_of(collection) if collection else None
-        if collection is None or version is None:
+        if collection is None:
             return None
-        if self._live is None or self._live.collection != collection:
+        version = self.writer.announced(collection).version or self.registry.version_of(collection)
+        if version is None:
+            return None
+        if self._live is None or (self._live.collection, self._live.version) != (collection, version):
             ckpt = self.registry.checkpoint(version)
             self._live = _Live(
                 collection,
                 version,
                 ckpt.vocab(),
                 FrozenModel.from_net(ckpt.load_net(), version),
-                Generations.load(self.registry.root, collection),
                 self.store.has_generations(collection),
             )
-            log.info("fast path on %s (generation %d)", collection, self._live.generations.generation)
+            log.info("fast path on %s (%s)", collection, version)
         return self._live
 
     # -- one step --------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ class FastPath:
             self.metrics.fast_path_pending.set(len(self.pending))
         if not live.supported or not self.settings.refresh.fast_path:
             return None
-        announced = set(live.generations.items)
+        announced = set(self.writer.announced(live.collection).items)
         candidates = [i for i in self.pending if i not in announced]
         if not candidates:
             return None
@@ -219,30 +221,25 @@ class FastPath:
         ids, vectors, waiting = self._vectors(live, candidates)
         if not ids:
             return None
-        if not live.clean:
-            self.store.delete_generations_above(live.collection, live.generations.generation)
-            live.clean = True
-        generation = live.generations.generation + 1
-        live.clean = False  # rows of an unannounced generation exist from here on
         id_arr = np.asarray(ids, dtype=np.int64)
         segments = self._partitions([self.pending[i].segment for i in ids])
+        new: dict[str, Rows] = {}
         for segment in sorted(set(segments)):
             picked = np.asarray([s == segment for s in segments])
-            self.store.insert(
-                live.collection, id_arr[picked], vectors[picked], live.version, segment=segment, generation=generation
-            )
+            new[segment] = Rows.of(id_arr[picked], vectors[picked], live.version, 0)
         n_probe = min(len(ids), self.settings.refresh.probe_items)
-        probe = self.store.probe(live.collection, id_arr[:n_probe], vectors[:n_probe], model_version=live.version)
-        if not probe.ok:
-            raise RuntimeError(f"fast-path rows of {live.collection} failed verification: {probe}")
-        if self._before_announce is not None:
-            self._before_announce()
-        announced_at = time.time()
-        live.generations.generation = generation
-        live.generations.items.extend(ids)
-        live.generations.announced_at.append(announced_at)
-        live.generations.save(self.registry.root)
-        live.clean = True
+
+        def verify(generation: int) -> None:
+            probe = self.store.probe(
+                live.collection, id_arr[:n_probe], vectors[:n_probe], model_version=live.version, generation=generation
+            )
+            if not probe.ok:
+                raise RuntimeError(f"fast-path rows of {live.collection} failed verification: {probe}")
+            if self._before_announce is not None:
+                self._before_announce()
+
+        written = self.writer.write(live.collection, live.version, new, verify=verify, items=ids)
+        announced_at, generation = written.announced_at, written.generation
         # Items re-added to a newer version (born after its training data) were live already: counted once.
         first_time = [self.pending[i] for i in ids if self.pending[i].live_since is None]
         fresh = [max(announced_at - p.first_click, 0.0) for p in first_time]

@@ -1,11 +1,14 @@
-"""Generations of a live collection: what the fast path added to a version, and what is announced.
+"""Generations of a live collection: what is announced, and with which model version.
 
-A model version ``v<N>`` is built as generation 0. Each fast-path step adds the vectors of items
-the version did not know (computed under that version's weights) as generation ``g + 1`` rows of
-the same collection, verifies them, and only then writes this file: readers search
-``generation <= g`` for the ``g`` they read here, so rows of a step that has not been announced
-(or crashed half-way) are never seen. One JSON file per collection, under the models directory
-(every worker that serves a version can read it), written atomically (temp + fsync + rename).
+A collection (an *epoch*) is built as generation 0 by the model version it is named after. Each
+later write, a fast-path step (new items under the live version's weights) or a delta (the rows a
+major round changed, under its new version), goes in as generation ``g + 1`` rows of the same
+collection, is verified, and only then is announced here as ``(generation, version)``: readers
+search the rows visible at the ``g`` they read (:func:`workers.infra.row_keys.visible`) with the
+tower of the ``version`` they read, so rows of a write that has not been announced (or crashed
+half-way) are never seen. ``history`` keeps the last announcements: a rollback announces the one
+before. One JSON file per collection, under the models directory (every worker that serves a
+version can read it), written atomically (temp + fsync + rename).
 """
 
 from __future__ import annotations
@@ -18,12 +21,27 @@ from pathlib import Path
 GENERATIONS_DIR = "generations"
 
 
+HISTORY_KEPT = 8
+
+
 @dataclass
 class Generations:
     collection: str
     generation: int = 0
-    items: list[int] = field(default_factory=list)  # external ids added by generations 1..generation
-    announced_at: list[float] = field(default_factory=list)  # time.time() of each generation's announce
+    items: list[int] = field(default_factory=list)  # ids the fast path added under ``version`` (since it)
+    announced_at: list[float] = field(default_factory=list)  # time.time() of the announcements kept
+    version: str | None = None  # the model version readers use; None: the collection's own (its name)
+    history: list[tuple[int, str | None]] = field(default_factory=list)  # (generation, version), newest last
+
+    def announce(self, generation: int, version: str | None, at: float) -> None:
+        """Record ``(generation, version)`` as the announced state (the caller saves it)."""
+        if version != self.version:
+            self.items = []  # a new version: what the fast path added is in it, or is added again
+        if not self.history:  # the state before the first announcement: the epoch's build
+            self.history = [(self.generation, self.version)]
+        self.generation, self.version = generation, version
+        self.history = [*self.history, (generation, version)][-HISTORY_KEPT:]
+        self.announced_at = [*self.announced_at, at][-HISTORY_KEPT:]
 
     @staticmethod
     def path(models_dir: Path, collection: str) -> Path:
@@ -35,7 +53,9 @@ class Generations:
         path = Generations.path(models_dir, collection)
         if not path.exists():
             return Generations(collection)
-        return Generations(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        data["history"] = [tuple(entry) for entry in data.get("history", [])]
+        return Generations(**data)
 
     def save(self, models_dir: Path) -> None:
         path = Generations.path(models_dir, self.collection)
@@ -51,14 +71,20 @@ class Generations:
         Generations.path(models_dir, self.collection).unlink(missing_ok=True)
 
 
-def announced_generation(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[int | None, float]:
-    """``(generation, mtime)`` of ``collection``'s file, cheap enough to poll: ``(0, 0.0)`` if none, and
+def announced(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[Generations | None, float]:
+    """``(state, mtime)`` of ``collection``'s file, cheap enough to poll: generation 0 if none, and
     ``(None, known_stamp)`` without reading the file when its mtime is still ``known_stamp``."""
     path = Generations.path(models_dir, collection)
     try:
         mtime = path.stat().st_mtime
     except FileNotFoundError:
-        return 0, 0.0
+        return Generations(collection), 0.0
     if mtime == known_stamp:
         return None, known_stamp
-    return Generations.load(models_dir, collection).generation, mtime
+    return Generations.load(models_dir, collection), mtime
+
+
+def announced_generation(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[int | None, float]:
+    """:func:`announced`'s generation only."""
+    state, stamp = announced(models_dir, collection, known_stamp)
+    return (state.generation if state is not None else None), stamp

@@ -47,6 +47,13 @@ class PublishReport:
     swapped: bool = False
     phases: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
+    items: int = 0  # items the version serves
+    closed: int = 0  # rows a delta closed (replaced or withdrawn)
+    generation: int = 0  # announced with it (0: an epoch's build)
+
+    @property
+    def delta(self) -> bool:
+        return self.previous == self.collection
 
 
 class Publisher:

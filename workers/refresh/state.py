@@ -27,6 +27,7 @@ class RefreshState:
     superseded: list[Superseded] = field(default_factory=list)
     rounds: int = 0
     swaps: int = 0
+    epoch_deltas: int = 0  # delta rounds published into the live collection since it was built
 
     @staticmethod
     def file(refresh_dir: Path) -> Path:

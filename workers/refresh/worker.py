@@ -42,9 +42,12 @@ from model.vocab import ItemVocab
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import ClickColumns
+from workers.refresh.delta import DeltaPublisher
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
+from workers.refresh.generations import Generations
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 from workers.refresh.heap_profile import HeapProfile
+from workers.refresh.live_writer import LiveWriter, NoRollback
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
@@ -164,6 +167,10 @@ class RefreshWorker:
         self.quality = quality
         self.metrics = metrics
         self.fast_path = fast_path
+        self.writer = LiveWriter(store, settings.models_dir, settings.mind.dim)
+        if fast_path is not None:
+            fast_path.writer = self.writer  # one writer: its lock orders fast-path steps and deltas
+        on_phase = metrics.observe_phase if metrics else None
         self.publisher = Publisher(
             store,
             self.registry,
@@ -171,7 +178,17 @@ class RefreshWorker:
             segments=self.segments,
             top_n=settings.eval.top_n,
             seed=settings.train.seed,
-            on_phase=metrics.observe_phase if metrics else None,
+            on_phase=on_phase,
+        )
+        self.delta = DeltaPublisher(
+            store,
+            self.registry,
+            self.cfg,
+            self.writer,
+            segments=self.segments,
+            top_n=settings.eval.top_n,
+            seed=settings.train.seed,
+            on_phase=on_phase,
         )
         self.rng = np.random.default_rng(settings.train.seed)
         self._last_round = time.monotonic()
@@ -179,8 +196,11 @@ class RefreshWorker:
     # -- bootstrap and triggers -------------------------------------------------------------
 
     def live_checkpoint(self) -> Checkpoint | None:
+        """The version readers use: announced on the live collection, else the one it is named after."""
         live = self.store.resolve_alias(self.registry.alias)
-        version = self.registry.version_of(live) if live else None
+        if live is None:
+            return None
+        version = self.writer.announced(live).version or self.registry.version_of(live)
         return self.registry.checkpoint(version) if version else None
 
     def bootstrap(self, base: Checkpoint | None) -> PublishReport | None:
@@ -204,11 +224,12 @@ class RefreshWorker:
         """Delete model directories beyond the newest ``keep_versions`` whose collection Milvus no longer
         holds: the live version, the rollback targets and those in their grace period always stay (as
         do ``LATEST`` and ``BEST``). Runs under the publish lock, after :meth:`Publisher.cleanup`."""
-        held = {
-            version
-            for name in self.store.list_collections(self.registry.alias + "_v")
-            if (version := self.registry.version_of(name)) is not None
-        }
+        held: set[str] = set()
+        for name in self.store.list_collections(self.registry.alias + "_v"):
+            if (version := self.registry.version_of(name)) is not None:
+                held.add(version)
+            state = Generations.load(self.registry.root, name)  # versions announced there (deltas, rollback)
+            held.update(v for _, v in state.history if v is not None)
         live = self.store.resolve_alias(self.registry.alias)
         if live is not None and (version := self.registry.version_of(live)) is not None:
             held.add(version)
@@ -327,7 +348,7 @@ class RefreshWorker:
         ckpt = self._train(report, state, live, events, users, live_vocab, deferred)
         with in_progress(self.metrics, "swap"):
             try:
-                report.published = self.publisher.publish(ckpt, state, quality=self.quality)
+                report.published = self._publish(ckpt, state)
             except VerifyError as exc:
                 report.error = str(exc)
                 log.error("refresh aborted, live unchanged: %s", exc)
@@ -348,6 +369,26 @@ class RefreshWorker:
         if self.metrics:
             self.metrics.swaps.inc()
             self.metrics.events_trained.inc(len(events))
+        return report
+
+    def _publish(self, ckpt: Checkpoint, state: RefreshState) -> PublishReport:
+        """A delta into the live collection when it takes one (``refresh.publication``, a keyed collection,
+        fewer than ``epoch_rounds`` deltas since its build); else a new epoch: a full build and a swap."""
+        live = self.store.resolve_alias(self.registry.alias)
+        delta = (
+            self.cfg.publication == "delta"
+            and live is not None
+            and state.epoch_deltas < self.cfg.epoch_rounds
+            and self.store.is_keyed(live)
+        )
+        if delta and live is not None:
+            report = self.delta.publish(ckpt, live, quality=self.quality)
+            state.epoch_deltas += 1
+            return report
+        report = self.publisher.publish(ckpt, state, quality=self.quality)
+        state.epoch_deltas = 0
+        if report.previous:
+            self.writer.forget(report.previous)
         return report
 
     def _within_new_items(
@@ -436,9 +477,19 @@ class RefreshWorker:
             self.metrics.set_live(ckpt.manifest.version, ckpt.manifest.created_at)
 
     def rollback(self) -> tuple[str, str | None]:
+        """Serve the previous version again: the previous announcement of the live collection (a delta
+        undone: one announcement, readers switch within their alias check), else the previous epoch."""
         with self._publishing():
+            live = self.store.resolve_alias(self.registry.alias)
+            if live is not None:
+                try:
+                    (_, target), (_, was) = self.writer.rollback(live)
+                    return f"{live}@{target or self.registry.version_of(live)}", f"{live}@{was}"
+                except NoRollback:
+                    pass
             state = RefreshState.load(self.state_path)
             target, previous = self.publisher.rollback(state)
+            state.epoch_deltas = 0
             state.save(self.state_path)
         return target, previous
 

@@ -25,7 +25,6 @@ from workers.infra.vector_store import ProbeResult, VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import ClickColumns, StoredClick
 from workers.refresh.fast_path import FastPath, _Live
-from workers.refresh.generations import Generations
 from workers.refresh.metrics import ACTIVITIES, RefreshMetrics
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.state import RefreshState
@@ -245,7 +244,7 @@ def test_a_fast_path_step_is_busy_while_it_inserts_and_a_step_with_nothing_new_i
         metrics=RefreshMetrics(registry),
     )
     vocab = ItemVocab.identity(41)
-    fast._live = _Live(live, "v1", vocab, FrozenModel.from_net(base.load_net(), "v1"), Generations(live), True)
+    fast._live = _Live(live, "v1", vocab, FrozenModel.from_net(base.load_net(), "v1"), True)
     report = fast.step()
     assert report is not None and report.added == [NEW_ITEM]
     assert store.seen == [{"round": (0.0, 0.0), "swap": (0.0, 0.0), "fast_path": (1.0, 1.0)}]

@@ -20,7 +20,6 @@ from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.ingest.state_store import StoredClick
 from workers.refresh.fast_path import FastPath, _Live
-from workers.refresh.generations import Generations
 from workers.settings import RefreshSettings, Settings
 
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)
@@ -72,7 +71,7 @@ def _vectors(tmp_path: Path, net: MindNet, rule: ColdStartRule) -> tuple[list[in
     fast = FastPath(settings, cast(VectorStore, None), cast(StateReader, cast(Any, FakeReader(histories))))
     vocab = ItemVocab.identity(41)
     model = FrozenModel.from_net(net, "v1")
-    live = _Live("c_v1", "v1", vocab, model, Generations("c_v1"), True)
+    live = _Live("c_v1", "v1", vocab, model, True)
     known = (vocab.rows([e.item_id for e in events]) > 0).tolist()
     fast.note(events, known, now=1e9)
     assert fast.clicks_unknown == 13 and len(fast.background) == 240

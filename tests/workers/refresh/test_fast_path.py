@@ -5,9 +5,8 @@ exactly the answer of the (version, generation) it names."""
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from model.export import UserTower
 from model.metrics import merge_interests
 from model.train import Trainer, train
 from schemas.messages import ClickEvent, RecallReply, RecallRequest
+from tests.background import Background
+from tests.waiting import wait_until
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import PartitionStore
@@ -41,13 +42,15 @@ NEW = [10**13 + 1, 10**13 + 2]
 HISTORY = [1, 2, 3, NEW[0]]  # cluster 0 plus a new item
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> tuple[Checkpoint, Sequences]:
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, Sequences]:
+    """One trained base for the module (each test bootstraps its own alias from it; nothing writes it)."""
     rng = np.random.default_rng(0)
     seqs = [[int(c * 10 + rng.integers(1, 11)) for _ in range(rng.integers(8, 16))] for c in rng.integers(0, 4, 80)]
     data = Sequences.from_lists(list(range(1, 81)), seqs, item_count=41)
-    train(Trainer(data, MIND, TRAIN), batches=100, checkpoint_dir=tmp_path / "base")
-    return open_checkpoint(tmp_path / "base", "latest"), data
+    root = tmp_path_factory.mktemp("base")
+    train(Trainer(data, MIND, TRAIN), batches=100, checkpoint_dir=root)
+    return open_checkpoint(root, "latest"), data
 
 
 @pytest.fixture
@@ -79,11 +82,11 @@ def _exact(store: VectorStore, settings: Settings, reply: RecallReply, top_k: in
     """Brute force over the rows of the reply's collection up to its generation, with its version's tower."""
     rows = store.client.query(
         reply.collection,
-        filter=f"generation <= {reply.generation}",
-        output_fields=["id", "vector"],
+        filter=store.visible_at(reply.collection, reply.generation),
+        output_fields=["item_id", "vector"],
         consistency_level="Strong",
     )
-    ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+    ids = np.array([int(r["item_id"]) for r in rows], dtype=np.int64)
     vectors = np.array([r["vector"] for r in rows], dtype=np.float32)
     ckpt = open_checkpoint(settings.models_dir, reply.model_version)
     interests = UserTower(ckpt.load_net(), reply.model_version, vocab=ckpt.vocab()).interests([HISTORY])
@@ -162,47 +165,45 @@ def test_replies_never_mix_versions_or_generations_through_steps_swap_and_rollba
         fast = FastPath(settings, store, reader, cursor=Cursor(), metrics=RefreshMetrics(registry))
         engine = _engine(settings, store)
         replies: list[RecallReply] = []
-        errors: list[BaseException] = []  # an assertion inside the loader would die with its thread
-        stop = threading.Event()
+        loading = True
 
         def load() -> None:
-            while not stop.is_set():
-                try:
-                    replies.append(_ask(engine, top_k=10))
-                except BaseException as exc:
-                    errors.append(exc)
-                    return
+            while loading:
+                replies.append(_ask(engine, top_k=10))
 
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
-        try:
+        def answered_by(key: tuple[str, int], after: int = 0) -> Callable[[], RecallReply | None]:
+            """The load's first reply from ``key`` (version, generation) among its replies from ``after`` on."""
+            return lambda: next((r for r in replies[after:] if (r.model_version, r.generation) == key), None)
+
+        loader = Background(load, "recall load").start()
+        try:  # each state is answered by the load before the next one begins
+            wait_until(answered_by(("v1", 0)), 30, "the load answered by (v1, 0)", watch=[loader])
             _write_clicks(settings, 1000, NEW[:1], seed=1)
-            assert fast.step() is not None  # (v1, 1)
+            assert fast.step() is not None
+            wait_until(answered_by(("v1", 1)), 30, "the load answered by (v1, 1)", watch=[loader])
             _write_clicks(settings, 2000, NEW[1:], seed=2, first_offset=1000)
-            assert fast.step() is not None  # (v1, 2)
-            report = worker.run_round()  # (v2, 0): both items embedded by the major version
+            assert fast.step() is not None
+            wait_until(answered_by(("v1", 2)), 30, "the load answered by (v1, 2)", watch=[loader])
+            report = worker.run_round()  # both items embedded by the major version
             assert report is not None and report.published is not None and report.published.swapped
+            wait_until(answered_by(("v2", 0)), 30, "the load answered by (v2, 0)", watch=[loader])
             _write_clicks(settings, 3000, [10**13 + 3], seed=3, first_offset=2000)
-            assert fast.step() is not None  # (v2, 1)
+            assert fast.step() is not None
+            wait_until(answered_by(("v2", 1)), 30, "the load answered by (v2, 1)", watch=[loader])
             target, _ = worker.rollback()  # back to (v1, 2)
             assert target == f"{alias}_v1"
-            rolled = _ask(engine)
-            deadline = time.monotonic() + 10 * settings.recall.alias_check_s + 10  # a few check intervals
-            while (rolled.model_version, rolled.generation) != ("v1", 2):
-                assert time.monotonic() < deadline, f"the engine never saw the rollback: {rolled}"
-                rolled = _ask(engine)  # the engine picks the rollback up within its check interval
-            assert rolled.collection == store.resolve_alias(alias) == target  # what the alias points at
+            # the engine picks the rollback up within its check interval
+            rolled = wait_until(answered_by(("v1", 2), len(replies)), 30, "the rollback answering", watch=[loader])
+            assert rolled is not None and rolled.collection == store.resolve_alias(alias) == target  # the alias
         finally:
-            stop.set()
-            loader.join(timeout=30)
-        assert not loader.is_alive(), "the load thread hung"
-        assert not errors, f"the load thread failed: {errors[0]!r}"
+            loading = False
+        loader.join(30)  # raises what the load thread raised (a failed _ask, a hang)
         again = fast.step()  # v1 never knew the third item: it is added to the rolled-back version too
         assert again is not None and again.added == [10**13 + 3] and again.version == "v1"
         counted = registry.get_sample_value("mindstream_freshness_new_item_seconds_count")
         assert counted == 3, f"{counted} new-item freshness samples for 3 items (one per item, not per version)"
         seen = {(r.model_version, r.generation) for r in replies}
-        assert {("v1", 0), ("v1", 2)} <= seen and any(version == "v2" for version, _ in seen), seen
+        assert seen == {("v1", 0), ("v1", 1), ("v1", 2), ("v2", 0), ("v2", 1)}, seen
         exact = {
             key: _exact(store, settings, next(r for r in replies if (r.model_version, r.generation) == key), 10)
             for key in seen

@@ -16,7 +16,6 @@ from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import StateReader
 from workers.ingest.state_store import StoredClick
 from workers.refresh.fast_path import FastPath, _Live
-from workers.refresh.generations import Generations
 from workers.refresh.metrics import RefreshMetrics
 from workers.settings import RefreshSettings, Settings
 
@@ -55,7 +54,7 @@ def test_places_come_back_once_a_live_version_knows_the_items(tmp_path: Path) ->
     assert list(fast.pending) == [11, 12, 13] and _deferred(registry) == 2
     # a major version embeds 11 and 12 (and the deferred 14: the round takes every click it consumes)
     vocab = ItemVocab.from_ids([1, 11, 12, 14])
-    live = _Live("c_v2", "v2", vocab, cast(FrozenModel, cast(Any, None)), Generations("c_v2"), True)
+    live = _Live("c_v2", "v2", vocab, cast(FrozenModel, cast(Any, None)), True)
     fast._forget_known(live, now=1e9)
     assert list(fast.pending) == [13]
     events = _clicks([14, 15, 16, 17])

@@ -54,7 +54,14 @@ def settings(tmp_path: Path) -> Settings:
         train=TRAIN,
         eval=EvalSettings(top_n=5),  # 40 items: top-50 would find everything
         milvus=MilvusSettings(alias=f"t_{uuid.uuid4().hex[:10]}", index_type="FLAT"),
-        refresh=RefreshSettings(train_batches=150, replay_users=40, grace_period_s=0, keep_previous=1, probe_items=5),
+        refresh=RefreshSettings(
+            train_batches=150,
+            replay_users=40,
+            grace_period_s=0,
+            keep_previous=1,
+            probe_items=5,
+            publication="full",  # every round a new epoch: the swap path (deltas: test_delta.py)
+        ),
     )
 
 

@@ -1,0 +1,300 @@
+"""Writing into the live collection: the one way rows change after an epoch's build.
+
+A fast-path step (new items under the live version) and a delta (what a major round changed, under
+its new version) are the same operation on a keyed collection (:mod:`workers.infra.row_keys`):
+
+1. repair what a crashed write left (rows of unannounced generations deleted, rows it closed
+   reopened), so nothing half-done is ever built upon;
+2. insert the new rows as generation ``g + 1`` (readers at ``g`` filter them out);
+3. close the rows they replace and the rows of withdrawn items (``gen_to = g + 1``: still visible at
+   ``g``, not at ``g + 1``);
+4. verify (the caller's check: counts, probes, quality), then announce ``(g + 1, version)``
+   (:class:`~workers.refresh.generations.Generations`): readers switch at once, tower included;
+5. delete the rows no reader and no rollback can see any more (closed at or before ``g``).
+
+A rollback announces the previous ``(generation, version)`` (readers switch within their alias
+check) and repairs down to it; one level deep (step 5 of the next write removes what a second level
+would need: an older state is an older epoch, reached through the alias).
+
+:class:`LiveWriter` serialises writes within the refresh worker (the fast path's thread and the
+major rounds); callers across processes hold the publish lock. It keeps the published rows of the
+live collection in memory (:class:`Published`: one row per item, as readers see them), so that a
+delta compares against what is published without reading it back; a write by the fast path is kept
+as an overlay, merged at the next delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workers.infra.row_keys import MAX_GENERATION, OPEN
+from workers.infra.vector_store import Rows, VectorStore
+from workers.refresh.generations import Generations
+
+__all__ = ["LiveWriter", "NoRollback", "Published", "Written"]
+
+log = logging.getLogger(__name__)
+
+
+class NoRollback(RuntimeError):
+    """No earlier announcement of this collection can be served again (roll back the alias instead)."""
+
+
+@dataclass
+class Published:
+    """The rows readers see at ``generation``, one per item, sorted by item id (plus the fast path's
+    writes since, in ``added``/``closed``, merged by :meth:`merged`)."""
+
+    generation: int
+    item_ids: np.ndarray
+    vectors: np.ndarray
+    segments: np.ndarray  # object (str)
+    rows: Rows  # model_versions, generations and gen_to of the same rows (vectors shared)
+    added: dict[str, list[Rows]] = field(default_factory=dict)
+    closed: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, generation: int, by_segment: dict[str, Rows], dim: int) -> Published:
+        parts = [(segment, rows) for segment, rows in by_segment.items() if len(rows)]
+        if not parts:
+            empty = Rows.of(np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32), "", 0)
+            return cls(generation, empty.item_ids, empty.vectors, np.empty(0, dtype=object), empty)
+        ids = np.concatenate([rows.item_ids for _, rows in parts])
+        order = np.argsort(ids, kind="stable")
+        vectors = np.concatenate([rows.vectors for _, rows in parts])[order]
+        segments = np.concatenate([np.full(len(rows), segment, dtype=object) for segment, rows in parts])[order]
+        versions = [v for _, rows in parts for v in rows.model_versions]
+        gens = np.concatenate([rows.generations for _, rows in parts])[order]
+        merged = Rows(ids[order], vectors, [versions[i] for i in order.tolist()], gens, np.full(len(ids), OPEN))
+        return cls(generation, merged.item_ids, vectors, segments, merged)
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0]) + sum(len(r) for rs in self.added.values() for r in rs)
+
+    def find(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, positions)`` of ``item_ids`` among the merged rows (call on a merged table)."""
+        assert not self.added and not self.closed, "merge first"
+        positions = np.searchsorted(self.item_ids, item_ids)
+        positions = np.minimum(positions, max(len(self.item_ids) - 1, 0))
+        found = (self.item_ids[positions] == item_ids) if len(self.item_ids) else np.zeros(len(item_ids), bool)
+        return found, positions
+
+    def by_segment(self, positions: np.ndarray) -> dict[str, Rows]:
+        """The published rows at ``positions``, grouped by segment (as they must be written back)."""
+        grouped: dict[str, Rows] = {}
+        for segment in sorted(set(self.segments[positions].tolist())):
+            at = positions[self.segments[positions] == segment]
+            grouped[segment] = self.rows[at]
+        return grouped
+
+    def merged(self) -> Published:
+        """One sorted table of everything published now."""
+        if not self.added and not self.closed:
+            return self
+        closed = np.concatenate(self.closed) if self.closed else np.empty(0, dtype=np.int64)
+        keep = ~np.isin(self.item_ids, closed)
+        parts: dict[str, list[Rows]] = {}
+        for segment in sorted(set(self.segments[keep].tolist())):
+            at = np.flatnonzero(keep & (self.segments == segment))
+            parts.setdefault(segment, []).append(self.rows[at])
+        for segment, rows in self.added.items():
+            parts.setdefault(segment, []).extend(rows)
+        joined = {segment: _concat(rows) for segment, rows in parts.items()}
+        return Published.of(self.generation, joined, self.vectors.shape[1])
+
+
+def _concat(parts: list[Rows]) -> Rows:
+    return Rows(
+        np.concatenate([p.item_ids for p in parts]),
+        np.concatenate([p.vectors for p in parts]),
+        [v for p in parts for v in p.model_versions],
+        np.concatenate([p.generations for p in parts]),
+        np.concatenate([p.gen_to for p in parts]),
+    )
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write announced."""
+
+    collection: str
+    generation: int
+    version: str
+    inserted: int
+    closed: int
+    announced_at: float
+
+
+class LiveWriter:
+    """Serialised writes into the live (keyed) collections of one alias; see the module doc."""
+
+    def __init__(self, store: VectorStore, models_dir: Path, dim: int) -> None:
+        self.store = store
+        self.models_dir = models_dir
+        self.dim = dim
+        self.lock = threading.RLock()
+        self._published: dict[str, Published] = {}
+        self._repaired: dict[str, int] = {}  # collection -> the generation it is known clean at
+        self._uncollected: dict[str, bool] = {}  # collection -> rows were closed since the last collection
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def announced(self, collection: str) -> Generations:
+        return Generations.load(self.models_dir, collection)
+
+    def published(self, collection: str) -> Published:
+        """The rows readers see now, merged (read from Milvus when not in hand)."""
+        with self.lock:
+            generation = self.announced(collection).generation
+            self._repair(collection, generation)
+            table = self._published.get(collection)
+            if table is None or table.generation != generation:
+                rows = self.store.rows_where(collection, self.store.visible_at(collection, generation))
+                table = Published.of(generation, rows, self.dim)
+                log.info("read the %d published rows of %s at generation %d", len(table), collection, generation)
+            table = table.merged()
+            self._published[collection] = table
+            return table
+
+    def forget(self, collection: str) -> None:
+        with self.lock:
+            self._published.pop(collection, None)
+            self._repaired.pop(collection, None)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(
+        self,
+        collection: str,
+        version: str,
+        new: dict[str, Rows],
+        withdrawn: np.ndarray | None = None,
+        verify: Callable[[int], None] | None = None,
+        *,
+        table: Published | None = None,
+        items: Sequence[int] = (),
+    ) -> Written:
+        """Insert ``new`` (by segment; their generations are set here), close the published rows of their
+        items and of ``withdrawn``, ``verify(g + 1)``, announce ``(g + 1, version)``. ``table``: the merged
+        published rows when the caller already holds them (a delta); else what is closed is read from
+        Milvus (the fast path's few items); ``items``: the fast path's additions, recorded with the
+        announcement."""
+        with self.lock:
+            state = self.announced(collection)
+            previous = state.generation
+            self._repair(collection, previous)
+            generation = previous + 1
+            if generation > MAX_GENERATION:
+                raise RuntimeError(f"{collection}: generations exhausted; a new epoch is due")
+            keyed = self.store.is_keyed(collection)
+            fresh = {
+                segment: Rows(
+                    rows.item_ids, rows.vectors, rows.model_versions, np.full(len(rows), generation), rows.gen_to
+                )
+                for segment, rows in new.items()
+                if len(rows)
+            }
+            new_ids = np.concatenate([r.item_ids for r in fresh.values()]) if fresh else np.empty(0, np.int64)
+            closing_ids = np.union1d(new_ids, withdrawn if withdrawn is not None else np.empty(0, np.int64))
+            old = self._open_rows(collection, closing_ids, table) if keyed and closing_ids.size else {}
+            self._repaired.pop(collection, None)  # from here until the announcement, a crash leaves work
+            inserted = sum(self.store.write_rows(collection, rows, segment) for segment, rows in fresh.items())
+            closed = sum(
+                self.store.write_rows(collection, rows.closed(generation), segment, upsert=True)
+                for segment, rows in old.items()
+            )
+            if verify is not None:
+                verify(generation)
+            at = time.time()
+            state.announce(generation, version, at)
+            state.items.extend(items)
+            state.save(self.models_dir)
+            self._repaired[collection] = generation
+            self._remember(collection, previous, generation, fresh, closing_ids, table)
+            if keyed and self._uncollected.get(collection, True):
+                self._collect(collection, previous)
+            self._uncollected[collection] = closed > 0
+            return Written(collection, generation, version, inserted, closed, at)
+
+    def _open_rows(self, collection: str, item_ids: np.ndarray, table: Published | None) -> dict[str, Rows]:
+        """The currently published rows of ``item_ids`` (those that have one), by segment."""
+        if table is not None:
+            found, positions = table.find(item_ids)
+            return table.by_segment(positions[found])
+        rows: dict[str, Rows] = {}
+        for start in range(0, len(item_ids), 1000):
+            chunk = item_ids[start : start + 1000].tolist()
+            where = f"item_id in {chunk} and gen_to == {OPEN}"
+            for segment, part in self.store.rows_where(collection, where).items():
+                rows[segment] = _concat([rows[segment], part]) if segment in rows else part
+        return rows
+
+    def _remember(
+        self,
+        collection: str,
+        previous: int,
+        generation: int,
+        fresh: dict[str, Rows],
+        closing_ids: np.ndarray,
+        table: Published | None,
+    ) -> None:
+        """Keep the in-memory published rows in step with what was announced."""
+        held = table if table is not None else self._published.get(collection)
+        if held is None or held.generation != previous:
+            self._published.pop(collection, None)
+            return
+        held.generation = generation
+        held.closed.append(closing_ids)
+        for segment, rows in fresh.items():
+            held.added.setdefault(segment, []).append(rows)
+        self._published[collection] = held
+
+    def _collect(self, collection: str, previous: int) -> None:
+        """Delete the rows nobody can see at the announced generation nor at ``previous`` (the rollback
+        target): those closed at or before ``previous``."""
+        try:
+            self.store.delete_where(collection, f"gen_to <= {int(previous)}")
+        except Exception as exc:  # garbage stays until the next write; nothing reads it
+            log.warning("could not delete the superseded rows of %s: %s", collection, exc)
+
+    def _repair(self, collection: str, generation: int) -> None:
+        """Undo what writes after ``generation`` left: their rows deleted, the rows they closed reopened."""
+        if self._repaired.get(collection) == generation:
+            return
+        self.store.delete_generations_above(collection, generation)
+        if not self.store.is_keyed(collection):
+            self._repaired[collection] = generation
+            return
+        reopened = 0
+        for segment, rows in self.store.rows_where(collection, f"gen_to > {generation} and gen_to < {OPEN}").items():
+            reopened += self.store.write_rows(collection, rows.closed(OPEN), segment, upsert=True)
+        if reopened:
+            log.warning("%s: %d rows closed by an unannounced write reopened", collection, reopened)
+        self._repaired[collection] = generation
+
+    # -- rollback ---------------------------------------------------------------------------
+
+    def rollback(self, collection: str) -> tuple[tuple[int, str | None], tuple[int, str | None]]:
+        """Announce the previous ``(generation, version)`` of ``collection`` again; returns (target, was)."""
+        with self.lock:
+            state = self.announced(collection)
+            if len(state.history) < 2:
+                raise NoRollback(f"{collection}: no earlier announcement to serve again")
+            was = (state.generation, state.version)
+            generation, version = state.history[-2]
+            state.generation, state.version, state.items = generation, version, []
+            state.history = [(generation, version)]  # one level: the next write collects what a second needs
+            state.announced_at = [time.time()]
+            state.save(self.models_dir)
+            self._published.pop(collection, None)
+            self._repaired.pop(collection, None)
+            self._repair(collection, generation)
+            log.warning("%s: rolled back to generation %d (%s) from %s", collection, generation, version, was)
+            return (generation, version), was
