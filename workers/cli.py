@@ -120,6 +120,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_main(args.rest)
 
 
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from workers.catalogue.worker import main as catalogue_main
+
+    return catalogue_main(args.rest)
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from workers.gateway.app import main as gateway_main
 
@@ -284,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", cmd_ingest, "Consume clicks into the ingest state (DLQ for bad ones); see --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the ingest worker (--help for them)")
+    p = add("catalogue", cmd_catalogue, "Consume item events into the catalogue state (DLQ for bad ones); see --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the catalogue worker (--help for them)")
 
     p = add("gateway", cmd_gateway, "Serve recall over HTTP (FastAPI, offline /docs); see --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the gateway (--host, --port)")

@@ -115,6 +115,20 @@ class KafkaSettings(_Section):
     replies_topic: str = "recall.replies"
     ingest_group: str = "mindstream-ingest"
     recall_group: str = "mindstream-recall"
+    items_topic: str = Field("items", description="The item catalogue: ItemEvent keyed by item id, compacted")
+    items_dlq_topic: str = Field(
+        "items.dlq",
+        description="Dead letters of the items topic (its own: a lost withdrawal must be found and replayed "
+        "without sifting click junk)",
+    )
+    catalogue_group: str = Field("mindstream-catalogue", description="Consumer group of the catalogue worker")
+    items_partitions: int = Field(1, ge=1, description="Partitions of the items topic and its DLQ (created so)")
+    items_delete_retention_ms: int = Field(
+        86_400_000,
+        ge=0,
+        description="How long compaction keeps an item's tombstone (null value) readable: a catalogue state "
+        "rebuilt from the topic later than this after a deletion does not see it",
+    )
     clicks_partitions: int = Field(1, ge=1, description="Partitions of the clicks topic and its DLQ (created so)")
     requests_partitions: int = Field(1, ge=1, description="Partitions of the requests topic (created so)")
     replication_factor: int = Field(
@@ -344,6 +358,27 @@ class RefreshSettings(_Section):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 
+class CatalogueSettings(_Section):
+    """The catalogue worker (``mindstream catalogue``): the items topic -> per-partition SQLite state."""
+
+    batch_size: int = Field(5000, ge=1, description="A batch closes at this many messages ...")
+    batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
+    dlq_flush_timeout_s: float = Field(
+        10.0, gt=0, description="A batch whose dead letters are not acknowledged in this time is read again"
+    )
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="Pause before reading a batch again after its dead letters were not acknowledged"
+    )
+    poll_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often a reader of the catalogue (recall, gateway) reads its changes: with the worker's "
+        "batch_timeout_s, what a withdrawal waits at most before no recall returns the item",
+    )
+    stats_interval_ms: int = Field(5000, ge=0, description="librdkafka stats (consumer lag gauge); 0 = off")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
+
+
 class RecallSettings(_Section):
     max_batch: int = Field(64, ge=1, description="Requests micro-batched into one Milvus search")
     max_wait_ms: float = Field(
@@ -389,6 +424,24 @@ class RecallSettings(_Section):
         description="After a transient Milvus failure, recall answers unavailable at once for this long instead of "
         "waiting on Milvus for every batch; then one trial batch searches, and its success closes the circuit. "
         "Equal to the client timeout: a caller that gave up retries into a new trial",
+    )
+    # The fallback for users with no usable history (workers/recall/popular.py; issue 32).
+    popular_half_life_s: float = Field(
+        3600.0,
+        gt=0,
+        description="The fallback's window: a click counts 1 when it happens and half as much every this many "
+        "seconds later (event time, clamped to the reader's clock)",
+    )
+    popular_capacity: int = Field(
+        10_000,
+        ge=1,
+        description="Items the fallback's decayed counts keep (the most clicked): between this and twice as many "
+        "are held, pruned back to this many by count; an item that comes in after a prune starts from the "
+        "largest count pruned (Space-Saving: counts high by at most that, never low)",
+    )
+    popular_refresh_s: float = Field(1.0, gt=0, description="How often the fallback reads new clicks from the state")
+    popular_max_events: int = Field(
+        100_000, ge=1, description="Clicks the fallback reads per refresh at most (the rest on the next)"
     )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
@@ -502,6 +555,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     refresh: RefreshSettings = RefreshSettings()
     recall: RecallSettings = RecallSettings()
+    catalogue: CatalogueSettings = CatalogueSettings()
     http: HttpSettings = HttpSettings()
     stream: StreamSettings = StreamSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
@@ -536,6 +590,11 @@ class Settings(BaseSettings):
     @property
     def ingest_dir(self) -> Path:
         return self.state_dir / "ingest"
+
+    @property
+    def catalogue_dir(self) -> Path:
+        """The catalogue worker's state (one SQLite file per items partition)."""
+        return self.state_dir / "catalogue"
 
     @property
     def refresh_dir(self) -> Path:

@@ -4,7 +4,9 @@ Every worker's ``main`` (and ``mindstream up``, the benchmarks) calls :func:`ens
 it starts: an existing topic is left as it is (its partitions and configs are the operator's), a
 missing one is created as below. Requests and replies are only useful within a client's timeout, so
 they keep minutes; clicks keep what ``kafka.clicks_retention_ms`` / ``_bytes`` say (the ingest state
-holds what the model needs); dead letters keep days, for a person to look at.
+holds what the model needs); dead letters keep days, for a person to look at. The items topic is
+compacted, never deleted by time: it keeps the newest record of every item (the whole catalogue, so a
+new catalogue state can be rebuilt from it), and tombstones for ``kafka.items_delete_retention_ms``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from workers.infra.kafka import Conf, TopicSpec, ensure_topics
 from workers.settings import KafkaSettings
 
-__all__ = ["clicks_topics", "ensure_stack_topics", "reply_topic", "request_topics", "stack_topics"]
+__all__ = ["clicks_topics", "ensure_stack_topics", "items_topics", "reply_topic", "request_topics", "stack_topics"]
 
 _HOUR_MS = 3_600_000
 _SEGMENT_BYTES = 128 * 1024 * 1024  # retention deletes whole segments: keep them small enough to roll
@@ -50,6 +52,28 @@ def clicks_topics(kafka: KafkaSettings, topic: str | None = None, dlq: str | Non
     ]
 
 
+def items_topics(kafka: KafkaSettings, topic: str | None = None, dlq: str | None = None) -> list[TopicSpec]:
+    """The items topic (compacted: one record per item survives, rolled hourly so compaction can reach it)
+    and its dead-letter topic (kept like the clicks' dead letters)."""
+    common = _common(kafka)
+    compacted = {
+        "cleanup.policy": "compact",
+        "segment.ms": str(_HOUR_MS),  # the active segment is never compacted
+        "delete.retention.ms": str(kafka.items_delete_retention_ms),
+    }
+    return [
+        TopicSpec(
+            topic or kafka.items_topic, kafka.items_partitions, kafka.replication_factor, {**common, **compacted}
+        ),
+        TopicSpec(
+            dlq or kafka.items_dlq_topic,
+            kafka.items_partitions,
+            kafka.replication_factor,
+            {**common, **_retention(kafka.dlq_retention_ms)},
+        ),
+    ]
+
+
 def reply_topic(kafka: KafkaSettings, name: str) -> TopicSpec:
     """A reply topic (the shared one, or a client's private one)."""
     return TopicSpec(name, 1, kafka.replication_factor, {**_common(kafka), **_retention(kafka.request_retention_ms)})
@@ -65,7 +89,7 @@ def request_topics(kafka: KafkaSettings) -> list[TopicSpec]:
 
 
 def stack_topics(kafka: KafkaSettings) -> list[TopicSpec]:
-    return [*clicks_topics(kafka), *request_topics(kafka)]
+    return [*clicks_topics(kafka), *request_topics(kafka), *items_topics(kafka)]
 
 
 def ensure_stack_topics(conf: Conf, kafka: KafkaSettings, specs: list[TopicSpec] | None = None) -> list[str]:

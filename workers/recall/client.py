@@ -9,6 +9,11 @@ constructor returned can be missed. A background thread polls replies, resolves 
 ``Future`` of each correlation id, and fails the ones past their deadline with ``TimeoutError``.
 The reply topic keeps ``kafka.request_retention_ms`` of replies (minutes), so a long-running client
 costs the broker a bounded log.
+
+Compatibility (``docs/wire-protocol.md``): replies are decoded leniently (fields a newer worker added
+are ignored, an unknown error code reads as ``internal``), and a request carries only the fields the
+caller set (new optional fields are left out while unset), so this client works with workers older
+and newer than itself as long as it does not ask an older worker for a feature it lacks.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Literal, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import DecodeError, decode_reply, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
-from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from schemas.messages import ErrorCode, ErrorReply, RecallFilters, RecallReply, RecallRequest
 from workers.infra.kafka import close_producer, ensure_topics, make_admin, make_consumer, make_producer
 from workers.infra.topics import reply_topic as reply_topic_spec
 from workers.settings import KafkaSettings, RecallSettings
@@ -138,16 +143,27 @@ class RecallClient:
         hist_item: Sequence[Sequence[int]] | None = None,
         user_ids: Sequence[int] | None = None,
         top_k: int | None = None,
+        diversity: float | None = None,
+        exclude_seen: bool | None = None,
+        filters: RecallFilters | None = None,
+        fallback: Literal["popular"] | None = None,
         timeout: float | None = None,
     ) -> RecallReply:
-        """Blocking recall; raises ``RecallError`` for an error reply, ``TimeoutError`` without reply."""
+        """Blocking recall; raises ``RecallError`` for an error reply, ``TimeoutError`` without reply.
+        Arguments left None are not sent (the worker's defaults, today's behaviour)."""
         fields: dict[str, object] = {}
         if hist_item is not None:
             fields["hist_item"] = [list(h) for h in hist_item]
         if user_ids is not None:
             fields["user_ids"] = list(user_ids)
-        if top_k is not None:
-            fields["top_k"] = top_k
+        optional = {
+            "top_k": top_k,
+            "diversity": diversity,
+            "exclude_seen": exclude_seen,
+            "filters": filters,
+            "fallback": fallback,
+        }
+        fields.update((name, value) for name, value in optional.items() if value is not None)
         req = RecallRequest.model_validate(fields)
         wait = self.timeout_s if timeout is None else timeout
         reply = self.request(req, timeout=wait).result(timeout=wait + 1.0)
@@ -190,7 +206,7 @@ class RecallClient:
             log.debug("reply for an unknown or expired correlation id %r ignored", correlation_id)
             return
         try:
-            _resolve(entry[0], decode_reply(msg.value()))
+            _resolve(entry[0], decode_reply(msg.value(), lenient=True))  # a newer worker's fields ignored
         except DecodeError as exc:
             _reject(entry[0], exc)
 

@@ -153,6 +153,8 @@ def test_stack_topics_are_created_with_their_settings(kafka_settings: KafkaSetti
             "clicks_dlq_topic": f"{topic_name}-dlq",
             "requests_topic": f"{topic_name}-req",
             "replies_topic": f"{topic_name}-rep",
+            "items_topic": f"{topic_name}-items",
+            "items_dlq_topic": f"{topic_name}-items-dlq",
             "clicks_partitions": 3,
         }
     )
@@ -166,6 +168,8 @@ def test_stack_topics_are_created_with_their_settings(kafka_settings: KafkaSetti
     assert described[kafka.clicks_topic]["retention.ms"].value == str(kafka.clicks_retention_ms)
     assert described[kafka.clicks_topic]["retention.bytes"].value == str(kafka.clicks_retention_bytes)
     assert described[kafka.requests_topic]["retention.ms"].value == str(kafka.request_retention_ms)
+    items = ConfigResource("topic", kafka.items_topic)
+    assert admin.describe_configs([items])[items].result(10)["cleanup.policy"].value == "compact"
 
 
 def test_ensure_topics_is_idempotent(kafka_settings: KafkaSettings, topic_name: str) -> None:
