@@ -21,19 +21,24 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-# 1) Dependencies only (PaddlePaddle alone is ~720 MB): pyproject.toml without the packages
-#    installs the dependency set and an empty distribution; this layer survives code changes.
+# 1) Dependencies only (PaddlePaddle alone is ~720 MB), from the lock: every runtime dependency of
+#    pyproject.toml pinned with its hashes (requirements.lock, written by ops/image/lock.sh from the
+#    versions the tests ran with), so two builds install the same bytes. This layer survives code changes.
 #    No extras: the embedded dev servers (extra "embedded": milvus; the Kafka jars) are never started
 #    here; compose runs Apache Kafka and Milvus as services.
-COPY pyproject.toml README.md ./
-RUN pip install . \
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock \
     && pip install --no-deps recbole==1.2.1
 
-# 2) The code. recbole is installed (never imported) for its bundled MovieLens-100K files.
+# 2) The code. recbole is installed (never imported) for its bundled MovieLens-100K files, without its
+#    own dependencies (torch ...): `pip check` lists those, and the build fails on any other line, i.e. when
+#    the lock no longer satisfies pyproject.toml or itself (then run ops/image/lock.sh).
+COPY pyproject.toml README.md ./
 COPY model ./model
 COPY workers ./workers
 COPY schemas ./schemas
 RUN pip install --no-deps . \
+    && ! pip check | grep -v -e '^recbole ' -e '^No broken requirements found' | grep . \
     && rm -rf /opt/mindstream/build \
     && python -c "import paddle, workers.cli"
 

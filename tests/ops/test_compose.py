@@ -530,14 +530,15 @@ def test_dockerfile() -> None:
     assert base and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base.group(1)), base
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert 'ENTRYPOINT ["mindstream"]' in text and "mindstream" in scripts
-    assert re.search(r"pip install --no-deps \.", text) and re.search(r"pip install \.", text)
+    assert re.search(r"pip install --no-deps \.", text)
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in text  # tests/ops/test_lock.py
     assert "pip install --no-deps recbole==1.2.1" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in {"root", "0"}
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert {".venv", ".git", ".mindstream", "tests"} <= set(ignored)
-    for needed in ("pyproject.toml", "README.md", "model", "workers", "schemas"):
+    for needed in ("pyproject.toml", "README.md", "requirements.lock", "model", "workers", "schemas"):
         assert needed not in ignored and (ROOT / needed).exists(), needed
 
 
