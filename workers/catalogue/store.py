@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -40,6 +39,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+# Categories are stored joined by the ASCII unit separator, which a category never contains (no control
+# characters: schemas.messages.CATEGORY_PATTERN); splitting is ~10x faster than a JSON array per row.
+_SEPARATOR: Final = "\x1f"
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS items (
         item_id INTEGER PRIMARY KEY,
@@ -97,7 +99,7 @@ class ItemRecord:
     def from_row(row: Sequence[Any]) -> ItemRecord:
         """From ``SELECT item_id, ts, available, title, categories, segment``."""
         item_id, ts, available, title, categories, segment = row
-        cats = tuple(json.loads(categories)) if categories is not None else ()
+        cats = tuple(categories.split(_SEPARATOR)) if categories else ()
         return ItemRecord(int(item_id), int(ts), bool(available), title, cats, segment)
 
 
@@ -125,7 +127,7 @@ def partition_path(state_dir: Path, topic: str, partition: int) -> Path:
 
 
 def _row(record: ItemRecord, seq: int) -> tuple[object, ...]:
-    categories = json.dumps(list(record.categories), ensure_ascii=False) if record.categories else None
+    categories = _SEPARATOR.join(record.categories) if record.categories else None
     return (record.item_id, record.ts, int(record.available), record.title, categories, record.segment, seq)
 
 
