@@ -59,7 +59,13 @@ class MilvusSettings(_Section):
         "426 -> 346 ms, within the spread between windows; docs/serving.md); probes and counts are always Strong",
     )
     insert_batch: int = Field(10_000, ge=1)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call; transient failures are retried")
+    serving_search_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Timeout of a recall search (recall worker, gateway), tried once: a failure opens the circuit "
+        "breaker (recall.breaker_open_s) instead of holding every batch for timeout_s and retries",
+    )
     embedded_config: dict[str, StrictBool | StrictInt | StrictFloat | str] = Field(
         {},
         description="milvus.yaml keys (dotted, e.g. queryNode.scheduler.maxReadConcurrentRatio) set for the embedded "
@@ -146,6 +152,13 @@ class KafkaSettings(_Section):
     dlq_retention_ms: int = Field(7 * 86_400_000, ge=-1, description="Retention of the dead-letter topic")
     request_retention_ms: int = Field(
         600_000, ge=1000, description="Retention of requests and replies (only useful within a client timeout)"
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=16_384,
+        description="Largest record a worker produces (replies, dead letters: the producers' message.max.bytes); at "
+        "most the topics' max.message.bytes (the broker's default 1,048,588). A reply that would not fit is "
+        "answered too_large, a dead letter that would not fit is truncated (docs/operations.md: hostile input)",
     )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, str | int]:
@@ -268,7 +281,12 @@ class StateRetentionSettings(_Section):
 class IngestSettings(_Section):
     batch_size: int = Field(5000, ge=1, description="A batch closes at this many messages ...")
     batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
-    dlq_flush_timeout_s: float = Field(10.0, gt=0, description="Fail the batch if the DLQ does not ack in time")
+    dlq_flush_timeout_s: float = Field(
+        10.0, gt=0, description="A batch whose dead letters are not acknowledged in this time is read again"
+    )
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="Pause before reading a batch again after its dead letters were not acknowledged"
+    )
     stats_interval_ms: int = Field(5000, ge=0, description="librdkafka stats (consumer lag gauge); 0 = off")
     dedupe_window: int | None = Field(
         5_000_000,
@@ -334,6 +352,23 @@ class RefreshSettings(_Section):
     compact_share: float = Field(
         0.25, gt=0, le=1, description="Compact the item table (drop expired rows) once this share of rows expired"
     )
+    publication: Literal["delta", "full"] = Field(
+        "delta",
+        description="How a major round publishes: 'delta' writes into the live collection only the rows that changed "
+        "beyond delta_threshold (new epochs on a schedule: epoch_rounds); 'full' builds a new collection with every "
+        "item each round and swaps the alias",
+    )
+    delta_threshold: float = Field(
+        0.1,
+        ge=0,
+        description="A delta writes an item's new vector when it moved more than this (relative L2, against the "
+        "published row) since it was published; every searched vector is within it of the reply's version",
+    )
+    epoch_rounds: int = Field(
+        500,
+        ge=1,
+        description="A full rebuild (new collection, index built once, alias swap) after this many delta rounds",
+    )
     grace_period_s: float = Field(60.0, ge=0, description="Keep superseded collections this long (rollback)")
     keep_previous: int = Field(1, ge=1, description="Superseded collections kept for rollback after the grace")
     keep_versions: int = Field(
@@ -392,6 +427,15 @@ class RecallSettings(_Section):
         "only makes idle consumers poll the broker more often (docs/broker.md)",
     )
     alias_check_s: float = Field(0.5, gt=0, description="How often the live alias is re-resolved")
+    reply_to_allowed: list[str] | None = Field(
+        None,
+        description="Topics a request's reply_to header may name: exact names, or prefixes when they end in '.'; "
+        "unset = the replies topic and '<replies topic>.<suffix>' (RecallClient's private topics). Internal "
+        "(__*) and the stack's clicks, dead-letter and requests topics are refused whatever this says",
+    )
+    max_correlation_id_bytes: int = Field(
+        256, ge=1, le=65_536, description="Longest correlation_id header a reply echoes; a longer one is refused"
+    )
     client_timeout_s: float = Field(
         5.0, gt=0, description="RecallClient reply timeout; the HTTP gateway answers 504 past it"
     )
