@@ -404,6 +404,12 @@ class CatalogueSettings(_Section):
     retry_backoff_s: float = Field(
         1.0, ge=0, description="Pause before reading a batch again after its dead letters were not acknowledged"
     )
+    max_clock_skew_ms: int = Field(
+        600_000,
+        ge=0,
+        description="An item event stamped more than this ahead of the catalogue worker's clock is dead-lettered: "
+        "the newest ts wins, so a far-future one would freeze its item against every real event after it",
+    )
     poll_s: float = Field(
         0.5,
         gt=0,

@@ -4,11 +4,17 @@ A message is an :class:`~schemas.messages.ItemEvent` (JSON) whose Kafka key is i
 decimal (the topic is compacted by key: a record under another key would never replace the item's),
 or a tombstone (null value) whose key is an item id: the item is deleted. Anything else is rejected
 with the reason (``schemas.codec.DecodeError``), for the dead-letter topic.
+
+Time: the newest ``ts`` wins, so an event stamped far in the future would freeze its item (every real
+event after it would be older). An event more than ``max_skew_ms`` ahead of the worker's clock is
+rejected (``catalogue.max_clock_skew_ms``); a tombstone's time (its Kafka timestamp) is taken no later
+than the worker's clock.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -36,21 +42,23 @@ def item_id_of_key(key: bytes | None) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def decode_message(msg: Message) -> ItemRecord | Tombstone | DecodeError:
-    """One message's change, or why it is invalid."""
+def decode_message(msg: Message, now_ms: int, max_skew_ms: int) -> ItemRecord | Tombstone | DecodeError:
+    """One message's change, or why it is invalid (``now_ms``: the worker's clock, epoch milliseconds)."""
     value, key = msg.value(), msg.key()
     if value is None:
         item_id = item_id_of_key(key)
         if item_id is None:
             return DecodeError(BAD_TOMBSTONE)
         kind, ts = msg.timestamp()
-        return Tombstone(item_id, ts if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else 0)
+        return Tombstone(item_id, min(ts, now_ms) if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else 0)
     try:
         event = decode_item(value)
     except DecodeError as exc:
         return exc
     if key != event.kafka_key():
         return DecodeError(KEY_MISMATCH)
+    if event.ts > now_ms + max_skew_ms:
+        return DecodeError(f"ts: more than {max_skew_ms} ms ahead of the catalogue's clock")
     return record_of(event)
 
 
@@ -75,8 +83,9 @@ class ItemBatch:
         return sum(len(p.changes) for p in self.partitions.values())
 
 
-def split_items(messages: Sequence[Message]) -> ItemBatch:
+def split_items(messages: Sequence[Message], max_skew_ms: int, now_ms: int | None = None) -> ItemBatch:
     """Decode ``messages``; raises ``KafkaException`` on a fatal client error (nothing is applied)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     batch = ItemBatch()
     for msg in messages:
         error = msg.error()
@@ -92,7 +101,7 @@ def split_items(messages: Sequence[Message]) -> ItemBatch:
         if part is None:
             part = batch.partitions[(topic, partition)] = PartitionChanges(topic, partition, offset)
         part.last_offset = max(part.last_offset, offset)
-        result = decode_message(msg)
+        result = decode_message(msg, now, max_skew_ms)
         if isinstance(result, DecodeError):
             batch.rejected.append((msg, result))
         else:

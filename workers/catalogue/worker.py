@@ -153,7 +153,7 @@ class CatalogueWorker:
         if not messages:
             return BatchOutcome()
         started = time.perf_counter()
-        batch = split_items(messages)
+        batch = split_items(messages, self.settings.max_clock_skew_ms)
         self.metrics.consumed.inc(batch.consumed)
         self.metrics.batch_size.observe(batch.consumed)
         if not self._dead_letter(batch.rejected, messages):

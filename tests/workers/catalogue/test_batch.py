@@ -19,6 +19,10 @@ def _msg(
     return Message(topic="items", partition=partition, offset=offset, key=key, value=value, timestamp=stamp)
 
 
+NOW = 1_800_000_000_000
+SKEW = 600_000
+
+
 def _event(item: int, **body: object) -> bytes:
     return json.dumps({"item_id": item, "ts": 5, "available": True, **body}).encode()
 
@@ -44,13 +48,20 @@ def test_item_id_of_key(key: bytes | None, want: int | None) -> None:
 
 
 def test_an_event_keyed_by_its_item() -> None:
-    got = decode_message(_msg(b"42", _event(42, title="T", categories=["A", "A"], segment="de")))
+    got = decode_message(_msg(b"42", _event(42, title="T", categories=["A", "A"], segment="de")), NOW, SKEW)
     assert got == ItemRecord(42, 5, True, "T", ("A",), "de")
 
 
 def test_a_tombstone_takes_the_records_time() -> None:
-    assert decode_message(_msg(b"42", None, ts=123)) == Tombstone(42, 123)
-    assert decode_message(_msg(b"42", None, ts=None)) == Tombstone(42, 0)
+    assert decode_message(_msg(b"42", None, ts=123), NOW, SKEW) == Tombstone(42, 123)
+    assert decode_message(_msg(b"42", None, ts=None), NOW, SKEW) == Tombstone(42, 0)
+    assert decode_message(_msg(b"42", None, ts=NOW + 10**9), NOW, SKEW) == Tombstone(42, NOW)  # not after now
+
+
+def test_an_event_from_the_future_is_rejected_within_the_skew_accepted() -> None:
+    assert decode_message(_msg(b"42", _event(42, ts=NOW + SKEW)), NOW, SKEW) == ItemRecord(42, NOW + SKEW, True)
+    late = decode_message(_msg(b"42", _event(42, ts=2**63 - 1)), NOW, SKEW)
+    assert isinstance(late, DecodeError) and late.reason == f"ts: more than {SKEW} ms ahead of the catalogue's clock"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +78,7 @@ def test_a_tombstone_takes_the_records_time() -> None:
     ],
 )
 def test_rejected_messages_say_why(key: bytes | None, value: bytes | None, reason: str) -> None:
-    got = decode_message(_msg(key, value))
+    got = decode_message(_msg(key, value), NOW, SKEW)
     assert isinstance(got, DecodeError) and got.reason.startswith(reason)
 
 
@@ -79,7 +90,7 @@ def test_split_keeps_offset_order_per_partition_and_the_last_offset() -> None:
         _msg(b"3", _event(3), offset=4, partition=1),
         _msg(b"9", b"junk", offset=5, partition=1),  # the partition's last offset is a rejected one
     ]
-    batch = split_items(messages)
+    batch = split_items(messages, SKEW, now_ms=NOW)
     assert batch.consumed == 5 and batch.valid == 3 and len(batch.rejected) == 2
     p0, p1 = batch.partitions[("items", 0)], batch.partitions[("items", 1)]
     assert p0.changes == [ItemRecord(1, 5, True), Tombstone(1, 1_700_000_000_000)] and p0.last_offset == 12

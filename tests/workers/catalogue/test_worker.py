@@ -81,6 +81,7 @@ BAD: list[tuple[bytes, bytes | None, str]] = [
     (b"9", b'{"item_id": 9, "ts": 1', "malformed JSON"),
     (b"10", json.dumps({"item_id": 10, "ts": 1, "available": True, "price": 2}).encode(), "price: Extra inputs"),
     (b"11", json.dumps({"item_id": 11, "ts": 1, "available": True, "categories": ['a"b']}).encode(), "categories.0"),
+    (b"12", encode(_item(12, ts=2**62)), "ts: more than 600000 ms ahead"),  # would freeze item 12 for ever
 ]
 
 
@@ -137,7 +138,7 @@ def test_items_are_applied_and_bad_ones_dead_lettered(
     assert sample("mindstream_catalogue_events_consumed_total") == expected
     assert sample("mindstream_catalogue_tombstones_total") == 1
     assert sample("mindstream_catalogue_events_stale_total") == 1
-    assert sample("mindstream_dlq_messages_total", {"reason": "invalid_field"}) == 3
+    assert sample("mindstream_dlq_messages_total", {"reason": "invalid_field"}) == 4
     assert sample("mindstream_dlq_messages_total", {"reason": "malformed_json"}) == 1
     assert sample("mindstream_catalogue_unavailable_items") == 21
 
