@@ -178,7 +178,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from workers.infra.milvus_server import open_milvus
     from workers.offline import checkpoint_root
     from workers.refresh.worker import request_refresh
-    from workers.runtime import StopFlag, stop_on_signals
+    from workers.runtime import StopFlag, set_ready, stop_on_signals
 
     settings = _settings(args)
     if args.now:
@@ -190,6 +190,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             base_root = checkpoint_root(settings, settings.data.name)
             base = open_checkpoint(base_root, "best") if (base_root / "BEST").exists() else None
             boot = worker.bootstrap(base)
+            set_ready()  # something is live: /readyz answers 200
             if boot is not None:
                 log.info("bootstrapped live model %s", boot.version)
             if args.once:

@@ -271,7 +271,7 @@ def run_up(
         env = _child_env(settings, bootstrap, milvus_uri)
         env["MINDSTREAM_HTTP__ADMIN_TOKEN"] = token
         env["MINDSTREAM_HTTP__READ_TOKEN"] = read_token
-        supervisor = Supervisor(_children(settings, env))
+        supervisor = Supervisor(_children(settings, env), settings.supervisor)
         stack.callback(supervisor.stop)
         supervisor.start()
         client = stack.enter_context(RecallClient(kafka, settings.recall, bootstrap=bootstrap))

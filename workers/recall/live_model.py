@@ -10,6 +10,7 @@ published for that version (its own row, or a row within ``refresh.delta_thresho
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ class LiveModel:
         self._registry = registry
         self._check_every_s = check_every_s
         self._served: Served | None = None
-        self._checked_at = 0.0
+        self._checked_at = -math.inf  # monotonic() can be below check_every_s right after boot
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()

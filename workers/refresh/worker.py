@@ -54,7 +54,7 @@ from workers.refresh.publish_lock import lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import OverflowWarning, SegmentMap
 from workers.refresh.state import RefreshState
-from workers.runtime import StopFlag, nice_threads
+from workers.runtime import StopFlag, beat, nice_threads
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -521,6 +521,7 @@ class RefreshWorker:
         """Fast-path steps every ``fast_path_interval_s`` until asked to stop (also during a round)."""
         assert self.fast_path is not None
         while not stop.wait(self.cfg.fast_path_interval_s):
+            beat()  # the fast path beats during a long round too
             try:
                 report = self.fast_path.step()
                 if report is not None and self.metrics:
@@ -532,6 +533,7 @@ class RefreshWorker:
 
     def _major_loop(self, stop: StopFlag, heap: HeapProfile | None = None) -> None:
         while not stop.is_set():
+            beat()
             state = RefreshState.load(self.state_path)
             run, forced = self.due(state)
             if run:
