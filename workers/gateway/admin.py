@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.infra.vector_store import AliasedCollectionError, VectorStore
+from workers.refresh.live_writer import LiveWriter, NoRollback
 from workers.refresh.publish import Publisher
 from workers.refresh.publish_lock import PublishBusy, lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
@@ -177,12 +178,24 @@ class Admin:
             )
 
     def rollback(self) -> RollbackResult:
+        """The previous announcement of the live collection (a delta undone), else the previous epoch."""
         with self._exclusive():
+            live = self.store.resolve_alias(self.registry.alias)
+            if live is not None:
+                writer = LiveWriter(self.store, self.registry.root, self.settings.mind.dim)
+                try:
+                    (_, version), (_, was) = writer.rollback(live)
+                    version = version or self.registry.version_of(live)
+                    log.warning("rolled %s back to %s (was %s)", live, version, was)
+                    return RollbackResult(live=live, model_version=version, was=f"{live}@{was}")
+                except NoRollback:
+                    pass
             state = RefreshState.load(self.state_path)
             try:
                 target, previous = Publisher(self.store, self.registry, self.settings.refresh).rollback(state)
             except RuntimeError as exc:
                 raise NothingToRollBack(str(exc)) from None
+            state.epoch_deltas = 0
             state.save(self.state_path)
         log.warning("rolled alias %s back to %s (was %s)", self.registry.alias, target, previous)
         return RollbackResult(live=target, model_version=self.registry.version_of(target), was=previous)

@@ -38,13 +38,18 @@ from workers.infra.row_keys import MAX_GENERATION, OPEN
 from workers.infra.vector_store import Rows, VectorStore
 from workers.refresh.generations import Generations
 
-__all__ = ["LiveWriter", "NoRollback", "Published", "Written"]
+__all__ = ["ConcurrentAnnouncement", "LiveWriter", "NoRollback", "Published", "Written"]
 
 log = logging.getLogger(__name__)
 
 
 class NoRollback(RuntimeError):
     """No earlier announcement of this collection can be served again (roll back the alias instead)."""
+
+
+class ConcurrentAnnouncement(RuntimeError):
+    """Another process announced (a rollback through the gateway) while this write was under way: the
+    write is abandoned unannounced, and the next one repairs what it left."""
 
 
 @dataclass
@@ -212,6 +217,11 @@ class LiveWriter:
             )
             if verify is not None:
                 verify(generation)
+            now = self.announced(collection)
+            if (now.generation, now.version) != (previous, state.version):
+                self._repaired.pop(collection, None)
+                self._published.pop(collection, None)
+                raise ConcurrentAnnouncement(f"{collection}: announced {now.generation} meanwhile, not {previous}")
             at = time.time()
             state.announce(generation, version, at)
             state.items.extend(items)
