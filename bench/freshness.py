@@ -92,27 +92,28 @@ class Observer:
         return [i for i in clicked if i not in self.live_at]
 
     def watch_live(self) -> None:
-        current: tuple[str | None, int] = (self.stack.live(), 0)
+        current: tuple[str | None, str | None, int] = (self.stack.live(), None, 0)
         t0 = time.monotonic()
         while not self._stop.wait(0.2):
             live = self.stack.live()
             if live is None:
                 continue
             generation = self.stack.generation(live)
+            version = self.stack.live_version(live)
             seen = time.monotonic()
-            if live != current[0]:
-                self.swaps.append({"t_s": round(seen - t0, 2), "collection": live})
-            elif generation > current[1]:
-                self.generations += generation - current[1]
-            current = (live, generation)
+            if (live, version) != current[:2]:  # a swap, or a delta announcing a new version
+                self.swaps.append({"t_s": round(seen - t0, 2), "collection": live, "version": version})
+            elif generation > current[2]:
+                self.generations += generation - current[2]
+            current = (live, version, generation)
             pending = self.pending_live()
             if not pending:
                 continue
             with contextlib.suppress(Exception):
-                rows = self.stack.store.client.query(
-                    live, filter=f"id in {pending} and generation <= {generation}", output_fields=["id"]
-                )
-                for item in (int(r["id"]) for r in rows):
+                key = "item_id" if self.stack.store.is_keyed(live) else "id"
+                where = f"{key} in {pending} and {self.stack.store.visible_at(live, generation)}"
+                rows = self.stack.store.client.query(live, filter=where, output_fields=[key])
+                for item in (int(r[key]) for r in rows):
                     self.live_at[item] = seen
                     self.live_version[item] = live
 
@@ -377,6 +378,13 @@ def main() -> None:
             "refresh_failed_rounds": sum(1 for r in rounds if r.get("error")),
             "refresh_phases_s": phase_summary(rounds),
             "refresh_round_events": [r.get("events") for r in rounds],
+            "delta_rounds": sum(1 for r in rounds if r.get("delta")),
+            "rows_written_share": [
+                round(r["rows_written"] / r["items"], 5) for r in rounds if r.get("delta") and r.get("items")
+            ],
+            "round_s": percentiles(
+                [sum(float(v) for v in (r.get("phases") or {}).values()) for r in rounds if not r.get("error")], 2
+            ),
             "recall_probes": observer.probes,
             "recall_probe_errors": observer.probe_errors,
             "memory": mem,

@@ -314,12 +314,20 @@ class LiveStack:
 
         return announced_generation(self.settings.models_dir, collection)[0] or 0
 
+    def live_version(self, collection: str) -> str | None:
+        """The version served from ``collection``: announced there by a delta, else the one it is named after."""
+        from workers.refresh.generations import Generations
+        from workers.refresh.registry import ModelRegistry
+
+        announced = Generations.load(self.settings.models_dir, collection).version
+        return announced or ModelRegistry(self.settings.models_dir, self.alias).version_of(collection)
+
     def live_created_at(self, collection: str) -> float | None:
         """When the model version served from ``collection`` was built (its checkpoint manifest)."""
         from workers.refresh.registry import ModelRegistry
 
         registry = ModelRegistry(self.settings.models_dir, self.alias)
-        version = registry.version_of(collection)
+        version = self.live_version(collection)
         try:
             return registry.checkpoint(version).manifest.created_at if version else None
         except FileNotFoundError:

@@ -12,6 +12,13 @@ never interrupted):
 * ``verify``       - shadow loaded, verification starting
 * ``swap``         - verified; ``alter_alias`` not called yet
 * ``after-swap``   - ``alter_alias`` done; the refresh state (cursor, superseded list) not saved
+
+and in a delta (``refresh.publication = delta``, the live collection written in place):
+
+* ``delta-insert``   - the first new rows of the next generation inserted
+* ``delta-close``    - the first rows they replace closed
+* ``delta-verify``   - every row written, verification starting
+* ``delta-announce`` - verified; the announcement not written
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ import workers.refresh.publish
 import workers.refresh.worker
 from workers.cli import main
 from workers.infra.vector_store import VectorStore
+from workers.refresh.delta import DeltaPublisher
+from workers.refresh.generations import Generations
 from workers.refresh.publish import Publisher
 
 PHASES = ("train", "export", "insert", "index", "verify", "swap", "after-swap")
+DELTA_PHASES = ("delta-insert", "delta-close", "delta-verify", "delta-announce")
 CRASH_CODE = 137
 
 
@@ -55,12 +65,26 @@ def _crash_after(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
     return wrapper
 
 
+def _crash_after_write(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
+    """``write_rows`` crashing after its first insert (``delta-insert``) or upsert (``delta-close``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if bool(kwargs.get("upsert")) == (phase == "delta-close"):
+            _die(phase)
+        return result
+
+    return wrapper
+
+
 def arm(phase: str) -> None:
     """Install the crash point; the publisher is only wrapped inside ``run_round`` (not bootstrap)."""
-    if phase not in PHASES:
-        raise SystemExit(f"MINDSTREAM_FAULT_CRASH_AT must be one of {', '.join(PHASES)}, not {phase!r}")
+    if phase not in PHASES + DELTA_PHASES:
+        choices = ", ".join(PHASES + DELTA_PHASES)
+        raise SystemExit(f"MINDSTREAM_FAULT_CRASH_AT must be one of {choices}, not {phase!r}")
     if phase == "train":
-        workers.refresh.worker.train = _crash_after(workers.refresh.worker.train, phase)  # type: ignore[assignment]
+        workers.refresh.worker.train = _crash_after(workers.refresh.worker.train, phase)
         return
     targets: dict[str, tuple[Any, str, Callable[..., Any]]] = {
         "export": (workers.refresh.publish, "item_table", _crash_before),
@@ -69,6 +93,10 @@ def arm(phase: str) -> None:
         "verify": (Publisher, "verify", _crash_before),
         "swap": (VectorStore, "point_alias", _crash_before),
         "after-swap": (VectorStore, "point_alias", _crash_after),
+        "delta-insert": (VectorStore, "write_rows", _crash_after_write),
+        "delta-close": (VectorStore, "write_rows", _crash_after_write),
+        "delta-verify": (DeltaPublisher, "_verify", _crash_before),
+        "delta-announce": (Generations, "save", _crash_before),
     }
     owner, name, how = targets[phase]
     original_round = workers.refresh.worker.RefreshWorker.run_round

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.checkpoint import list_versions, pointed_versions, version_number
+from tests.background import Background
 from tests.faults.conftest import (
     SYNTHETIC_ITEMS,
     Names,
@@ -28,13 +30,20 @@ from tests.faults.conftest import (
 )
 from tests.faults.refresh_crash import CRASH_CODE
 from workers.infra.vector_store import VectorStore
+from workers.refresh.publish_lock import PublishBusy, lock_path, publish_lock
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings, RefreshSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
-KILLS = kill_points(seed=7, n=5, low=1.0, high=8.0)  # start-up ~3 s, then a round: train ~1 s, publish ~6-8 s
+# Where each kill lands: seconds after a round began (the worker took the publish lock; then cleanup, read
+# and training, ~0.3 s here), or after its checkpoint was written (publishing: shadow created, index, load
+# ~3 s, insert, verify, swap), at seeded points inside that part.
+KILLS = [
+    *zip(("round", "round"), kill_points(seed=7, n=2, low=0.0, high=0.1), strict=True),
+    *zip(("publish",) * 3, kill_points(seed=8, n=3, low=0.0, high=2.5), strict=True),
+]
 
 
 def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
@@ -43,14 +52,15 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
     names = Names()
     state = tmp_path / "state"
     env = worker_env(state, names, bootstrap=kafka_bootstrap, milvus_uri=milvus_uri)
+    env["MINDSTREAM_REFRESH__PUBLICATION"] = "full"  # kills land in the swap's phases (deltas: test_refresh_phases)
     registry = ModelRegistry(state / "models", names.alias)
     feeder = StateFeeder(state, env["MINDSTREAM_KAFKA__CLICKS_TOPIC"], seed=2)
     worker = Worker.cli("refresh", env, tmp_path / "refresh.log")
     workers.append(worker)
     violations: list[str] = []
     seen: set[str] = set()
-    running = threading.Event()
-    running.set()
+    running = True
+    lock = lock_path(state / "refresh", names.alias)
 
     with VectorStore(milvus_uri, MilvusSettings(index_type="FLAT")) as store:
         _, net = save_v1(registry.root, SYNTHETIC_ITEMS)
@@ -79,7 +89,7 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
                     violations.append(f"{when}: {exc!r}")
 
         def watch() -> None:  # sampled every ~0.3 s throughout, besides the checks right after each kill
-            while running.is_set():
+            while running:
                 check_live("sampled")
                 time.sleep(0.3)
 
@@ -94,20 +104,40 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             return {c for c in unrecorded if version_number(registry.version_of(c) or "v0") > live_n}
 
         def feed() -> None:
-            while running.is_set():
+            while running:
                 feeder.feed()
                 time.sleep(0.4)
 
-        threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=feed, daemon=True)]
+        def in_round() -> bool:
+            """The worker holds the alias's publish lock: a round is in progress (probed without waiting)."""
+            try:
+                with publish_lock(lock, wait=False):
+                    return False
+            except PublishBusy:
+                return True
+
+        def checkpoint_since(before: set[str]) -> Callable[[], bool]:
+            """The round has written its checkpoint: a version directory that was not there when it began."""
+            return lambda: bool(set(list_versions(registry.root)) - before)
+
+        threads = [Background(watch, "live sampler"), Background(feed, "click feed")]
+        hit: list[str] = []
         try:
             for thread in threads:
                 thread.start()
-            for n, delay in enumerate(KILLS, start=1):
+            for n, (part, delay) in enumerate(KILLS, start=1):
                 worker.start()
-                time.sleep(delay)
+                wait_until(in_round, 90, f"a round to begin ({worker.tail()})", every=0.01, watch=threads)
+                published = checkpoint_since(set(list_versions(registry.root)))
+                if part == "publish":
+                    wait_until(published, 60, f"the round's checkpoint ({worker.tail()})", every=0.01, watch=threads)
+                time.sleep(delay)  # the kill lands at a seeded point of that part
                 worker.assert_alive()
+                at = ("publish" if published() else "train") if in_round() else "between rounds"
                 worker.kill9()
-                check_live(f"right after kill {n}")  # the state a kill leaves is the one that matters
+                hit.append(at)
+                check_live(f"right after kill {n} ({at})")  # the state a kill leaves is the one that matters
+            assert "between rounds" not in hit and set(hit) == {"train", "publish"}, f"kills landed in {hit}"
 
             # A round killed at a known point: its shadow is flushed and indexed, never loaded or aliased.
             crash_env = {**worker.env, "MINDSTREAM_FAULT_CRASH_AT": "index"}
@@ -118,28 +148,26 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             check_live("after the round killed before load")
             left = orphans()
             assert left, "the round killed after its index build left no shadow behind"
-            running.clear()
+            running = False
             for thread in threads:
-                thread.join(10)
+                thread.join(10)  # raises what the thread raised
             assert not violations, violations[:5]
 
             before = max(version_number(v) for v in seen)
             worker.start()
-            final = wait_until(
-                lambda: (
-                    (live := store.resolve_alias(names.alias))
-                    and version_number(live.rsplit("_", 1)[1]) > before
-                    and live
-                ),
-                90,
-                f"a successful round after the last restart ({worker.tail()})",
-            )
+
+            def newer_live() -> str | None:
+                live = store.resolve_alias(names.alias)
+                return live if live and version_number(live.rsplit("_", 1)[1]) > before else None
+
+            def round_state() -> RefreshState | None:
+                saved = RefreshState.load(state / "refresh" / "state.json")
+                return saved if saved.events_seen == feeder.total else None
+
+            final = wait_until(newer_live, 90, f"a successful round after the last restart ({worker.tail()})")
             # alter_alias comes before the state write: wait for the round's state (cursor at the end)
-            saved = wait_until(
-                lambda: (s := RefreshState.load(state / "refresh" / "state.json")).events_seen == feeder.total and s,
-                30,
-                "the round's refresh state",
-            )
+            saved = wait_until(round_state, 30, "the round's refresh state")
+            assert final is not None and saved is not None
             kept = {final} | {s.collection for s in saved.superseded}
             assert not left & set(store.list_collections(names.alias + "_v")), f"the orphans {left} survived"
             assert set(store.list_collections(names.alias + "_v")) <= kept, "orphans survived the round"
@@ -155,7 +183,7 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             newest = sorted(on_disk, key=version_number)[-keep:]
             assert on_disk <= held | set(newest) | pointed_versions(registry.root), on_disk
         finally:
-            running.clear()
+            running = False
             feeder.close()
             for name in store.list_collections(names.alias + "_v"):
                 if name != store.resolve_alias(names.alias):

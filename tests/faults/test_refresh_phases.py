@@ -20,8 +20,10 @@ from tests.faults.conftest import (
     save_v1,
     worker_env,
 )
-from tests.faults.refresh_crash import CRASH_CODE
+from tests.faults.refresh_crash import CRASH_CODE, DELTA_PHASES
+from workers.infra.row_keys import OPEN
 from workers.infra.vector_store import VectorStore
+from workers.refresh.generations import Generations
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState
 from workers.settings import MilvusSettings
@@ -58,6 +60,7 @@ def test_refresh_crash_in_each_phase_leaves_live_untouched_and_next_round_cleans
     names = Names()
     state = tmp_path / "state"
     env = worker_env(state, names, bootstrap=kafka_bootstrap, milvus_uri=milvus_uri)
+    env["MINDSTREAM_REFRESH__PUBLICATION"] = "full"  # every round a new epoch: the swap's phases
     registry = ModelRegistry(state / "models", names.alias)
     state_path = state / "refresh" / "state.json"
     feeder = StateFeeder(state, env["MINDSTREAM_KAFKA__CLICKS_TOPIC"], seed=1)
@@ -110,4 +113,49 @@ def test_refresh_crash_in_each_phase_leaves_live_untouched_and_next_round_cleans
                 store.drop_collection(name)
         store.drop_alias(names.alias)
         store.drop_collection(final)
+    feeder.close()
+
+
+def _announced_and_complete(store: VectorStore, registry: ModelRegistry, collection: str, version: str) -> int:
+    """The generation announced for ``collection`` with ``version``: every item of that version visible
+    exactly once at it, searches answered, and nothing of a later generation or closed by one left over."""
+    announced = Generations.load(registry.root, collection)
+    assert (announced.version or registry.version_of(collection)) == version
+    g = announced.generation
+    items = registry.checkpoint(version).vocab().items
+    assert store.count(collection, generation=g) == items
+    hits = store.search(collection, np.ones((1, 8), dtype=np.float32), 5, max_generation=g)
+    assert (hits.ids > 0).all()
+    return g
+
+
+def test_a_delta_crash_in_each_phase_leaves_the_announced_generation_whole_and_the_next_round_repairs(
+    kafka_bootstrap: str, milvus_uri: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    names = Names()
+    state = tmp_path / "state"
+    env = worker_env(state, names, bootstrap=kafka_bootstrap, milvus_uri=milvus_uri)
+    env["MINDSTREAM_REFRESH__DELTA_THRESHOLD"] = "0.05"
+    registry = ModelRegistry(state / "models", names.alias)
+    feeder = StateFeeder(state, env["MINDSTREAM_KAFKA__CLICKS_TOPIC"], seed=2)
+    argv = [sys.executable, "-m", "tests.faults.refresh_crash", "refresh", "--once"]
+    worker = Worker(argv, env, tmp_path / "refresh.log")
+    workers.append(worker)
+    with VectorStore(milvus_uri, MilvusSettings(index_type="FLAT")) as store:
+        _, net = save_v1(registry.root, SYNTHETIC_ITEMS)
+        live = publish_live(store, registry, net, "v1")
+        assert store.is_keyed(live)
+        for phase in DELTA_PHASES:
+            feeder.feed()
+            assert _round(worker, phase) == CRASH_CODE, worker.tail()
+            assert f"FAULT: crashing at {phase}" in worker.tail(2000)
+            assert store.resolve_alias(names.alias) == live  # a delta never moves the alias
+            assert _announced_and_complete(store, registry, live, "v1") == 0, phase
+        assert _round(worker, None) == 0, worker.tail()
+        newest = max(registry.versions(), key=lambda v: int(v[1:]))
+        assert _announced_and_complete(store, registry, live, newest) == 1
+        assert not store.rows_where(live, f"generation > 1 or (gen_to > 1 and gen_to < {OPEN})")  # repaired
+        assert RefreshState.load(state / "refresh" / "state.json").events_seen == feeder.total
+        store.drop_alias(names.alias)
+        store.drop_collection(live)
     feeder.close()

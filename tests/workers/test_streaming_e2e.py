@@ -31,7 +31,9 @@ from workers.ingest.worker import IngestWorker
 from workers.recall.client import RecallClient
 from workers.recall.metrics import RecallMetrics
 from workers.recall.worker import build_worker
+from workers.refresh.generations import Generations
 from workers.refresh.metrics import RefreshMetrics
+from workers.refresh.registry import ModelRegistry
 from workers.refresh.worker import RefreshWorker
 from workers.runtime import StopFlag
 from workers.settings import (
@@ -75,15 +77,20 @@ class Stack:
         producer.flush(10)
 
     def live(self) -> str | None:
-        return self.store.resolve_alias(self.settings.milvus.alias)
+        """The version readers use now: announced on the live collection (a delta), else its own."""
+        collection = self.store.resolve_alias(self.settings.milvus.alias)
+        if collection is None:
+            return None
+        announced = Generations.load(self.settings.models_dir, collection).version
+        return announced or ModelRegistry(self.settings.models_dir, self.settings.milvus.alias).version_of(collection)
 
-    def wait_for_live(self, collection: str, timeout: float = 90.0) -> None:
+    def wait_for_live(self, version: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.live() == collection:
+            if self.live() == version:
                 return
             time.sleep(0.3)
-        raise AssertionError(f"{collection} never went live (live: {self.live()})")
+        raise AssertionError(f"{version} never went live (live: {self.live()})")
 
 
 @pytest.fixture
@@ -105,7 +112,13 @@ def stack(tmp_path: Path, kafka_bootstrap: str, milvus_uri: str) -> Iterator[Sta
             recall_group=f"recall-{suffix}",
         ),
         refresh=RefreshSettings(
-            interval_s=1.0, train_batches=150, replay_users=40, grace_period_s=0, probe_items=5, poll_s=0.2
+            interval_s=1.0,
+            train_batches=150,
+            replay_users=40,
+            grace_period_s=0,
+            probe_items=5,
+            poll_s=0.2,
+            delta_threshold=0.0,  # every moved row written: a reply must equal its version's exact answer
         ),
         recall=RecallSettings(alias_check_s=0.2, client_timeout_s=10.0),
     )
@@ -171,9 +184,9 @@ def _cluster_zero_clicks(first_user: int, users: int, start_ts: int, rng: np.ran
     return events
 
 
-def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> None:
-    alias = stack.settings.milvus.alias
-    stack.wait_for_live(f"{alias}_v1")
+def test_new_items_become_recallable_and_load_survives_deltas(stack: Stack) -> None:
+    epoch = f"{stack.settings.milvus.alias}_v1"  # deltas: every version is published into this collection
+    stack.wait_for_live("v1")
     assert stack.client.recall(hist_item=[[1, 2, 3]], top_k=5).model_version == "v1"
 
     replies: list[RecallReply] = []
@@ -197,13 +210,13 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
 
     # Swap 1: clicks involving brand-new items -> refresh -> v2 serves them to users near them.
     stack.produce(_cluster_zero_clicks(1000, 30, 0, rng))
-    stack.wait_for_live(f"{alias}_v2")
+    stack.wait_for_live("v2")
     deadline = time.monotonic() + 15  # the recall worker picks the swap up within alias_check_s + a load
     reply = stack.client.recall(user_ids=[1000], top_k=10)  # history streamed through ingest
     while reply.model_version != "v2" and time.monotonic() < deadline:
         time.sleep(0.2)
         reply = stack.client.recall(user_ids=[1000], top_k=10)
-    assert reply.model_version == "v2" and reply.collection == f"{alias}_v2"
+    assert reply.model_version == "v2" and reply.collection == epoch and reply.generation >= 1
     assert set(reply.items[0]) & set(NEW_ITEMS), reply.items
     by_hist = stack.client.recall(hist_item=[[1, 2, 41, 42]], top_k=10)
     assert set(by_hist.items[0]) & set(NEW_ITEMS)
@@ -211,7 +224,7 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
     # Swaps 2 and 3, under the same load.
     for n, first_user in ((3, 2000), (4, 3000)):
         stack.produce(_cluster_zero_clicks(first_user, 10, n * 10_000, rng))
-        stack.wait_for_live(f"{alias}_v{n}")
+        stack.wait_for_live(f"v{n}")
     deadline = time.monotonic() + 30  # the load has been answered by the last version
     while not replied_by("v4") and time.monotonic() < deadline and loader.is_alive():
         time.sleep(0.1)
@@ -221,7 +234,7 @@ def test_new_items_become_recallable_and_load_survives_swaps(stack: Stack) -> No
     assert not errors, errors[:5]
     assert len(replies) > 20
     assert all(len(r.items) == 2 and all(r.items) for r in replies), "an empty reply"
-    assert all(r.collection == f"{alias}_{r.model_version}" for r in replies), "a reply names a foreign collection"
+    assert all(r.collection == epoch for r in replies), "a reply names a foreign collection"
     seen = [r.model_version for r in replies]
     assert {"v1", "v4"} <= set(seen)
     assert seen == sorted(seen, key=lambda v: int(v[1:])), "versions went backwards"

@@ -6,8 +6,8 @@ major round changed, under its new version), goes in as generation ``g + 1`` row
 collection, is verified, and only then is announced here as ``(generation, version)``: readers
 search the rows visible at the ``g`` they read (:func:`workers.infra.row_keys.visible`) with the
 tower of the ``version`` they read, so rows of a write that has not been announced (or crashed
-half-way) are never seen. ``history`` keeps the last announcements: a rollback announces the one
-before. One JSON file per collection, under the models directory (every worker that serves a
+half-way) are never seen. ``history`` keeps the newest announcement of each recent version: a rollback
+announces the previous version's. One JSON file per collection, under the models directory (every worker that serves a
 version can read it), written atomically (temp + fsync + rename).
 """
 
@@ -34,14 +34,23 @@ class Generations:
     history: list[tuple[int, str | None]] = field(default_factory=list)  # (generation, version), newest last
 
     def announce(self, generation: int, version: str | None, at: float) -> None:
-        """Record ``(generation, version)`` as the announced state (the caller saves it)."""
+        """Record ``(generation, version)`` as the announced state (the caller saves it). ``history`` keeps
+        the newest announcement of each of the last versions: a rollback goes back a version, not a step."""
         if version != self.version:
             self.items = []  # a new version: what the fast path added is in it, or is added again
         if not self.history:  # the state before the first announcement: the epoch's build
             self.history = [(self.generation, self.version)]
         self.generation, self.version = generation, version
-        self.history = [*self.history, (generation, version)][-HISTORY_KEPT:]
+        newest: dict[str | None, int] = {}
+        for g, v in [*self.history, (generation, version)]:
+            newest[v] = max(g, newest.get(v, g))
+        self.history = sorted(((g, v) for v, g in newest.items()), key=lambda e: e[0])[-HISTORY_KEPT:]
         self.announced_at = [*self.announced_at, at][-HISTORY_KEPT:]
+
+    def rollback_target(self) -> tuple[int, str | None] | None:
+        """The newest announcement of the version before the announced one, or None."""
+        earlier = [(g, v) for g, v in self.history if v != self.version and g < self.generation]
+        return earlier[-1] if earlier else None
 
     @staticmethod
     def path(models_dir: Path, collection: str) -> Path:

@@ -10,11 +10,13 @@ its new version) are the same operation on a keyed collection (:mod:`workers.inf
    ``g``, not at ``g + 1``);
 4. verify (the caller's check: counts, probes, quality), then announce ``(g + 1, version)``
    (:class:`~workers.refresh.generations.Generations`): readers switch at once, tower included;
-5. delete the rows no reader and no rollback can see any more (closed at or before ``g``).
+5. delete the rows no reader and no rollback can see any more (closed at or before the previous
+   version's last announcement).
 
-A rollback announces the previous ``(generation, version)`` (readers switch within their alias
-check) and repairs down to it; one level deep (step 5 of the next write removes what a second level
-would need: an older state is an older epoch, reached through the alias).
+A rollback announces the previous version's last ``(generation, version)`` (readers switch within
+their alias check) and repairs down to it; one level deep (step 5 keeps what the previous version
+needs, not what the one before it needed: an older state is an older epoch, reached through the
+alias).
 
 :class:`LiveWriter` serialises writes within the refresh worker (the fast path's thread and the
 major rounds); callers across processes hold the publish lock. It keeps the published rows of the
@@ -229,8 +231,9 @@ class LiveWriter:
             self._repaired[collection] = generation
             self._remember(collection, previous, generation, fresh, closing_ids, table)
             if keyed and self._uncollected.get(collection, True):
-                self._collect(collection, previous)
-            self._uncollected[collection] = closed > 0
+                target = state.rollback_target()
+                self._collect(collection, target[0] if target is not None else previous)
+            self._uncollected[collection] = closed > 0 or state.rollback_target() is None
             return Written(collection, generation, version, inserted, closed, at)
 
     def _open_rows(self, collection: str, item_ids: np.ndarray, table: Published | None) -> dict[str, Rows]:
@@ -268,7 +271,7 @@ class LiveWriter:
 
     def _collect(self, collection: str, previous: int) -> None:
         """Delete the rows nobody can see at the announced generation nor at ``previous`` (the rollback
-        target): those closed at or before ``previous``."""
+        target: the previous version's last announcement): those closed at or before ``previous``."""
         try:
             self.store.delete_where(collection, f"gen_to <= {int(previous)}")
         except Exception as exc:  # garbage stays until the next write; nothing reads it
@@ -295,10 +298,11 @@ class LiveWriter:
         """Announce the previous ``(generation, version)`` of ``collection`` again; returns (target, was)."""
         with self.lock:
             state = self.announced(collection)
-            if len(state.history) < 2:
-                raise NoRollback(f"{collection}: no earlier announcement to serve again")
+            target = state.rollback_target()
+            if target is None:
+                raise NoRollback(f"{collection}: no earlier version announced here to serve again")
             was = (state.generation, state.version)
-            generation, version = state.history[-2]
+            generation, version = target
             state.generation, state.version, state.items = generation, version, []
             state.history = [(generation, version)]  # one level: the next write collects what a second needs
             state.announced_at = [time.time()]

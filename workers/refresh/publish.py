@@ -91,14 +91,16 @@ class Publisher:
         table = item_table(net)
         vocab = ckpt.vocab()
         rows = vocab.active_rows(now=time.time(), ttl_s=self.settings.item_ttl_s)  # expired items leave
-        ids = vocab.external(rows)  # the Milvus primary key is the catalogue's item id
+        ids = vocab.external(rows)  # the rows' item ids (keyed by item id and generation)
         vectors = table[rows]
+        report.items = int(ids.shape[0])
         self._timed(report, "export", t)
 
         t = time.perf_counter()
         if self.store.has_collection(collection):  # leftover of a crashed round with this version
             self.store.drop_collection(collection)
-        Generations(collection).drop(self.registry.root)  # a rebuilt collection starts at generation 0
+        # A rebuilt collection starts at generation 0, announced with its own version.
+        Generations(collection, version=version, history=[(0, version)]).save(self.registry.root)
         # Searchable first, filled second: an index must exist before a load, not be built (the
         # build runs in the background); rows inserted into a loaded collection are searchable
         # without a flush (Milvus seals and indexes them on its own schedule).

@@ -231,7 +231,7 @@ class FakeProducer:
 
 
 def _message(offset: int, body: bytes) -> Message:
-    headers = [(CORRELATION_ID, f"c{offset}".encode()), (REPLY_TO, b"replies.test")]
+    headers = [(CORRELATION_ID, f"c{offset}".encode()), (REPLY_TO, b"recall.replies.test")]
     return Message(topic="recall.requests", partition=0, offset=offset, value=body, headers=headers)
 
 

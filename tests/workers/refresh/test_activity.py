@@ -125,12 +125,15 @@ class FakeStore:
     def delete_generations_above(self, collection: str, generation: int) -> None:
         return None
 
-    def insert(self, collection: str, ids: np.ndarray, vectors: np.ndarray, version: str, **_: Any) -> int:
+    def is_keyed(self, collection: str) -> bool:
+        return False  # rows keyed by item id: nothing to close, every round a new collection
+
+    def write_rows(self, collection: str, rows: Any, segment: str = "all", *, upsert: bool = False) -> int:
         if self.registry is not None:
             self.seen.append(_activity(self.registry))
-        return len(ids)
+        return len(rows)
 
-    def probe(self, collection: str, ids: np.ndarray, vectors: np.ndarray, model_version: str | None = None) -> Any:
+    def probe(self, collection: str, ids: np.ndarray, vectors: np.ndarray, **_: Any) -> Any:
         return ProbeResult(checked=len(ids))
 
 

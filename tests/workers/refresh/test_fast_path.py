@@ -61,7 +61,7 @@ def settings(tmp_path: Path, milvus_uri: str) -> Settings:
         train=TRAIN,
         eval=EvalSettings(top_n=5),
         milvus=MilvusSettings(uri=milvus_uri, alias=f"fp_{uuid.uuid4().hex[:10]}", index_type="FLAT"),
-        refresh=RefreshSettings(train_batches=30, replay_users=20, grace_period_s=0, probe_items=5),
+        refresh=RefreshSettings(train_batches=30, replay_users=20, grace_period_s=0, probe_items=5, publication="full"),
     )
 
 

@@ -1,5 +1,9 @@
 """Churn: items not clicked for ``item_ttl_s`` leave the next published version, and once enough rows
-expired the table is compacted to the items still alive (real embedded Milvus)."""
+expired the table is compacted to the items still alive (real embedded Milvus).
+
+The refresh code's wall clock is moved forward past the TTL instead of sleeping through a short one: a
+TTL of seconds raced the round itself (an item clicked at the round's start could expire before its
+publish)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import workers.refresh.publish
+import workers.refresh.worker
 from model.checkpoint import open_checkpoint
 from model.config import MindConfig, TrainConfig
 from model.data.types import Sequences
@@ -26,11 +32,29 @@ pytestmark = pytest.mark.integration
 
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)
 TRAIN = TrainConfig(batch_size=32, negatives=16, lr=0.02, seed=5)
-TTL_S = 2.0
+TTL_S = 600.0  # far longer than a round: only the clock's jump expires anything
 NEW = [10**15 + 1, 10**15 + 2]
 
 
-def test_expired_items_leave_the_next_version_and_the_table_is_compacted(tmp_path: Path, milvus_uri: str) -> None:
+class _Later:
+    """The ``time`` module as the refresh code sees it, with ``time()`` ``offset_s`` later."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset_s
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_expired_items_leave_the_next_version_and_the_table_is_compacted(
+    tmp_path: Path, milvus_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Later()
+    monkeypatch.setattr(workers.refresh.worker, "time", clock)
+    monkeypatch.setattr(workers.refresh.publish, "time", clock)
     rng = np.random.default_rng(0)
     seqs = [[int(c * 10 + rng.integers(1, 11)) for _ in range(rng.integers(8, 16))] for c in rng.integers(0, 4, 80)]
     data = Sequences.from_lists(list(range(1, 81)), seqs, item_count=41)
@@ -43,7 +67,13 @@ def test_expired_items_leave_the_next_version_and_the_table_is_compacted(tmp_pat
         eval=EvalSettings(top_n=5),
         milvus=MilvusSettings(uri=milvus_uri, alias=f"ttl_{uuid.uuid4().hex[:10]}", index_type="FLAT"),
         refresh=RefreshSettings(
-            train_batches=30, replay_users=40, grace_period_s=0, probe_items=5, item_ttl_s=TTL_S, compact_share=0.25
+            train_batches=30,
+            replay_users=40,
+            grace_period_s=0,
+            probe_items=5,
+            item_ttl_s=TTL_S,
+            compact_share=0.25,
+            publication="full",  # the compaction of a new epoch (a delta withdraws: test_delta.py)
         ),
     )
     with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
@@ -52,7 +82,7 @@ def test_expired_items_leave_the_next_version_and_the_table_is_compacted(tmp_pat
         alias = settings.milvus.alias
         assert store.count(f"{alias}_v1") == 40  # the base's items count as seen when it was trained
 
-        time.sleep(TTL_S + 0.5)  # everything the base knew is now past the TTL ...
+        clock.offset_s = TTL_S + 60  # everything the base knew is now past the TTL ...
         clicked = [*range(1, 11), *NEW]  # ... except what these users click now
         events, ts = [], 0
         for user in range(1000, 1020):

@@ -51,7 +51,13 @@ def test_old_versions_go_live_and_rollback_target_stay(tmp_path: Path, milvus_ur
         eval=EvalSettings(top_n=5),
         milvus=MilvusSettings(alias=f"t_{uuid.uuid4().hex[:10]}", index_type="FLAT"),
         refresh=RefreshSettings(
-            train_batches=30, replay_users=20, grace_period_s=0, keep_previous=1, keep_versions=1, probe_items=5
+            train_batches=30,
+            replay_users=20,
+            grace_period_s=0,
+            keep_previous=1,
+            keep_versions=1,
+            probe_items=5,
+            publication="full",  # versions as collections
         ),
     )
     alias = settings.milvus.alias
