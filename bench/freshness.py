@@ -143,8 +143,10 @@ class Observer:
                     time.sleep(0.02)
 
     def _check(self, model_version: str, collection: str) -> None:
+        """A reply is mixed when its version was never served from the collection it names (its own
+        version, or one a delta announced there)."""
         self.replies += 1
-        if collection != f"{self.stack.alias}_{model_version}":
+        if model_version not in self.stack.versions_served(collection):
             self.mixed += 1
 
     def probe_recall(self) -> None:

@@ -322,6 +322,15 @@ class LiveStack:
         announced = Generations.load(self.settings.models_dir, collection).version
         return announced or ModelRegistry(self.settings.models_dir, self.alias).version_of(collection)
 
+    def versions_served(self, collection: str) -> set[str]:
+        """Every version served from ``collection``: the one it is named after and those announced there."""
+        from workers.refresh.generations import Generations
+        from workers.refresh.registry import ModelRegistry
+
+        state = Generations.load(self.settings.models_dir, collection)
+        own = ModelRegistry(self.settings.models_dir, self.alias).version_of(collection)
+        return {v for v in (own, state.version, *(v for _, v in state.history)) if v is not None}
+
     def live_created_at(self, collection: str) -> float | None:
         """When the model version served from ``collection`` was built (its checkpoint manifest)."""
         from workers.refresh.registry import ModelRegistry
