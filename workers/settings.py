@@ -493,6 +493,22 @@ class RecallSettings(_Section):
     popular_max_events: int = Field(
         100_000, ge=1, description="Clicks the fallback reads per refresh at most (the rest on the next)"
     )
+    # Availability and filters inside / after the search (workers/recall/item_filters.py; issue 32).
+    unavailable_in_search: int = Field(
+        1000,
+        ge=0,
+        description="Withdrawn items named in the Milvus search expression (item_id not in [...]) up to this many: "
+        "+3 ms per search at 1,000, +47 ms at 10,000 (100k rows); with more, they are left out after the search, "
+        "which then asks each interest for post_filter_overfetch more candidates",
+    )
+    post_filter_overfetch: int = Field(
+        200,
+        ge=0,
+        le=10_000,
+        description="Extra candidates per interest when items are left out after the search without being counted "
+        "(withdrawn items past unavailable_in_search; filters on a collection built before the metadata fields): "
+        "top_k is still filled unless more than this many of an interest's best are left out",
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics here; unset = off")
 
 

@@ -1,7 +1,7 @@
 """``mindstream up``: the whole live system on one machine, on embedded defaults.
 
 Embedded Apache Kafka broker + embedded Milvus (or the configured external ones) -> first model trained
-(or reused) -> ingest, refresh, recall and HTTP gateway workers as supervised processes -> held-out
+(or reused) -> ingest, catalogue, refresh, recall and HTTP gateway workers as supervised processes -> held-out
 users' clicks replayed as a live stream, then a continuous stream over the same catalogue (drifting
 users, new items, bursts: ``workers.stream``), with recall requests alongside -> a progress line.
 Ctrl-C (or ``mindstream down``) stops everything; the state directory is kept for the next start.
@@ -43,7 +43,8 @@ from workers.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
-METRICS_PORTS = {"ingest": 9101, "refresh": 9102, "recall": 9103}  # ops/prometheus/prometheus.local.yml
+# ops/prometheus/prometheus.local.yml scrapes these (the catalogue worker's since issue 32)
+METRICS_PORTS = {"ingest": 9101, "refresh": 9102, "recall": 9103, "catalogue": 9104}
 
 
 def pid_file(settings: Settings) -> Path:
@@ -71,7 +72,8 @@ def metrics_port(settings: Settings, worker: str) -> int:
 
 def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
     logs = settings.state_dir / "logs"
-    names = ["refresh", "ingest", "recall", "gateway"]
+    # the catalogue worker applies the items topic (availability, metadata) that recall and the gateway follow
+    names = ["refresh", "ingest", "catalogue", "recall", "gateway"]
     return [Child(name, [name], env, logs / f"{name}.log") for name in names]
 
 

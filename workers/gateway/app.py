@@ -55,7 +55,7 @@ from workers.gateway.admin import (
     RollbackResult,
 )
 from workers.gateway.auth import HistoryGuard, admin_guard, bearer
-from workers.gateway.catalogue import Catalogue, catalogue_of
+from workers.gateway.catalogue import Catalogue, StreamedItems, catalogue_of
 from workers.gateway.docs import mount_docs
 from workers.gateway.fast_recall import FastRecallMiddleware
 from workers.gateway.middleware import (
@@ -336,9 +336,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mindstream gateway``: serve until SIGTERM/SIGINT (uvicorn finishes in-flight requests)."""
+    from workers.catalogue.reader import CatalogueReader
+    from workers.catalogue.row_metadata import CatalogueMetadata
     from workers.infra.milvus_server import open_milvus
     from workers.ingest.state_reader import StateReader
+    from workers.recall.item_filters import Filtering
     from workers.recall.live_model import LiveModel
+    from workers.recall.serving_state import follow_serving_state
     from workers.refresh.registry import ModelRegistry
     from workers.runtime import StopFlag, configure_logging, stop_on_signals
 
@@ -348,8 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = args.host or settings.http.host, args.port or settings.http.port
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
-        store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True))
+        # /rec/insert_data publishes through this store: its rows take the catalogue's metadata
+        metadata = CatalogueMetadata.open(settings)
+        stack.callback(metadata.close)
+        store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True, metadata=metadata))
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+        state = follow_serving_state(settings, stack)  # the catalogue and the popular counts, followed
         registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
         items = settings.data.item_catalogue()  # read once: the `diversity` merge and the page's titles
@@ -361,14 +369,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             categories=items,
             budget=Budget.from_settings(settings.recall),
             breaker=CircuitBreaker.from_settings(settings.recall),
+            view=state.view,
+            popular=state.popular,
+            filtering=Filtering.from_settings(settings.recall),
         )
         engine.warm_up()
+        page_reader = stack.enter_context(CatalogueReader(settings.state_dir, settings.kafka.items_topic))
         app = create_app(
             settings,
             store=store,
             engine=engine,
             admin=Admin(settings, store, registry),
-            catalogue=Catalogue.from_items(items, settings.data.name),
+            catalogue=Catalogue.from_items(items, settings.data.name).with_stream(
+                StreamedItems(state.view, page_reader)
+            ),
         )
         config = uvicorn.Config(
             app, host=host, port=port, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S

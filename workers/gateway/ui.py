@@ -8,8 +8,13 @@
   and answers with the
   history and the recommended items with their titles and genres. The list comes from the gateway's
   :class:`RecallService`, the batcher and engine behind ``POST /rec/recall``, for the request
-  ``{"hist_item": [history], "top_k": k}``: the same list, scores, version and generation that
-  ``/rec/recall`` gives for that history. With K > 1 interests each item is tagged with the interest
+  ``{"hist_item": [history], "top_k": k}`` (with the page's ``exclude_seen``, ``filters`` and
+  ``fallback`` when chosen): the same list, scores, version and generation that ``/rec/recall`` gives
+  for that history. A user without history is sent as ``{"user_ids": [id]}``: with ``fallback``
+  the reply's ``source`` shows the popular items answering. Items carry the items topic's title,
+  categories and availability when the gateway follows the catalogue
+  (:class:`~workers.gateway.catalogue.StreamedItems`; a withdrawn item shows in a history, never in
+  a list). With K > 1 interests each item is tagged with the interest
   that retrieved it: the K interest vectors of the history (the served tower) are searched once more,
   one list per interest, on the same collection and generation, and each item takes the interest
   whose list holds it with the best score (the one the engine's merge by score kept). When an item
@@ -29,7 +34,7 @@ import logging
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -46,12 +51,14 @@ from schemas.messages import (
     ErrorCode,
     ErrorReply,
     Id,
+    RecallFilters,
     RecallRequest,
 )
 from workers.gateway.auth import HistoryGuard
 from workers.gateway.catalogue import Catalogue, ItemInfo
 from workers.gateway.recall import QueueFull, RecallService
 from workers.gateway.ui_status import LiveView, StatusSampler
+from workers.infra.vector_store import MAX_TOP_K as SEARCH_MAX_TOP_K
 from workers.infra.vector_store import PAD_ID, VectorStore
 from workers.recall.engine import RecallEngine, ServedModel
 from workers.refresh.generations import announced_generation
@@ -100,6 +107,9 @@ class ExploreRequest(BaseModel):
     items: ClickSequence | None = None
     top_k: int = Field(default=20, ge=1, le=MAX_TOP_K)
     diversity: float | None = Field(default=None, ge=0, le=MAX_DIVERSITY, allow_inf_nan=False)  # as RecallRequest
+    exclude_seen: bool | None = None  # as RecallRequest's (issue 32)
+    filters: RecallFilters | None = None
+    fallback: Literal["popular"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ExploreRequest:
@@ -164,12 +174,19 @@ class LiveReader:
         return self._created[version]
 
 
-def _info(catalogue: Catalogue, item_id: int) -> dict[str, Any]:
-    """An item for the page; ``key`` is the id as a string (ids past 2^53 lose digits as JS numbers)."""
-    info: ItemInfo | None = catalogue.get(item_id)
+def _info(item_id: int, info: ItemInfo | None) -> dict[str, Any]:
+    """An item for the page; ``key`` is the id as a string (ids past 2^53 lose digits as JS numbers);
+    ``available`` only when the gateway follows the items topic."""
     if info is None:
         return {"id": item_id, "key": str(item_id), "title": None, "genres": []}
-    return {"id": item_id, "key": str(item_id), "title": info.title, "genres": list(info.genres)}
+    out = {"id": item_id, "key": str(item_id), "title": info.title, "genres": list(info.genres)}
+    if info.available is not None:
+        out["available"] = info.available
+    return out
+
+
+def _infos(catalogue: Catalogue, item_ids: list[int]) -> list[dict[str, Any]]:
+    return [_info(i, info) for i, info in zip(item_ids, catalogue.describe(item_ids), strict=True)]
 
 
 def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
@@ -193,9 +210,10 @@ class Explorer:
         return list(self.engine.history.history(user_id, served.tower.maxlen))
 
     def _interests(
-        self, history: list[int], items: list[int], top_k: int, version: str, generation: int
+        self, history: list[int], items: list[int], request: RecallRequest, version: str, generation: int
     ) -> tuple[int, list[int]]:
-        """``(K, interest of each item)``; the tags are empty when they cannot be told (see the module doc)."""
+        """``(K, interest of each item)``; the tags are empty when they cannot be told (see the module doc).
+        The search filters as the request's did and asks for as many more candidates as it left out."""
         served: ServedModel | None = self.engine.live.current()
         if served is None or served.version != version or served.generation != generation:
             return 0, []
@@ -203,8 +221,15 @@ class Explorer:
         k = int(vectors.shape[0])
         if k <= 1 or not items:
             return k, [0] * len(items) if k == 1 else []
-        result = self.engine.store.search(
-            served.collection, vectors, top_k, with_versions=False, max_generation=served.max_generation
+        where = self.engine.search_expression(request.filters)
+        left_out = len(history) if request.exclude_seen else 0
+        if request.filters is not None and request.filters.exclude_items:
+            left_out += len(request.filters.exclude_items)
+        limit = min(request.top_k + left_out + self.engine.filtering.post_filter_overfetch, SEARCH_MAX_TOP_K)
+        store: Any = self.engine.store
+        extra = {"filter": where} if where else {}
+        result = store.search(
+            served.collection, vectors, limit, with_versions=False, max_generation=served.max_generation, **extra
         )
         ids = result.ids.reshape(k, -1)
         scores = result.scores.reshape(k, -1) * self.sign
@@ -232,17 +257,25 @@ class Explorer:
             history = list(body.items or [])
         out: dict[str, Any] = {
             "user_id": body.user_id,
-            "history": [_info(self.catalogue, i) for i in history],
+            "history": await run_in_threadpool(_infos, self.catalogue, history),
             "request": None,
             "reply": None,
             "interests": 0,
             "items": [],
         }
-        if not history:
+        options: dict[str, Any] = {
+            "top_k": body.top_k,
+            "diversity": body.diversity,
+            "exclude_seen": body.exclude_seen,
+            "filters": body.filters,
+            "fallback": body.fallback,
+        }
+        if not history and (body.user_id is None or body.fallback is None):
             out["message"] = f"user {body.user_id} has no clicks in the state recall reads"
             return JSONResponse(out)
         history = history[-MAX_SEQUENCE_LENGTH:]
-        request = RecallRequest(hist_item=[history], top_k=body.top_k, diversity=body.diversity)
+        source: dict[str, Any] = {"hist_item": [history]} if history else {"user_ids": [body.user_id]}
+        request = RecallRequest.model_validate({**source, **{k: v for k, v in options.items() if v is not None}})
         out["request"] = request.model_dump(mode="json", exclude_none=True)
         try:
             status, reply = await self.recall.answer_async(request)
@@ -252,19 +285,25 @@ class Explorer:
             return JSONResponse(reply.model_dump(mode="json"), status_code=status)
         out["reply"] = reply.model_dump(mode="json")
         items, scores = reply.items[0], reply.scores[0]
-        try:
-            k, tags = await run_in_threadpool(
-                self._interests, history, items, body.top_k, reply.model_version, reply.generation
-            )
-        except Exception as exc:
-            log.warning("explore: interest tags failed: %s", exc)
-            k, tags = 0, []
+        popular = reply.source is not None and reply.source[0] == "popular"
+        k = 0
+        tags: list[int] = []  # the interest of each item (a popular list has none)
+        if not popular:
+            try:
+                k, tags = await run_in_threadpool(
+                    self._interests, history, items, request, reply.model_version, reply.generation
+                )
+            except Exception as exc:
+                log.warning("explore: interest tags failed: %s", exc)
         out["interests"] = k
+        described = await run_in_threadpool(_infos, self.catalogue, items)
         out["items"] = [
-            {**_info(self.catalogue, item), "score": score, "interest": tags[n] if tags else None}
-            for n, (item, score) in enumerate(zip(items, scores, strict=True))
+            {**info, "score": score, "interest": tags[n] if tags else None}
+            for n, (info, score) in enumerate(zip(described, scores, strict=True))
         ]
-        if not items:
+        if popular:
+            out["message"] = "no usable history: the popular items of the recent window answered (the fallback)"
+        elif not items:
             out["message"] = "none of these items is known to the live model: nothing to recall from"
         return JSONResponse(out)
 
@@ -311,7 +350,7 @@ def mount_ui(
         found = catalogue.search(q, limit)
         if not found and q.strip().isdigit() and int(q.strip()) > 0:
             found = [int(q.strip())]  # an id the catalogue does not know: still a valid item to send
-        return [_info(catalogue, item_id) for item_id in found]
+        return await run_in_threadpool(_infos, catalogue, found)
 
     @app.post("/ui/api/explore", include_in_schema=False)
     async def ui_explore(body: ExploreRequest, raw: Request) -> Response:

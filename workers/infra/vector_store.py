@@ -2,7 +2,13 @@
 
 Schema of an item collection: ``id`` INT64 primary key (the item id), ``vector``
 FLOAT_VECTOR(dim), ``model_version`` VARCHAR (the model that produced the vector) and
-``segment`` VARCHAR.
+``segment`` VARCHAR (keyed collections: :mod:`workers.infra.row_keys`). Collections made since the
+catalogue (issue 32) also carry the item's catalogue metadata, for the requests' filters:
+``categories`` ARRAY<VARCHAR> and ``item_segment`` VARCHAR (the items topic's segment, ``""`` for
+none; not the partition, which follows the item's clicks). Every row written takes them from the
+store's :class:`RowMetadata` (the catalogue as it is when the row is written; none: empty), so a
+row of an item keeps the metadata of its last write until it is written again
+(:mod:`workers.refresh.delta` rewrites items whose metadata changed).
 
 Segments are **explicit partitions**, one Milvus partition per segment, named after it (the
 default segment is ``"all"``). Chosen over a partition key because a partition key hashes
@@ -26,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 import numpy as np
@@ -35,6 +41,7 @@ from pymilvus.client.utils import check_status
 from pymilvus.exceptions import ConnectError, ErrorCode, MilvusUnavailableException, ParamError
 from pymilvus.grpc_gen import milvus_pb2, schema_pb2
 
+from schemas.messages import MAX_CATEGORIES_PER_ITEM, MAX_CATEGORY_LENGTH, MAX_SEGMENT_LENGTH
 from workers.infra.row_keys import KEY_LENGTH, OPEN, item_ids_of, row_keys, visible
 from workers.settings import MilvusSettings
 
@@ -53,6 +60,7 @@ __all__ = [
     "AliasedCollectionError",
     "MilvusSearcher",
     "ProbeResult",
+    "RowMetadata",
     "SearchResult",
     "VectorStore",
     "insert_request",
@@ -70,6 +78,8 @@ MAX_TOP_K = 16_384
 VERSION_MAX_LEN = 128
 IVF_NLIST = 1_024
 IVF_NPROBE = 32
+
+METADATA_FIELDS = ("categories", "item_segment")  # the catalogue's, on every row (collections made since issue 32)
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _ALIAS_EXISTS = 1602
@@ -127,6 +137,13 @@ class SearchResult:
     ids: np.ndarray
     scores: np.ndarray
     model_versions: frozenset[str] = field(default_factory=frozenset)
+
+
+class RowMetadata(Protocol):
+    """What a row carries besides its vector: the catalogue's segment (``""``: none) and categories of
+    each item, in the order of ``item_ids``."""
+
+    def metadata_of(self, item_ids: np.ndarray) -> tuple[list[str], list[list[str]]]: ...
 
 
 @dataclass(frozen=True)
@@ -213,12 +230,22 @@ class VectorStore:
     """Thin, typed layer over ``pymilvus.MilvusClient`` for item-vector collections."""
 
     def __init__(
-        self, uri: str, settings: MilvusSettings, client: MilvusClient | None = None, *, serving: bool = False
+        self,
+        uri: str,
+        settings: MilvusSettings,
+        client: MilvusClient | None = None,
+        *,
+        serving: bool = False,
+        metadata: RowMetadata | None = None,
     ) -> None:
         """``serving``: a recall path's store: :meth:`search` is tried once with ``serving_search_timeout_s``
-        (the recall engine's circuit breaker handles failures) instead of retried with ``timeout_s``."""
+        (the recall engine's circuit breaker handles failures) instead of retried with ``timeout_s``.
+        ``metadata``: where every row written takes its item's catalogue metadata from (a writer's store
+        should have one: :class:`workers.catalogue.row_metadata.CatalogueMetadata`); None = empty."""
         self.settings = settings
         self.serving = serving
+        self.metadata = metadata
+        self._with_metadata: dict[str, bool] = {}  # collection -> has the catalogue metadata fields
         self._kinds: dict[str, str] = {}  # collection -> index type (search parameters follow it)
         self._keyed: dict[str, bool] = {}  # collection -> has row keys (row_keys) or the older id = item id
         token = settings.token.get_secret_value() if settings.token else ""
@@ -258,8 +285,17 @@ class VectorStore:
         schema.add_field("segment", DataType.VARCHAR, max_length=255)
         schema.add_field("generation", DataType.INT64)  # written at; 0: the epoch's build
         schema.add_field("gen_to", DataType.INT64)  # valid until (exclusive); row_keys.OPEN while current
+        schema.add_field(  # the catalogue's categories of the item (filters: array_contains_any)
+            "categories",
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=MAX_CATEGORIES_PER_ITEM,
+            max_length=MAX_CATEGORY_LENGTH,
+        )
+        schema.add_field("item_segment", DataType.VARCHAR, max_length=MAX_SEGMENT_LENGTH)  # the catalogue's; "": none
         self._call(f"create {name}", self.client.create_collection, name, schema=schema)
         self._keyed[name] = True
+        self._with_metadata[name] = True
         self.ensure_segment(name, DEFAULT_SEGMENT)
         log.info("created collection %s (dim %d)", name, dim)
 
@@ -282,6 +318,7 @@ class VectorStore:
         self._call(f"drop {name}", self.client.drop_collection, name)
         self._kinds.pop(name, None)
         self._keyed.pop(name, None)
+        self._with_metadata.pop(name, None)
         log.info("dropped collection %s", name)
 
     # -- segments (partitions) ------------------------------------------------------------------
@@ -340,9 +377,12 @@ class VectorStore:
         if upsert and not keyed:
             raise ValueError(f"{name}: rows can only be replaced in a keyed collection")
         step = self.settings.insert_batch
+        with_metadata = keyed and self.has_metadata(name)
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             columns = chunk.columns(segment, keyed)
+            if with_metadata:
+                columns.update(self._metadata_columns(chunk.item_ids))
             if _RAW_SEARCH:
                 self._call(f"write into {name}", self._write_raw, name, columns, chunk.vectors, segment, upsert)
                 continue
@@ -353,6 +393,16 @@ class VectorStore:
             self._call(f"write into {name}", write, name, dicts, partition_name=segment)
         log.debug("%s %d rows into %s/%s", "upserted" if upsert else "inserted", len(rows), name, segment)
         return len(rows)
+
+    def _metadata_columns(self, item_ids: np.ndarray) -> dict[str, list[Any]]:
+        """``item_segment`` and ``categories`` of rows of ``item_ids`` (:attr:`metadata`; empty without)."""
+        n = int(item_ids.shape[0])
+        if self.metadata is None:
+            return {"item_segment": [""] * n, "categories": [[] for _ in range(n)]}
+        segments, categories = self.metadata.metadata_of(item_ids)
+        if len(segments) != n or len(categories) != n:
+            raise ValueError(f"metadata of {len(segments)}/{len(categories)} items for {n} rows")
+        return {"item_segment": segments, "categories": categories}
 
     def _write_raw(
         self,
@@ -463,9 +513,12 @@ class VectorStore:
         with_versions: bool = True,
         strong: bool = False,
         max_generation: int | None = None,
+        filter: str | None = None,
     ) -> SearchResult:
         """Top-``top_k`` items for each query row (nq is chunked into calls of ``MAX_NQ``); with
-        ``max_generation`` only rows of generations ``<= max_generation`` are searched."""
+        ``max_generation`` only rows of generations ``<= max_generation`` are searched; ``filter``: a
+        boolean expression the rows must also satisfy (Milvus scalar filtering, applied inside the search:
+        ``top_k`` hits whenever that many rows pass it)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2:
             raise ValueError(f"queries must be [nq, dim], got shape {queries.shape}")
@@ -481,6 +534,8 @@ class VectorStore:
             extra["filter"] = self.visible_at(name_or_alias, max_generation)
         elif self.is_keyed(name_or_alias):
             extra["filter"] = f"gen_to == {OPEN}"  # current rows (an epoch build: exactly one per item)
+        if filter:
+            extra["filter"] = f"({extra['filter']}) and ({filter})" if extra.get("filter") else filter
         for start in range(0, nq, MAX_NQ):
             chunk = queries[start : start + MAX_NQ]
             search: Callable[..., Any] = self._search_raw if _RAW_SEARCH and not with_versions else self.client.search
@@ -612,6 +667,37 @@ class VectorStore:
     def has_generations(self, name: str) -> bool:
         """Whether ``name`` has the ``generation`` field (collections built before it have not)."""
         return "generation" in self._field_names(name)
+
+    def has_metadata(self, name: str) -> bool:
+        """Whether ``name`` has the catalogue metadata fields (``categories``, ``item_segment``; cached):
+        collections made before them cannot be filtered by segment or category inside a search."""
+        known = self._with_metadata.get(name)
+        if known is None:
+            known = self._with_metadata[name] = set(METADATA_FIELDS) <= self._field_names(name)
+        return known
+
+    def metadata_where(self, name: str, where: str, batch: int = 10_000) -> dict[int, tuple[str, tuple[str, ...]]]:
+        """``item_id -> (item_segment, categories)`` of the rows matching ``where`` (Strong; paged by key
+        as :meth:`rows_where`); empty for a collection without the metadata fields."""
+        if not self.has_metadata(name):
+            return {}
+        found: dict[int, tuple[str, tuple[str, ...]]] = {}
+        last = ""
+        while True:
+            page = self._call(
+                f"metadata of {name}",
+                self.client.query,
+                name,
+                filter=f'({where}) and id > "{last}"',
+                output_fields=["item_id", *METADATA_FIELDS],
+                limit=batch,
+                consistency_level="Strong",
+            )
+            for row in page:
+                found[int(row["item_id"])] = (str(row["item_segment"]), tuple(row["categories"] or ()))
+            if len(page) < batch:
+                return found
+            last = max(str(row["id"]) for row in page)
 
     def is_keyed(self, name: str) -> bool:
         """Whether ``name`` holds keyed rows (:mod:`workers.infra.row_keys`; cached). Collections made before
@@ -757,6 +843,9 @@ def insert_request(
             data.scalars.string_data.data.extend(columns[fname])
         elif ftype == DataType.INT64:
             data.scalars.long_data.data.extend(columns[fname])
+        elif ftype == DataType.ARRAY and spec.get("element_type") == DataType.VARCHAR:
+            for values in columns[fname]:  # as pymilvus packs it (no element_type: the schema has it)
+                data.scalars.array_data.data.add().string_data.data.extend(values)
         else:
             raise ValueError(f"{name}: unsupported field {fname!r} ({ftype!r})")
         request.fields_data.append(data)

@@ -14,7 +14,19 @@ Choices:
 * ``hist_item`` is used as given (the tower keeps the last ``maxlen`` clicks and ignores ids it does
   not know); ``user_ids`` are resolved through a :class:`HistorySource`.
 * A user with no usable history (unknown user, or only unknown items) gets an **empty list**, not an
-  error: it is a valid question with no personalised answer (callers fall back to popular items).
+  error: it is a valid question with no personalised answer; with ``fallback: "popular"`` it gets the
+  items most clicked in the recent window instead (:class:`~workers.recall.popular.PopularItems`,
+  available, passing the filters, without its exclusions), and the reply's ``source`` says, per
+  user, which answered (present only when the request asked for a fallback).
+* **What a recall may return** (issue 32; :mod:`workers.recall.item_filters`): never an item the
+  catalogue withdrew (:attr:`CatalogueView.unavailable`, read once per ``answer()`` call: every
+  reply of the call sees the same set), only items passing the request's ``filters``, and, with
+  ``exclude_seen``, none of the user's history (``user_ids``: the history recall reads; ``hist_item``:
+  the whole given sequence) nor ``exclude_items``. Segment and category filters (and the withdrawn
+  items up to ``recall.unavailable_in_search``) are applied inside the Milvus search; requests whose
+  filters differ are searched apart. Exclusions are per user, so they are left out after the search,
+  and each interest's search asks for as many more candidates: ``top_k`` items remain whenever the
+  catalogue has them. The budget counts a request at that larger ``top_k``.
 * An :class:`ErrorReply` is only for requests that cannot be served: ``user_ids`` without a history
   source or a failing one (``bad_request`` / ``internal``), over the budget (``too_large``, before any
   work: ``users x top_k`` over ``recall.max_request_cost``, or ``top_k`` over
@@ -53,22 +65,33 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 
 from model.data.items import ItemCatalogue
 from model.diversity import ItemFeatures, Similarity, greedy_select, merge_candidates
-from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
-from workers.infra.vector_store import PAD_ID, SearchResult, is_transient
+from schemas.messages import ErrorCode, ErrorReply, RecallFilters, RecallReply, RecallRequest, RecallSource
+from workers.catalogue.view import CatalogueView
+from workers.infra.vector_store import MAX_TOP_K, PAD_ID, SearchResult, is_transient
 from workers.recall.breaker import CircuitBreaker, CircuitOpen
 from workers.recall.budget import Budget
+from workers.recall.item_filters import (
+    Filtering,
+    ViewCategories,
+    availability_expression,
+    filter_expression,
+    has_metadata_conditions,
+    join,
+)
+from workers.recall.popular import PopularItems
 
 __all__ = ["HistorySource", "RecallEngine", "Reply", "StageTimes", "merge_scored"]
 
 log = logging.getLogger(__name__)
 
 Reply = RecallReply | ErrorReply
+_EMPTY: Final = np.empty(0, dtype=np.int64)
 
 
 class HistorySource(Protocol):
@@ -80,6 +103,12 @@ class Tower(Protocol):
     def maxlen(self) -> int: ...
 
     def interests(self, histories: Sequence[Sequence[int]]) -> np.ndarray: ...
+
+
+class CategoryMatrix(Protocol):
+    """Multi-hot categories by external item id (:class:`ItemCatalogue`, :class:`ViewCategories`)."""
+
+    def matrix(self, item_ids: np.ndarray) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -116,6 +145,24 @@ class Searcher(Protocol):
         with_versions: bool = ...,
         max_generation: int | None = ...,
     ) -> SearchResult: ...
+
+
+@runtime_checkable
+class FilteringSearcher(Protocol):
+    """A store that can filter inside a search (:class:`~workers.infra.vector_store.VectorStore`)."""
+
+    def search(
+        self,
+        name_or_alias: str,
+        queries: np.ndarray,
+        top_k: int,
+        *,
+        with_versions: bool = ...,
+        max_generation: int | None = ...,
+        filter: str | None = ...,
+    ) -> SearchResult: ...
+
+    def has_metadata(self, name: str) -> bool: ...
 
 
 def merge_scored(ids: np.ndarray, scores: np.ndarray, top_n: int) -> tuple[list[int], list[float]]:
@@ -185,14 +232,58 @@ class _AliasMoved(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Candidates:
-    """One search's answer: user ``u``'s ``[K, top_k]`` lists are ``ids[rows[u]]`` with ``scores[rows[u]]``
-    (signed: higher is better); ``rows[u] == -1``: not searched (no usable history). ``returned``: the
-    ``perf_counter()`` at which the search (or the tower, when nobody was searched) returned."""
+    """A sub-batch's searches: user ``u``'s ``K`` lists are ``lists[u] = (ids [K, n], scores [K, n])``
+    (signed: higher is better); ``None``: not searched (no usable history). ``returned``: the
+    ``perf_counter()`` at which the last search (or the tower, when nobody was searched) returned."""
 
-    rows: np.ndarray
-    ids: np.ndarray
-    scores: np.ndarray
+    lists: list[tuple[np.ndarray, np.ndarray] | None]
     returned: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Availability:
+    """The withdrawn items as one ``answer()`` call sees them: named in the search ``expression``, or,
+    past ``recall.unavailable_in_search``, left out ``after`` the search (sorted ids) with ``overfetch``
+    more candidates per interest."""
+
+    unavailable: frozenset[int]
+    expression: str
+    after: np.ndarray
+    overfetch: int
+
+
+_NOTHING_WITHDRAWN: Final = _Availability(frozenset(), "", _EMPTY, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _UserPlan:
+    """How one user is searched: the search's filter ``expression`` (users with the same one share a
+    search), what is left out after it (``excluded`` ids; ``admit``: the filters checked item by item,
+    on a collection without the metadata fields) and the candidates each interest asks for."""
+
+    expression: str
+    excluded: np.ndarray
+    admit: Callable[[int], bool] | None
+    limit: int
+
+
+def _contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``ids`` (any shape) that are in ``sorted_ids`` (ascending)."""
+    if sorted_ids.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+    return np.asarray(sorted_ids[at] == ids)
+
+
+def _kept(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each interest's first ``n`` candidates that ``keep`` admits, in order (padded)."""
+    if keep.all():
+        return ids[:, :n], scores[:, :n]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+    kept = np.take_along_axis(keep, order, axis=1)
+    ids = np.where(kept, np.take_along_axis(ids, order, axis=1), PAD_ID)
+    scores = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
+    return ids, scores
 
 
 class RecallEngine:
@@ -209,19 +300,50 @@ class RecallEngine:
         budget: Budget | None = None,
         breaker: CircuitBreaker | None = None,
         wall_clock: Callable[[], float] = time.time,
+        view: CatalogueView | None = None,
+        popular: PopularItems | None = None,
+        filtering: Filtering | None = None,
     ) -> None:
-        """``budget`` and ``breaker`` default to the ``recall.*`` settings' defaults: pass
-        ``Budget.from_settings(settings.recall)`` and ``CircuitBreaker.from_settings(settings.recall)`` to
-        follow the configuration. ``wall_clock`` (epoch seconds) is what deadlines are compared with."""
+        """``budget``, ``breaker`` and ``filtering`` default to the ``recall.*`` settings' defaults: pass
+        ``Budget.from_settings(settings.recall)``, ``CircuitBreaker.from_settings(settings.recall)`` and
+        ``Filtering.from_settings(settings.recall)`` to follow the configuration. ``wall_clock`` (epoch
+        seconds) is what deadlines are compared with. ``view``: the catalogue (availability, the
+        filters' metadata for the fallback and old collections, the streamed categories of the
+        ``diversity`` merge); ``popular``: the fallback's counts. None (both): as before issue 32, every
+        item available and ``fallback`` answered with an empty list."""
         self.live = live
         self.store = store
         self.history = history
         self.categories = categories  # by external id, for the `diversity` merge; None = item vectors only
+        self.view = view
+        self.popular = popular
+        self.filtering = Filtering.from_settings() if filtering is None else filtering
         self._sign = 1.0 if higher_is_better else -1.0
         self.budget = Budget.from_settings() if budget is None else budget
         self.breaker = CircuitBreaker.from_settings() if breaker is None else breaker
         self._wall_clock = wall_clock
+        self._availability = _NOTHING_WITHDRAWN
+        self._filters_in_search = isinstance(store, FilteringSearcher)  # else everything is left out after it
         self.last_version: str | None = None  # version that answered the last served batch
+
+    def availability(self) -> _Availability:
+        """The withdrawn items now (one read of the view), with their expression (rebuilt on change)."""
+        gone = self.view.unavailable if self.view is not None else frozenset()
+        held = self._availability
+        if held.unavailable is gone or held.unavailable == gone:
+            return held
+        if self._filters_in_search and len(gone) <= self.filtering.unavailable_in_search:
+            held = _Availability(gone, availability_expression(gone), _EMPTY, 0)
+        else:
+            after = np.sort(np.fromiter(gone, dtype=np.int64, count=len(gone)))
+            held = _Availability(gone, "", after, min(len(gone), self.filtering.post_filter_overfetch))
+        self._availability = held
+        return held
+
+    def search_expression(self, filters: RecallFilters | None = None) -> str:
+        """The filter a search for a request with ``filters`` runs with now (availability included);
+        ``""`` when none. For a caller searching beside the engine (the page's interest tags)."""
+        return join([self.availability().expression, filter_expression(filters)])
 
     def warm_up(self) -> str | None:
         """Resolve the live model and run its tower once (first Paddle calls are slow); its version."""
@@ -262,7 +384,8 @@ class RecallEngine:
             else:
                 replies[index] = _error(ErrorCode.TOO_LARGE, too_large)
         if admitted:
-            self._answer(requests, admitted, replies, started, stages, deadlines or [None] * len(requests))
+            gone = self.availability()
+            self._answer(requests, admitted, replies, started, stages, deadlines or [None] * len(requests), gone)
         return [r if r is not None else _error(ErrorCode.INTERNAL, "no answer computed") for r in replies]
 
     def _answer(
@@ -273,6 +396,7 @@ class RecallEngine:
         started: float,
         stages: StageTimes,
         deadlines: Sequence[int | None],
+        gone: _Availability,
     ) -> None:
         """Fill ``replies[i]`` for every ``i`` in ``admitted``: one live model, searched sub-batch by sub-batch."""
         refused = self.breaker.refusal()
@@ -289,12 +413,22 @@ class RecallEngine:
         if served is None:
             _fill(replies, admitted, _error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet"))
             return
-        shapes = [(requests[i].n_users, requests[i].top_k) for i in admitted]
+        shapes = [(requests[i].n_users, self._search_k(requests[i], served.tower.maxlen, gone)) for i in admitted]
         batches = [[admitted[j] for j in part] for part in self.budget.split(shapes)]
         try:
-            self._serve_all(served, requests, batches, replies, started, stages, deadlines, may_retry=True)
+            self._serve_all(served, requests, batches, replies, started, stages, deadlines, gone, may_retry=True)
         except _AliasMoved as moved:  # every reply of the call on the new model, those already built too
-            self._serve_all(moved.served, requests, batches, replies, started, stages, deadlines, may_retry=False)
+            self._serve_all(moved.served, requests, batches, replies, started, stages, deadlines, gone, may_retry=False)
+
+    def _search_k(self, request: RecallRequest, maxlen: int, gone: _Availability) -> int:
+        """The most candidates per interest a search for ``request`` may ask (its budget's ``top_k``)."""
+        k = request.top_k + gone.overfetch
+        if request.filters is not None and request.filters.exclude_items:
+            k += len(request.filters.exclude_items)
+        if request.exclude_seen:
+            seen = maxlen if request.hist_item is None else max(len(set(h)) for h in request.hist_item)
+            k += seen
+        return min(k, MAX_TOP_K)
 
     def _serve_all(
         self,
@@ -305,6 +439,7 @@ class RecallEngine:
         started: float,
         stages: StageTimes,
         deadlines: Sequence[int | None],
+        gone: _Availability,
         *,
         may_retry: bool,
     ) -> None:
@@ -327,7 +462,7 @@ class RecallEngine:
                 continue
             try:
                 answers = self._serve(
-                    served, [requests[i] for i in todo], started, stages, [deadlines[i] for i in todo]
+                    served, [requests[i] for i in todo], started, stages, [deadlines[i] for i in todo], gone
                 )
             except CircuitOpen as exc:
                 _fill(replies, todo, _error(ErrorCode.UNAVAILABLE, str(exc)))
@@ -380,8 +515,9 @@ class RecallEngine:
         started: float,
         stages: StageTimes,
         deadlines: Sequence[int | None],
+        gone: _Availability,
     ) -> list[Reply]:
-        """One sub-batch: its histories, one tower pass, one search, each request's merge."""
+        """One sub-batch: its histories, one tower pass, one search per distinct filter, each request's merge."""
         tower = served.tower
         replies: list[Reply | None] = [None] * len(requests)
         spans: list[tuple[int, int, int]] = []  # (request index, first user row, user count)
@@ -395,75 +531,176 @@ class RecallEngine:
             spans.append((index, len(histories), len(users)))
             histories.extend(users)
         if spans:
-            top_k = max(requests[i].top_k for i, _, _ in spans)
-            found = self._search(served, histories, top_k, stages)
+            filtered = any(has_metadata_conditions(requests[i].filters) for i, _, _ in spans)
+            inside = not filtered or self._filters_inside(served.collection)
+            plans = [
+                self._plan(requests[index], histories[user], gone, inside)
+                for index, lo, n in spans
+                for user in range(lo, lo + n)
+            ]
+            found = self._search(served, histories, plans, gone, stages)
             for index, lo, n in spans:
                 late = _late_ms(deadlines[index], self._now_ms())
                 if late is not None:
                     replies[index] = _timeout(late, "before its merge; not merged")
                     continue
                 request = requests[index]
-                lam = request.diversity or 0.0
-                merged = [self._merge(tower, found, user, request.top_k, lam) for user in range(lo, lo + n)]
+                answered = [
+                    self._user_reply(tower, found, user, plans[user], request, gone) for user in range(lo, lo + n)
+                ]
                 replies[index] = RecallReply(
-                    items=[ids for ids, _ in merged],
-                    scores=[scores for _, scores in merged],
+                    items=[ids for ids, _, _ in answered],
+                    scores=[scores for _, scores, _ in answered],
                     model_version=served.version,
                     generation=served.generation,
                     collection=served.collection,
                     took_ms=(time.perf_counter() - started) * 1000,
+                    source=[source for _, _, source in answered] if request.fallback is not None else None,
                 )
             stages.merge = _plus(stages.merge, time.perf_counter() - found.returned)
         return [r for r in replies if r is not None]
 
-    def _search(self, served: ServedModel, histories: list[list[int]], top_k: int, stages: StageTimes) -> _Candidates:
-        """The tower over ``histories``, then one search of the users with an interest (``top_k`` each)."""
+    def _filters_inside(self, collection: str) -> bool:
+        """Whether segment and category filters can run inside a search of ``collection`` (it has the
+        metadata fields); else they are checked after it, item by item, on the catalogue view."""
+        return isinstance(self.store, FilteringSearcher) and self.store.has_metadata(collection)  # cached there
+
+    def _plan(self, request: RecallRequest, history: list[int], gone: _Availability, inside: bool) -> _UserPlan:
+        """What one user's search filters and what its merge leaves out (see the module doc)."""
+        filters = request.filters
+        excluded: set[int] = set(filters.exclude_items) if filters is not None and filters.exclude_items else set()
+        if request.exclude_seen:
+            excluded.update(history)
+        admit = None
+        expression = filter_expression(filters)
+        if expression and not inside:
+            admit, expression = self._admits(filters), ""
+        limit = request.top_k + len(excluded) + gone.overfetch
+        if admit is not None:
+            limit += self.filtering.post_filter_overfetch
+        ids = np.sort(np.fromiter(excluded, dtype=np.int64, count=len(excluded))) if excluded else _EMPTY
+        return _UserPlan(expression, ids, admit, min(limit, MAX_TOP_K))
+
+    def _admits(self, filters: RecallFilters | None) -> Callable[[int], bool] | None:
+        """The filters as a test of one item on the catalogue view (None: no filters)."""
+        if filters is None:
+            return None
+        view = self.view
+
+        def admits(item_id: int) -> bool:
+            state = view.get(item_id) if view is not None else None
+            segment, categories = (state.segment, state.categories) if state is not None else (None, ())
+            return filters.admits(segment, categories, item_id)
+
+        return admits
+
+    def _search(
+        self,
+        served: ServedModel,
+        histories: list[list[int]],
+        plans: list[_UserPlan],
+        gone: _Availability,
+        stages: StageTimes,
+    ) -> _Candidates:
+        """The tower over ``histories``, then one search per distinct filter expression of the users with
+        an interest (each interest asks for the largest ``limit`` among them)."""
         began = time.perf_counter()
         try:
             interests = np.asarray(served.tower.interests(histories), dtype=np.float32)  # [U, K, dim]
         finally:
-            searching = time.perf_counter()
-            stages.tower = _plus(stages.tower, searching - began)
+            returned = time.perf_counter()
+            stages.tower = _plus(stages.tower, returned - began)
         users, k, dim = interests.shape
-        active = np.flatnonzero(np.any(interests.reshape(users, -1) != 0, axis=1))
-        rows = np.full(users, -1, dtype=np.int64)
-        rows[active] = np.arange(active.size)
-        if active.size == 0:
-            empty = np.zeros((0, k, top_k))
-            return _Candidates(rows, empty.astype(np.int64), empty, searching)
-        queries = interests[active].reshape(-1, dim)
+        live = np.any(interests != 0, axis=-1)  # [U, K]: interests switched off retrieve nothing
+        lists: list[tuple[np.ndarray, np.ndarray] | None] = [None] * users
+        groups: dict[str, list[int]] = {}
+        for user in np.flatnonzero(live.any(axis=1)).tolist():
+            groups.setdefault(plans[user].expression, []).append(user)
+        for expression, members in groups.items():
+            limit = max(plans[user].limit for user in members)
+            where = join([gone.expression, expression])
+            result, returned = self._one_search(served, interests[members].reshape(-1, dim), limit, where, stages)
+            ids = result.ids.reshape(len(members), k, -1)
+            signed = result.scores.reshape(len(members), k, -1) * self._sign
+            silent = ~live[members]
+            if silent.any():
+                ids = np.where(silent[..., None], PAD_ID, ids)
+                signed = np.where(silent[..., None], -np.inf, signed)
+            for row, user in enumerate(members):
+                lists[user] = (ids[row], signed[row])
+        return _Candidates(lists, returned)
+
+    def _one_search(
+        self, served: ServedModel, queries: np.ndarray, limit: int, where: str, stages: StageTimes
+    ) -> tuple[SearchResult, float]:
+        """One Milvus search through the breaker; the result and when it returned."""
         self.breaker.check()
         searching = time.perf_counter()
         try:
-            result = self.store.search(
-                served.collection, queries, top_k, with_versions=False, max_generation=served.max_generation
-            )
+            if where:
+                if not isinstance(self.store, FilteringSearcher):
+                    raise TypeError(f"{type(self.store).__name__} cannot filter inside a search")
+                result = self.store.search(
+                    served.collection,
+                    queries,
+                    limit,
+                    with_versions=False,
+                    max_generation=served.max_generation,
+                    filter=where,
+                )
+            else:
+                result = self.store.search(
+                    served.collection, queries, limit, with_versions=False, max_generation=served.max_generation
+                )
         except Exception as exc:
             raise _SearchFailed(exc, self.breaker.failed(exc)) from exc
         finally:
             returned = time.perf_counter()
             stages.search = _plus(stages.search, returned - searching)
         self.breaker.succeeded()
-        ids = result.ids.reshape(active.size, k, -1)
-        signed = result.scores.reshape(active.size, k, -1) * self._sign
-        silent = ~np.any(interests[active] != 0, axis=-1)  # [users, K]: interests switched off
-        if silent.any():
-            ids = np.where(silent[..., None], PAD_ID, ids)
-            signed = np.where(silent[..., None], -np.inf, signed)
-        return _Candidates(rows, ids, signed, returned)
+        return result, returned
 
-    def _merge(
-        self, tower: Tower, found: _Candidates, user: int, top_k: int, lam: float
-    ) -> tuple[list[int], list[float]]:
-        """User ``user``'s ``K`` lists -> its ``top_k`` items: by score, or diverse when ``lam > 0``."""
-        row = int(found.rows[user])
-        if row < 0:
-            return [], []
+    def _user_reply(
+        self,
+        tower: Tower,
+        found: _Candidates,
+        user: int,
+        plan: _UserPlan,
+        request: RecallRequest,
+        gone: _Availability,
+    ) -> tuple[list[int], list[float], RecallSource]:
+        """User ``user``'s ``top_k`` items, their scores and what answered: its ``K`` lists without what
+        the plan leaves out, merged by score or diverse; the fallback for a user nobody searched."""
+        lists = found.lists[user]
+        if lists is None:
+            if request.fallback == "popular" and self.popular is not None:
+                picked = self.popular.top(
+                    request.top_k, exclude=set(plan.excluded.tolist()), allowed=self._allowed(request, gone)
+                )
+                return [item for item, _ in picked], [count for _, count in picked], "popular"
+            return [], [], "model"
+        ids, scores = lists
+        keep = ids != PAD_ID
+        if plan.excluded.size:
+            keep &= ~np.isin(ids, plan.excluded)
+        if gone.after.size:
+            keep &= ~_contains(gone.after, ids)
+        if plan.admit is not None:
+            admit = plan.admit
+            keep &= np.vectorize(lambda item: item == PAD_ID or admit(int(item)), otypes=[bool])(ids)
+        ids, scores = _kept(ids, scores, keep, request.top_k)
+        lam = request.diversity or 0.0
         if lam > 0:
-            ids, scores = self.diverse_merge(tower, found.ids[row, :, :top_k], found.scores[row, :, :top_k], top_k, lam)
+            items, best = self.diverse_merge(tower, ids, scores, request.top_k, lam)
         else:
-            ids, scores = merge_scored(found.ids[row], found.scores[row], top_k)
-        return ids, [s * self._sign for s in scores]
+            items, best = merge_scored(ids, scores, request.top_k)
+        return items, [s * self._sign for s in best], "model"
+
+    def _allowed(self, request: RecallRequest, gone: _Availability) -> Callable[[int], bool]:
+        """Which items the fallback may return: available (as this call sees it) and passing the filters."""
+        admits = self._admits(request.filters)
+        unavailable = gone.unavailable
+        return lambda item: item not in unavailable and (admits is None or admits(item))
 
     def diverse_merge(
         self, tower: Tower, ids: np.ndarray, scores: np.ndarray, top_n: int, lam: float
@@ -471,7 +708,10 @@ class RecallEngine:
         """One user's ``K x n`` candidates -> ``top_n`` ids picked by ComiRec's greedy rule (higher scores
         better), with their scores, in pick order."""
         cand, cand_scores, _ = merge_candidates(ids, scores)
-        categories = self.categories.matrix(cand) if self.categories is not None else None
+        source: CategoryMatrix | None = self.categories
+        if self.view is not None:
+            source = ViewCategories(self.view, self.categories)
+        categories = source.matrix(cand) if source is not None else None
         vectors = None  # only needed for the pairs the catalogue cannot compare
         if (categories is None or not categories.any(axis=1).all()) and isinstance(tower, VectorTower):
             vectors = tower.item_vectors(cand)

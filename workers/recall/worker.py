@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
+from workers.catalogue.view import CatalogueView
 from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer, record_bytes
 from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics, stack_topics
@@ -48,9 +49,12 @@ from workers.metrics import GcPauses
 from workers.recall.breaker import CircuitBreaker, register_breaker_metrics
 from workers.recall.budget import Budget
 from workers.recall.engine import HistorySource, RecallEngine, Reply, StageTimes
+from workers.recall.item_filters import Filtering
 from workers.recall.live_model import LiveModel
 from workers.recall.metrics import RecallMetrics
+from workers.recall.popular import PopularItems
 from workers.recall.replies import KnownTopics, ReplyPolicy
+from workers.recall.serving_state import follow_serving_state
 from workers.refresh.registry import ModelRegistry
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
 from workers.settings import KafkaSettings, RecallSettings, Settings
@@ -334,9 +338,18 @@ def reply_policy(settings: Settings) -> ReplyPolicy:
 
 
 def build_worker(
-    settings: Settings, conf: Conf, store: VectorStore, history: HistorySource | None, metrics: RecallMetrics
+    settings: Settings,
+    conf: Conf,
+    store: VectorStore,
+    history: HistorySource | None,
+    metrics: RecallMetrics,
+    *,
+    view: CatalogueView | None = None,
+    popular: PopularItems | None = None,
 ) -> RecallWorker:
-    """The worker as settings describe it: live alias from ``settings.milvus``, models from ``models_dir``."""
+    """The worker as settings describe it: live alias from ``settings.milvus``, models from ``models_dir``;
+    ``view`` and ``popular`` (:func:`~workers.recall.serving_state.follow_serving_state`): availability,
+    filters and the fallback (None: every item available, no fallback)."""
     live = LiveModel(
         store,
         ModelRegistry(settings.models_dir, settings.milvus.alias),
@@ -351,6 +364,9 @@ def build_worker(
         categories=settings.data.item_catalogue(),  # for requests' `diversity`
         budget=Budget.from_settings(settings.recall),
         breaker=CircuitBreaker.from_settings(settings.recall),
+        view=view,
+        popular=popular,
+        filtering=Filtering.from_settings(settings.recall),
     )
     register_breaker_metrics(engine.breaker, metrics.registry)
     kafka, recall = settings.kafka, settings.recall
@@ -390,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
         store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True))
         history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
-        worker = build_worker(settings, conf, store, history, RecallMetrics(registry))
+        state = follow_serving_state(settings, stack)  # the catalogue and the popular counts, followed
+        worker = build_worker(
+            settings, conf, store, history, RecallMetrics(registry), view=state.view, popular=state.popular
+        )
         gc_pauses = GcPauses(registry)
         gc_pauses.install()
         stack.callback(gc_pauses.uninstall)

@@ -7,7 +7,11 @@ vectors are written for:
 * items whose vector moved more than ``refresh.delta_threshold`` from the **published** row
   (``|new - published| > threshold x |published|``, so drift cannot build up unseen: an item that
   moves a little each round is written once the sum passes the threshold),
-* items whose partition (segment) changed;
+* items whose partition (segment) changed,
+* items whose catalogue metadata (the ``item_segment`` and ``categories`` the filters read) changed
+  since their row was written: found through the store's metadata feed (the catalogue state's change
+  feed, from where this publisher last looked; a fresh process compares every catalogue item once)
+  and compared with what the published rows carry;
 
 and the rows of items that left the version (expired) are closed. Everything else keeps its
 published row. The write, verification (visible row count, a probe of written rows, the quality
@@ -25,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,16 +37,28 @@ from model.checkpoint import Checkpoint
 from model.data.types import HeldOut
 from model.evaluate import evaluate_model
 from model.export import UserTower, item_table
-from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, Rows, VectorStore
+from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, RowMetadata, Rows, VectorStore
+from workers.ingest.state_reader import Cursor
 from workers.refresh.live_writer import LiveWriter, Published
 from workers.refresh.publish import PublishReport, VerifyError
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
 from workers.settings import RefreshSettings
 
-__all__ = ["Delta", "DeltaPublisher", "diff"]
+__all__ = ["Delta", "DeltaPublisher", "MetadataFeed", "diff"]
 
 log = logging.getLogger(__name__)
+
+METADATA_BY_ID_MAX: Final = 10_000  # published metadata read by item id up to this many items, else by a scan
+_ID_CHUNK: Final = 1_000
+
+
+@runtime_checkable
+class MetadataFeed(RowMetadata, Protocol):
+    """A store's metadata source that also says what changed (:class:`~workers.catalogue.row_metadata.
+    CatalogueMetadata`)."""
+
+    def changed_since(self, cursor: Cursor) -> tuple[np.ndarray, Cursor]: ...
 
 
 @dataclass(frozen=True)
@@ -61,13 +78,17 @@ def diff(
     partitions: np.ndarray,
     threshold: float,
     known: np.ndarray,
+    rewrite: np.ndarray | None = None,
 ) -> Delta:
     """The :class:`Delta` of a version's ``ids`` / ``vectors`` / ``partitions`` (object array) against
     ``published``; ``known``: for each published item, whether the version's vocabulary holds it (active
     or expired): a published item it does not know (added by the fast path after the round's data) is
-    kept, one it holds but does not serve (expired) is withdrawn."""
+    kept, one it holds but does not serve (expired) is withdrawn. ``rewrite``: for each of ``ids``,
+    whether its row must be written again whatever its vector (its catalogue metadata changed)."""
     found, positions = published.find(ids)
     write = ~found
+    if rewrite is not None:
+        write |= rewrite
     if found.any():
         at = positions[found]
         old = published.vectors[at]
@@ -102,6 +123,7 @@ class DeltaPublisher:
         self.top_n = top_n
         self.rng = np.random.default_rng(seed)
         self._on_phase = on_phase
+        self._metadata_cursors: dict[str, Cursor] = {}  # collection -> catalogue changes compared up to
 
     def _timed(self, report: PublishReport, phase: str, began: float) -> None:
         took = time.perf_counter() - began
@@ -127,7 +149,8 @@ class DeltaPublisher:
             published = self.writer.published(collection)
             live_version = self.writer.announced(collection).version or self.registry.version_of(collection)
             knows = vocab.contains(published.item_ids)
-            delta = diff(published, ids, vectors, partitions, self.settings.delta_threshold, knows)
+            rewrite, metadata_cursor = self._metadata_changes(collection, published.generation, ids)
+            delta = diff(published, ids, vectors, partitions, self.settings.delta_threshold, knows, rewrite)
             self._timed(report, "diff", t)
             new: dict[str, Rows] = {}
             for part in sorted(set(partitions[delta.write].tolist())):
@@ -143,6 +166,8 @@ class DeltaPublisher:
 
             t = time.perf_counter()
             written = self.writer.write(collection, version, new, delta.withdrawn, verify, table=published)
+            if metadata_cursor is not None:  # written with the catalogue as it is now: compared up to here
+                self._metadata_cursors[collection] = metadata_cursor
         report.rows = written.inserted
         report.closed = written.closed
         report.items = int(ids.shape[0])
@@ -163,6 +188,43 @@ class DeltaPublisher:
             report.phases,
         )
         return report
+
+    def _metadata_changes(
+        self, collection: str, generation: int, ids: np.ndarray
+    ) -> tuple[np.ndarray | None, Cursor | None]:
+        """For each of ``ids``: whether its published row carries other catalogue metadata than the
+        catalogue has now (only items the catalogue changed since the last comparison are looked at);
+        and the catalogue cursor this comparison reached. ``(None, None)`` without a metadata feed or
+        for a collection without the metadata fields."""
+        feed = self.store.metadata
+        if not isinstance(feed, MetadataFeed) or not self.store.has_metadata(collection):
+            return None, None
+        changed, cursor = feed.changed_since(self._metadata_cursors.get(collection, Cursor()))
+        look = np.flatnonzero(np.isin(ids, changed))
+        if look.size == 0:
+            return None, cursor
+        published = self._published_metadata(collection, generation, ids[look])
+        segments, categories = feed.metadata_of(ids[look])
+        rewrite = np.zeros(ids.shape[0], dtype=bool)
+        for at, item, segment, cats in zip(look.tolist(), ids[look].tolist(), segments, categories, strict=True):
+            held = published.get(int(item))
+            rewrite[at] = held is not None and held != (segment, tuple(cats))
+        if rewrite.any():
+            log.info("%s: %d items' catalogue metadata changed: rewritten", collection, int(rewrite.sum()))
+        return rewrite, cursor
+
+    def _published_metadata(
+        self, collection: str, generation: int, item_ids: np.ndarray
+    ) -> dict[int, tuple[str, tuple[str, ...]]]:
+        """What the rows readers see at ``generation`` carry for ``item_ids`` (those that have a row)."""
+        visible = self.store.visible_at(collection, generation)
+        if item_ids.shape[0] > METADATA_BY_ID_MAX:  # a fresh process: every catalogue item, one scan
+            return self.store.metadata_where(collection, visible)
+        found: dict[int, tuple[str, tuple[str, ...]]] = {}
+        for start in range(0, item_ids.shape[0], _ID_CHUNK):
+            chunk = item_ids[start : start + _ID_CHUNK].tolist()
+            found.update(self.store.metadata_where(collection, f"item_id in {chunk} and {visible}"))
+        return found
 
     def _partitions(self, ids: np.ndarray) -> np.ndarray:
         out = np.full(ids.shape[0], DEFAULT_SEGMENT, dtype=object)

@@ -244,10 +244,13 @@ function tick() {
 function itemLine(item, extra) {
   const untitled = state.titles ? `new item ${item.key} (not in the catalogue)` : `item ${item.key}`;
   const title = item.title ? item.title + (item.year ? ` (${item.year})` : "") : untitled;
-  return el("li", extra || {},
+  const attrs = { ...(extra || {}) };
+  if (item.available === false) attrs.class = "withdrawn";  // withdrawn on the items topic: never recommended
+  return el("li", attrs,
     el("span", { class: "title" }, title), " ",
     el("span", { class: "muted" }, item.title ? `#${item.key}` : ""), " ",
     el("span", { class: "genres" }, (item.genres || []).join(", ")),
+    item.available === false ? el("span", { class: "badge" }, " withdrawn") : null,
     item.score !== undefined ? el("span", { class: "score" }, "  " + item.score.toFixed(4)) : null);
 }
 
@@ -262,9 +265,11 @@ function renderExplore(out) {
   $("explore-result").hidden = false;
   $("history").replaceChildren(...out.history.map((i) => itemLine(i)));
   const reply = out.reply;
-  $("answered-by").textContent = reply
-    ? `Answered by model ${reply.model_version}, generation ${reply.generation}, collection ${reply.collection}, in ${fmt(reply.took_ms, 1)} ms (the same engine as POST /rec/recall).`
-    : "";
+  const popular = reply && reply.source && reply.source[0] === "popular";
+  $("answered-by").textContent = !reply ? ""
+    : popular ? `Answered by the fallback: the most clicked available items of the recent window (counts decayed), in ${fmt(reply.took_ms, 1)} ms; model ${reply.model_version} is live (the same engine as POST /rec/recall).`
+    : `Answered by model ${reply.model_version}, generation ${reply.generation}, collection ${reply.collection}, in ${fmt(reply.took_ms, 1)} ms (the same engine as POST /rec/recall).`;
+  $("answered-by").className = popular ? "fallback" : "";
   const items = out.items.map((item, rank) => ({ ...item, rank }));
   const k = out.interests;
   const tagged = k > 1 && items.length && items.every((i) => i.interest !== null);
@@ -285,12 +290,27 @@ function renderExplore(out) {
   $("rec-ids").textContent = out.items.map((i) => i.key).join(", ");
 }
 
+// The filters typed into the page, as the request's "filters" (values separated by commas), or null.
+function filters() {
+  const out = {};
+  for (const [id, field] of [["include-segments", "include_segments"], ["exclude-segments", "exclude_segments"],
+    ["include-categories", "include_categories"], ["exclude-categories", "exclude_categories"]]) {
+    const values = $(id).value.split(",").map((v) => v.trim()).filter((v) => v);
+    if (values.length) out[field] = values;
+  }
+  return Object.keys(out).length ? out : null;
+}
+
 // ids travel as digit strings written into the JSON as they are: a JS number loses digits past 2^53
 async function explore(source) {
   const topK = Math.max(1, Math.min(1000, Math.floor(Number($("top-k").value)) || 20));
   const lam = Number($("diversity").value);
-  const diversity = Number.isFinite(lam) && lam > 0 ? `, "diversity": ${Math.min(lam, 1000)}` : "";
-  const body = (source.user ? `{"user_id": ${source.user}` : `{"items": [${source.items.join(", ")}]`) + `, "top_k": ${topK}${diversity}}`;
+  let options = Number.isFinite(lam) && lam > 0 ? `, "diversity": ${Math.min(lam, 1000)}` : "";
+  if ($("exclude-seen").checked) options += `, "exclude_seen": true`;
+  if ($("fallback").checked) options += `, "fallback": "popular"`;
+  const chosen = filters();
+  if (chosen) options += `, "filters": ${JSON.stringify(chosen)}`;
+  const body = (source.user ? `{"user_id": ${source.user}` : `{"items": [${source.items.join(", ")}]`) + `, "top_k": ${topK}${options}}`;
   message("asking\u2026");
   const headers = { "Content-Type": "application/json" };
   const bearer = readToken() || token();  // a user's history needs one of them; items need none
