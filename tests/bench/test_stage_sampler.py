@@ -38,6 +38,7 @@ from bench.stage_sampler import (
     stage_quantiles,
     stage_summary,
 )
+from tests.waiting import wait_until
 from workers.recall.metrics import STAGES, RecallMetrics
 from workers.refresh.metrics import ACTIVITIES, RefreshMetrics
 from workers.status import window_quantile
@@ -259,9 +260,10 @@ def test_the_sampler_scrapes_the_three_pages_each_period_and_keeps_intervals(ser
     _Pages.pages = {"/recall": PAGE, "/gateway": PAGE, "/refresh": PAGE}
     urls = {"kafka": f"{server}/recall", "http": f"{server}/gateway", "refresh": f"{server}/refresh"}
     sampler = StageSampler(urls, every_s=0.05).start()
-    time.sleep(0.4)
+    wait_until(lambda: len(sampler.intervals()) >= 3, 30, "three intervals with every page", every=0.01)
     _Pages.pages = {"/recall": PAGE, "/refresh": PAGE}  # the gateway stops answering
-    time.sleep(0.3)
+    switched = sampler.scrapes  # samples begun so far: every later one finds no gateway page
+    wait_until(lambda: len(sampler.intervals()) >= switched + 2, 30, "intervals without the gateway", every=0.01)
     sampler.stop()
     intervals = sampler.intervals()
     assert len(intervals) >= 4 and sampler.scrapes == len(intervals) + 1

@@ -12,12 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -27,6 +25,7 @@ from model.config import MindConfig, TrainConfig
 from model.export import item_table
 from model.net import MindNet
 from schemas.messages import ClickEvent
+from tests.waiting import wait_until as wait_until  # re-exported: the fault tests import it from here
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_store import PartitionStore
 from workers.refresh.registry import ModelRegistry
@@ -37,24 +36,10 @@ TRAIN = TrainConfig(batch_size=32, negatives=16, lr=0.02, seed=5, threads=1)
 SESSION_MS = 2000  # small group session: a killed member's partitions move on within ~2 s
 SYNTHETIC_ITEMS = 5001  # item_count of the synthetic data set the refresh CLI replays (DEFAULT_SYNTHETIC)
 
-T = TypeVar("T")
-
 
 def pytest_configure(config: pytest.Config) -> None:
     # Until pyproject declares it: "fault: fault-injection tests (kill -9, restarts)".
     config.addinivalue_line("markers", "fault: fault-injection tests (kill -9, restarts)")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def kill_points(seed: int, n: int, low: float, high: float) -> list[float]:

@@ -3,14 +3,15 @@ restart, every produced ``event_id`` is in the state exactly once and none is mi
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from schemas.codec import encode
 from schemas.messages import ClickEvent
+from tests.background import Background
 from tests.faults.conftest import Names, Worker, kill_points, wait_until, worker_env
 from workers.infra.kafka import ensure_topics, make_producer
 from workers.ingest.state_reader import Cursor, StateReader
@@ -19,6 +20,10 @@ from workers.settings import KafkaSettings
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 KILLS = kill_points(seed=11, n=5, low=0.05, high=1.2)
+
+
+def _more_than(reader: StateReader, count: int) -> Callable[[], bool]:
+    return lambda: reader.event_count() > count
 
 
 def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
@@ -31,13 +36,12 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
     ensure_topics(conf, [topic, env["MINDSTREAM_KAFKA__CLICKS_DLQ_TOPIC"]], partitions=2)
 
     produced: list[str] = []
-    feeding = threading.Event()
-    feeding.set()
+    feeding = True
 
     def feed() -> None:  # ~2,000 events/s until the kills are over, every tenth one sent twice
         producer = make_producer(conf)
         n = 0
-        while feeding.is_set():
+        while feeding:
             for _ in range(200):
                 event = ClickEvent(event_id=f"ev-{n}", user_id=n % 97 + 1, item_id=n % 1000 + 1, ts=n)
                 producer.produce(topic, encode(event), key=event.kafka_key())
@@ -47,11 +51,11 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
                 n += 1
             producer.poll(0)
             time.sleep(0.1)
-        assert producer.flush(10) == 0
+        assert producer.flush(10) == 0, "clicks never delivered"  # raised in the test by feeder.join
 
     worker = Worker.cli("ingest", env, tmp_path / "ingest.log")
     workers.append(worker)
-    feeder = threading.Thread(target=feed, daemon=True)
+    feeder = Background(feed, "click feed")
     reader = StateReader(tmp_path / "state", topic)
     try:
         feeder.start()
@@ -59,15 +63,16 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
             worker.start()
             before = reader.event_count()
             # the worker is applying batches again (assigned, consuming) ...
-            wait_until(lambda b=before: reader.event_count() > b, 30, "the restarted worker to apply a batch")
+            wait_until(_more_than(reader, before), 30, "the restarted worker to apply a batch", watch=[feeder])
             time.sleep(delay)  # ... then the kill lands at a seeded random point of its batch loop
             worker.assert_alive()
             worker.kill9()
-            assert feeder.is_alive(), "the kill must land while clicks are still produced"
+            assert feeder.alive(), "the kill must land while clicks are still produced"
         # clicks go on arriving while the worker is down, so the final restart has a backlog to apply
         # (without it, a worker that had caught up at the last kill would leave nothing to prove)
-        time.sleep(0.5)
-        feeding.clear()
+        backlog = len(produced) + 1000
+        wait_until(lambda: len(produced) >= backlog, 30, "clicks produced while the worker is down", watch=[feeder])
+        feeding = False
         feeder.join(30)
         total = len(produced)
         assert 0 < reader.event_count() < total, "the final restart must have a backlog to apply"
@@ -81,5 +86,5 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
         assert len(ids) == len(set(ids)) == total, "an event was applied twice or got lost"
         assert set(ids) == set(produced)
     finally:
-        feeding.clear()
+        feeding = False
         reader.close()

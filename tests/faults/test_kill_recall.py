@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from tests.background import Background
 from tests.faults.conftest import Names, Worker, kill_points, publish_live, save_v1, wait_until, worker_env
 from tests.workers.model_fixtures import exact_recall
 from workers.infra.kafka import ensure_topics
@@ -61,8 +63,7 @@ def test_recall_kill_9_five_times_replies_resume_and_none_is_wrong(
     workers.append(worker)
     sent: list[Sent] = []
     lock = threading.Lock()
-    loading = threading.Event()
-    loading.set()
+    loading = True
     request = RecallRequest(hist_item=HISTORIES, top_k=TOP_K)
 
     with RecallClient(kafka, RecallSettings(client_timeout_s=CLIENT_TIMEOUT_S)) as client:
@@ -74,34 +75,38 @@ def test_recall_kill_9_five_times_replies_resume_and_none_is_wrong(
             return entry
 
         def load() -> None:
-            while loading.is_set():
+            while loading:
                 send()
                 time.sleep(0.05)
 
-        def answered_since(t: float) -> bool:
-            with lock:
-                recent = [s for s in sent if s.at >= t]
-            return any(s.future.done() and s.future.exception() is None for s in recent)
+        def answered_since(t: float) -> Callable[[], bool]:
+            def answered() -> bool:
+                with lock:
+                    recent = [s for s in sent if s.at >= t]
+                return any(s.future.done() and s.future.exception() is None for s in recent)
 
-        loader = threading.Thread(target=load, daemon=True)
-        outages: list[Sent] = []
+            return answered
+
+        loader = Background(load, "recall load")
+        kills: list[float] = []
         try:
             worker.start()
             loader.start()
             for delay in KILLS:
                 started = time.monotonic()
-                wait_until(lambda s=started: answered_since(s), 60, f"replies after start {worker.starts}")
+                wait_until(answered_since(started), 60, f"replies after start {worker.starts}", watch=[loader])
                 time.sleep(delay)  # the kill lands mid-stream of requests, at a seeded point
                 worker.assert_alive()
                 worker.kill9()
-                outages.append(send(outage=True))  # nobody is listening right now
-                time.sleep(0.2)
+                kills.append(time.monotonic())
+                send(outage=True)  # nobody is listening right now
+                time.sleep(0.2)  # an outage: the requests of the load queue up unanswered
                 worker.start()
             started = time.monotonic()
-            wait_until(lambda: answered_since(started), 60, "replies after the last restart")
+            wait_until(answered_since(started), 60, "replies after the last restart", watch=[loader])
         finally:
-            loading.clear()
-            loader.join(10)
+            loading = False
+        loader.join(10)  # raises what the load thread raised
         # every request settles (answered, or failed by the client's own deadline) while the worker runs
         wait_until(lambda: client.pending() == 0, CLIENT_TIMEOUT_S + 10, "every request to settle")
         assert worker.stop() == 0, worker.tail()
@@ -121,4 +126,8 @@ def test_recall_kill_9_five_times_replies_resume_and_none_is_wrong(
             assert (reply.model_version, reply.collection) == ("v1", collection), f"request #{index}: {reply}"
             assert reply.items == expected, f"request #{index}: a wrong answer"
         assert not lost, f"{len(lost)} of {len(entries)} requests never answered: {lost[:5]}"
-        assert len(outages) == len(KILLS) and len(entries) > 5 * len(KILLS)
+        # each kill landed mid-stream: the load had sent a request shortly before it (a stalled load
+        # would make the kills land on an idle worker and leave the redelivery untested)
+        load_times = [e.at for e in entries if not e.outage]
+        for n, killed in enumerate(kills, start=1):
+            assert any(killed - 1.0 <= at <= killed for at in load_times), f"kill {n} landed on an idle worker"

@@ -4,12 +4,19 @@ process: niceness cannot be raised back without privileges)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.required_tools import lacks_sys_nice, requires_sys_nice
+from workers.runtime import ThreadRenicer, renice_named_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,47 +85,83 @@ NAMED = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is Linux's")
-def test_named_threads_of_another_process_are_reniced_and_kept_so() -> None:
-    """``renice_named_threads`` changes only the threads named by the prefix (up, and down where permitted);
-    ``ThreadRenicer`` also catches a thread that starts later."""
-    import os
-    import resource
-    import time
+@dataclass
+class Named:
+    """The NAMED child: its pid, its threads' ids by name, and a way to start one more."""
 
-    from workers.runtime import ThreadRenicer, renice_named_threads
+    proc: subprocess.Popen[str]
+    tids: dict[str, int]
 
+    def prio(self, name: str) -> int:
+        return os.getpriority(os.PRIO_PROCESS, self.tids[name])
+
+    def start(self, name: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"start {name}\n")
+        self.proc.stdin.flush()
+        started, tid = self.proc.stdout.readline().split()
+        self.tids[started] = int(tid)
+
+
+@pytest.fixture
+def named() -> Iterator[Named]:
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("per-thread niceness is Linux's")
     child = subprocess.Popen(
         [sys.executable, "-c", NAMED], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert child.stdout is not None and child.stdin is not None
-        tids = dict(child.stdout.readline().split() for _ in range(2))
-        prio = lambda name: os.getpriority(os.PRIO_PROCESS, int(tids[name]))  # noqa: E731
-        base = prio("Knowhere_Search")  # the suite may itself run niced
-        if base > 16:
-            pytest.skip(f"running at niceness {base}: no room to raise it")
-        assert renice_named_threads(child.pid, ("Knowhere_Build",), base + 2) == (1, 0)
-        assert prio("Knowhere_Build0") == base + 2 and prio("Knowhere_Search") == base
-        assert renice_named_threads(child.pid, ("Knowhere_Build",), base + 2) == (0, 0), "already there"
-        may_lower = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 19 - base
-        lowered = renice_named_threads(child.pid, ("Knowhere_Build",), base + 1)
-        assert lowered == ((1, 0) if may_lower else (0, 1))
-        assert prio("Knowhere_Build0") == (base + 1 if may_lower else base + 2)
-        renicer = ThreadRenicer(child.pid, ("Knowhere_Build",), base + 3, every_s=0.1)
-        try:
-            child.stdin.write("start Knowhere_Build1\n")
-            child.stdin.flush()
-            name, tid = child.stdout.readline().split()
-            tids[name] = tid
-            deadline = time.monotonic() + 10
-            while prio("Knowhere_Build1") != base + 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert prio("Knowhere_Build1") == prio("Knowhere_Build0") == base + 3
-            assert prio("Knowhere_Search") == base
-        finally:
-            renicer.stop()
+        assert child.stdout is not None
+        tids = {name: int(tid) for name, tid in (child.stdout.readline().split() for _ in range(2))}
+        yield Named(child, tids)
     finally:
         child.kill()
         child.wait(timeout=10)
-    assert renice_named_threads(child.pid, ("Knowhere_Build",), 9) == (0, 0), "a process that is gone: nothing"
+
+
+def _room(named: Named) -> int:
+    base = named.prio("Knowhere_Search")  # the suite may itself run niced
+    if base > 16:
+        pytest.skip(f"running at niceness {base}: no room to raise it")
+    return base
+
+
+def test_named_threads_of_another_process_are_reniced_and_kept_so(named: Named) -> None:
+    """``renice_named_threads`` changes only the threads named by the prefix; ``ThreadRenicer`` also
+    catches a thread that starts later. (Raising a niceness needs no privilege.)"""
+    base = _room(named)
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 2) == (1, 0)
+    assert named.prio("Knowhere_Build0") == base + 2 and named.prio("Knowhere_Search") == base
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 2) == (0, 0), "already there"
+    renicer = ThreadRenicer(named.proc.pid, ("Knowhere_Build",), base + 3, every_s=0.1)
+    try:
+        named.start("Knowhere_Build1")
+        deadline = time.monotonic() + 10
+        while named.prio("Knowhere_Build1") != base + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert named.prio("Knowhere_Build1") == named.prio("Knowhere_Build0") == base + 3
+        assert named.prio("Knowhere_Search") == base
+    finally:
+        renicer.stop()
+    pid = named.proc.pid
+    named.proc.kill()
+    named.proc.wait(timeout=10)
+    assert renice_named_threads(pid, ("Knowhere_Build",), 9) == (0, 0), "a process that is gone: nothing"
+
+
+def test_with_cap_sys_nice_a_niceness_is_lowered_again(named: Named) -> None:
+    """The capability's case (what gives the embedded Milvus's search threads back their priority)."""
+    requires_sys_nice()
+    base = _room(named)
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 2) == (1, 0)
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 1) == (1, 0)
+    assert named.prio("Knowhere_Build0") == base + 1 and named.prio("Knowhere_Search") == base
+
+
+def test_without_cap_sys_nice_lowering_is_refused_and_counted(named: Named) -> None:
+    """The fallback case: the thread keeps its niceness, the refusal is counted, nothing raises."""
+    lacks_sys_nice("test_with_cap_sys_nice_a_niceness_is_lowered_again")
+    base = _room(named)
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 2) == (1, 0)
+    assert renice_named_threads(named.proc.pid, ("Knowhere_Build",), base + 1) == (0, 1)
+    assert named.prio("Knowhere_Build0") == base + 2 and named.prio("Knowhere_Search") == base

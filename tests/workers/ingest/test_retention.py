@@ -3,8 +3,10 @@ against a plain Python model of the same events; reads, recall, restarts and the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -242,6 +244,12 @@ while True:
 """
 
 
+def _deleted_so_far(path: Path) -> int:
+    """Rows the retention passes committed as deleted, read beside the writer (WAL: readers never block)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+        return int(conn.execute("SELECT deleted FROM retention WHERE id = 0").fetchone()[0])
+
+
 def test_a_kill_in_the_middle_of_a_retention_pass_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     window, consumed = 1500, 2500
     rng = np.random.default_rng(4)
@@ -252,9 +260,11 @@ def test_a_kill_in_the_middle_of_a_retention_pass_loses_and_duplicates_nothing(t
     store.close()
     policy = RetentionPolicy(history=4, window=20, batch=3)
     expected = _model_kept(everything, policy, consumed)
+    to_delete = len(everything) - len(expected)
+    path = partition_path(tmp_path, TOPIC, 0)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    kills = 0
-    for delay in (0.3, 0.5, 0.8):
+    for quarter in (1, 2, 3):  # each kill lands once the pass is a quarter further, mid-pass
+        target = to_delete * quarter // 4
         proc = subprocess.Popen(
             [sys.executable, "-c", _CRASHER, str(tmp_path), str(window), "3", str(consumed)],
             stdout=subprocess.PIPE,
@@ -262,26 +272,30 @@ def test_a_kill_in_the_middle_of_a_retention_pass_loses_and_duplicates_nothing(t
         )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            time.sleep(delay)
+            deadline = time.monotonic() + 60
+            while _deleted_so_far(path) < target:
+                assert proc.poll() is None and time.monotonic() < deadline, "the pass stopped short"
+                time.sleep(0.002)
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.wait(timeout=30)
-        kills += 1
         store = PartitionStore.open(tmp_path, TOPIC, 0, dedupe_window=window)
         left = {r.seq for r in _rows(store)}
         assert left >= expected, "a row of the kept set was lost"
+        assert left != expected, f"kill {quarter} came after the pass had finished: it interrupted nothing"
+        assert store.retention_progress()[0] == len(everything) - len(left), "deletions counted != rows gone"
         assert store.event_count() == 3000
         store.close()
     store = PartitionStore.open(tmp_path, TOPIC, 0, dedupe_window=window)
-    deleted_by_kills = store.retention_progress()[0]
-    assert deleted_by_kills > 0, "the killed passes did some of the work"
+    assert store.retention_progress()[0] >= to_delete * 3 // 4, "the killed passes did their part of the work"
     _drain(store, policy, consumed)
     assert {r.seq for r in _rows(store)} == expected
+    assert store.retention_progress()[0] == to_delete
     assert store.last_offset(TOPIC, 0) == 2999
     # Redelivery of the dedupe window's events after the kills: every one is a duplicate.
     assert store.apply(events[-window:], TOPIC, 0, 3100) == 0
     assert store.apply([ClickEvent(event_id="new", user_id=1, item_id=1, ts=10_000)], TOPIC, 0, 3101) == 1
-    assert store.event_count() == 3001 and kills == 3
+    assert store.event_count() == 3001
     store.close()
 
 

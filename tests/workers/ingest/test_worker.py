@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.dlq import DeadLetter
 from schemas.headers import get_header
+from tests.background import Background
 from workers.infra.kafka import ensure_topics, make_admin, make_producer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.state_reader import Cursor, StateReader
@@ -175,17 +175,18 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
             if n % 500 == 499:
                 producer.poll(0)
                 time.sleep(0.15)  # ~6 s of production: the kill lands while it goes on
-        assert producer.flush(10) == 0
+        assert producer.flush(10) == 0, "clicks never delivered"  # raised in the test by feeder.join
 
     log = tmp_path / "worker.log"
     state = tmp_path / "state"
-    feeder = threading.Thread(target=produce)
+    feeder = Background(produce, "click producer")
     first = _start(conf, topic_name, state, log)
     feeder.start()
     reader = StateReader(state, topic_name)
     try:
         seen = _wait_count(reader, 3000, 20, first)
-        producing = feeder.is_alive()
+        feeder.check()
+        producing = feeder.alive()
         first.send_signal(signal.SIGKILL)
         first.wait(5)
         feeder.join(30)
@@ -193,10 +194,10 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
         second = _start(conf, topic_name, state, log)
         try:
             assert _wait_count(reader, total, 40, second) == total, log.read_text()[-3000:]
-            time.sleep(0.5)  # nothing more trickles in
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(15) == 0, log.read_text()[-3000:]
+        # after the clean stop (the batch in hand finished and committed) nothing more can trickle in
         events, _ = reader.events_since(Cursor())
         assert len(events) == total
         assert {e.event_id for e in events} == {f"ev-{n}" for n in range(total)}
