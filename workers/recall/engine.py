@@ -413,8 +413,21 @@ class RecallEngine:
         if served is None:
             _fill(replies, admitted, _error(ErrorCode.UNAVAILABLE, "no live model: the alias points at no model yet"))
             return
-        shapes = [(requests[i].n_users, self._search_k(requests[i], served.tower.maxlen, gone)) for i in admitted]
-        batches = [[admitted[j] for j in part] for part in self.budget.split(shapes)]
+        shapes: list[tuple[int, int]] = []
+        searched: list[int] = []
+        for index in admitted:
+            users, k = requests[index].n_users, self._search_k(requests[index], served.tower.maxlen, gone)
+            if k > requests[index].top_k and users * k > self.budget.max_batch_cost:  # the exclusions made it so
+                replies[index] = _error(
+                    ErrorCode.TOO_LARGE,
+                    f"its search ({users} users x {k} candidates: top_k and what is left out after the search) "
+                    f"exceeds recall.max_batch_cost {self.budget.max_batch_cost}: ask for fewer users, a smaller "
+                    "top_k or fewer exclusions",
+                )
+                continue
+            shapes.append((users, k))
+            searched.append(index)
+        batches = [[searched[j] for j in part] for part in self.budget.split(shapes)]
         try:
             self._serve_all(served, requests, batches, replies, started, stages, deadlines, gone, may_retry=True)
         except _AliasMoved as moved:  # every reply of the call on the new model, those already built too
@@ -545,8 +558,11 @@ class RecallEngine:
                     replies[index] = _timeout(late, "before its merge; not merged")
                     continue
                 request = requests[index]
+                pool = self._popular_pool(
+                    request, [plans[u] for u in range(lo, lo + n) if found.lists[u] is None], gone
+                )
                 answered = [
-                    self._user_reply(tower, found, user, plans[user], request, gone) for user in range(lo, lo + n)
+                    self._user_reply(tower, found, user, plans[user], request, gone, pool) for user in range(lo, lo + n)
                 ]
                 replies[index] = RecallReply(
                     items=[ids for ids, _, _ in answered],
@@ -668,17 +684,18 @@ class RecallEngine:
         plan: _UserPlan,
         request: RecallRequest,
         gone: _Availability,
+        pool: list[tuple[int, float]] | None,
     ) -> tuple[list[int], list[float], RecallSource]:
         """User ``user``'s ``top_k`` items, their scores and what answered: its ``K`` lists without what
-        the plan leaves out, merged by score or diverse; the fallback for a user nobody searched."""
+        the plan leaves out, merged by score or diverse; for a user nobody searched, the request's
+        popular ``pool`` without the user's exclusions (None: no fallback)."""
         lists = found.lists[user]
         if lists is None:
-            if request.fallback == "popular" and self.popular is not None:
-                picked = self.popular.top(
-                    request.top_k, exclude=set(plan.excluded.tolist()), allowed=self._allowed(request, gone)
-                )
-                return [item for item, _ in picked], [count for _, count in picked], "popular"
-            return [], [], "model"
+            if pool is None:
+                return [], [], "model"
+            excluded = set(plan.excluded.tolist())
+            picked = [(item, count) for item, count in pool if item not in excluded][: request.top_k]
+            return [item for item, _ in picked], [count for _, count in picked], "popular"
         ids, scores = lists
         keep = ids != PAD_ID
         if plan.excluded.size:
@@ -695,6 +712,19 @@ class RecallEngine:
         else:
             items, best = merge_scored(ids, scores, request.top_k)
         return items, [s * self._sign for s in best], "model"
+
+    def _popular_pool(
+        self, request: RecallRequest, plans: list[_UserPlan], gone: _Availability
+    ) -> list[tuple[int, float]] | None:
+        """The popular items the fallback answers ``request``'s unsearched users (``plans``) from: the
+        ``top_k`` + most any of them leaves out, available and passing the filters, found in one walk of
+        the counts per request (not per user); None when there is no fallback to give."""
+        if request.fallback != "popular" or self.popular is None or not plans:
+            return None
+        filters = request.filters
+        common = set(filters.exclude_items) if filters is not None and filters.exclude_items else set()
+        extra = max(plan.excluded.size for plan in plans) - len(common)
+        return self.popular.top(request.top_k + max(extra, 0), exclude=common, allowed=self._allowed(request, gone))
 
     def _allowed(self, request: RecallRequest, gone: _Availability) -> Callable[[int], bool]:
         """Which items the fallback may return: available (as this call sees it) and passing the filters."""

@@ -184,3 +184,27 @@ def test_the_fallback_answers_users_without_history_and_says_so(view: CatalogueV
     assert unknown.source == ["popular"] and unknown.items == [[30, 9, 2]]
     before = _reply(engine, RecallRequest(user_ids=[8], top_k=2))
     assert before.items == [[]] and before.source is None and "source" not in json.loads(encode(before))
+
+
+def test_each_user_without_history_gets_the_fallback_without_its_own_exclusions(view: CatalogueView) -> None:
+    popular = PopularItems(half_life_s=60.0, capacity=100, clock_ms=lambda: 1e12)
+    clicks = [31] * 5 + [32] * 4 + [9] * 3 + [2] * 2 + [33]  # 31..33: clicked, unknown to the model
+    popular.add(np.array(clicks), np.full(len(clicks), 1e12, dtype=np.int64))
+    engine, _ = _engine(view, popular=popular)
+    asked = RecallRequest(hist_item=[[31], [32], [33, 31]], top_k=3, exclude_seen=True, fallback="popular")
+    reply = _reply(engine, asked)
+    assert reply.source == ["popular"] * 3
+    assert reply.items == [[32, 9, 2], [31, 9, 2], [32, 9, 2]]  # 33 is not in the catalogue view: available
+    excluded = _reply(engine, asked.model_copy(update={"filters": RecallFilters(exclude_items=[9])}))
+    assert excluded.items == [[32, 2, 33], [31, 2, 33], [32, 2]]
+
+
+def test_a_search_that_the_exclusions_make_too_large_is_refused_by_name(view: CatalogueView) -> None:
+    engine, store = _engine(view, budget=Budget(max_request_cost=10**6, max_diverse_top_k=200, max_batch_cost=100))
+    heavy = RecallRequest(hist_item=[[3]] * 5, top_k=10, filters=RecallFilters(exclude_items=list(range(40, 60))))
+    plain = RecallRequest(hist_item=[[3]] * 20, top_k=10)  # over max_batch_cost too, but as before: searched alone
+    refused, served = engine.answer([heavy, plain])
+    assert not isinstance(refused, RecallReply) and refused.code == "too_large"
+    assert "5 users x 30 candidates" in refused.message and "recall.max_batch_cost 100" in refused.message
+    assert isinstance(served, RecallReply) and len(served.items) == 20
+    assert [call[2] for call in store.calls] == [10]
