@@ -140,6 +140,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
 def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> RefreshWorker:
     from model.export import external_heldout
+    from workers.catalogue.row_metadata import CatalogueMetadata
     from workers.infra.vector_store import VectorStore
     from workers.ingest.state_reader import StateReader
     from workers.offline import load
@@ -150,13 +151,14 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
 
     registry = metrics_registry(settings.refresh.metrics_port)
     metrics = RefreshMetrics(registry)
+    metadata = CatalogueMetadata.open(settings)  # categories and segments onto every row written
     dataset = load(settings) if with_data else None
     quality = None
     if dataset is not None:  # the quality gate searches Milvus, which speaks external item ids
         quality = external_heldout(dataset.valid.head(settings.refresh.quality_users), dataset.vocab)
     return RefreshWorker(
         settings,
-        VectorStore(uri, settings.milvus),
+        VectorStore(uri, settings.milvus, metadata=metadata),
         StateReader(settings.state_dir, settings.kafka.clicks_topic),
         replay=dataset.train if dataset is not None else None,
         replay_vocab=dataset.vocab if dataset is not None else None,
@@ -164,7 +166,7 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
         metrics=metrics,
         fast_path=FastPath(  # its own Milvus client and state reader: it runs in a thread of its own
             settings,
-            VectorStore(uri, settings.milvus),
+            VectorStore(uri, settings.milvus, metadata=metadata),
             StateReader(settings.state_dir, settings.kafka.clicks_topic),
             cursor=RefreshState.load(RefreshState.file(settings.refresh_dir)).get_cursor(),
             metrics=metrics,

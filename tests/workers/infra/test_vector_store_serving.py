@@ -22,6 +22,9 @@ class Unavailable:
     def describe_index(self, name: str, field: str, timeout: float | None = None) -> dict[str, str]:
         return {"index_type": "FLAT"}
 
+    def describe_collection(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        return {"fields": [{"name": "id"}, {"name": "vector"}]}  # item-id keys: no visibility filter
+
     def search(self, name: str, **kwargs: Any) -> Any:
         self.timeouts.append(kwargs.get("timeout"))
         raise MilvusException(code=2, message="unavailable")
