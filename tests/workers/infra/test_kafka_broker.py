@@ -91,6 +91,7 @@ def test_missing_maven_on_first_start_names_what_to_install(monkeypatch: pytest.
         resolve_kafka(KafkaSettings().embedded_version, tmp_path / "empty-cache")
 
 
+@pytest.mark.slow  # starts brokers of its own
 def test_restart_on_the_same_directory_keeps_topics_messages_and_offsets(tmp_path: Path) -> None:
     ports = [NodePorts(free_port(), free_port())]
     cluster = KafkaCluster(tmp_path / "kafka", ports=ports)
@@ -138,6 +139,7 @@ def test_open_kafka_uses_configured_servers_without_starting_anything(tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # starts brokers of its own
 def test_open_kafka_starts_embedded_broker_when_unset(tmp_path: Path) -> None:
     settings = KafkaSettings(embedded_port=free_port(), embedded_controller_port=free_port())
     with open_kafka(settings, tmp_path / "kafka") as bootstrap:
@@ -224,6 +226,7 @@ def test_restarted_consumer_resumes_after_stored_offset(kafka_settings: KafkaSet
         second.close()
 
 
+@pytest.mark.slow  # starts brokers of its own
 def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
     """No orphan even when the owning process is SIGKILLed (PR_SET_PDEATHSIG on Linux)."""
     if sys.platform != "linux":

@@ -42,6 +42,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # starts a server of its own
 def test_second_server_runs_beside_the_session_one(milvus_uri: str, tmp_path: Path) -> None:
     with EmbeddedMilvus(tmp_path, port=free_port()) as server:
         assert server.uri != milvus_uri
@@ -80,6 +81,7 @@ def test_open_milvus_uses_an_external_uri_without_starting_anything(tmp_path: Pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # starts a server of its own
 def test_open_milvus_starts_and_stops_an_embedded_server(tmp_path: Path) -> None:
     settings = MilvusSettings(embedded_port=free_port())
     with open_milvus(settings, tmp_path) as uri:

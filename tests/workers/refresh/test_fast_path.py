@@ -34,7 +34,7 @@ from workers.refresh.registry import ModelRegistry
 from workers.refresh.worker import RefreshWorker
 from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)
 TRAIN = TrainConfig(batch_size=32, negatives=16, lr=0.02, seed=5)
