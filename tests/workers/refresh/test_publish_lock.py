@@ -6,17 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.background import Background
+from tests.waiting import wait_until
 from workers.refresh.publish_lock import PublishBusy, lock_path, publish_lock
 
 HOLDER = """
 import sys, time
 from pathlib import Path
+from tests.background import Background
+from tests.waiting import wait_until
 from workers.refresh.publish_lock import publish_lock
 with publish_lock(Path(sys.argv[1]), wait=True):
     print("held", flush=True)
@@ -56,11 +58,16 @@ def test_waiting_holder_gets_it_when_released_and_threads_exclude_each_other(tmp
             order.append("second")
 
     with publish_lock(path, wait=True):
-        worker = threading.Thread(target=second)
-        worker.start()
-        time.sleep(0.2)
+        worker = Background(second, "second holder").start()
+        wait_until(lambda: _waiting_on(path), 10, "the second holder blocked on the lock", every=0.01, watch=[worker])
         with pytest.raises(PublishBusy), publish_lock(path, wait=False):  # same process, another open: excluded too
             pass
         order.append("first")
     worker.join(5)
     assert order == ["first", "second"]
+
+
+def _waiting_on(path: Path) -> bool:
+    """A flock request on ``path`` is blocked: the kernel lists it with ``->`` in /proc/locks."""
+    inode = f":{path.stat().st_ino} "
+    return any("-> FLOCK" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
