@@ -38,12 +38,14 @@ from workers.settings import MilvusSettings, RefreshSettings
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 # Where each kill lands: seconds after a round began (the worker took the publish lock; then cleanup, read
-# and training, ~0.3 s here), or after its checkpoint was written (publishing: shadow created, index, load
-# ~3 s, insert, verify, swap), at seeded points inside that part.
+# and training), or after its checkpoint was written (publishing: shadow created, index, load ~3 s, insert,
+# verify, swap), at seeded points inside that part. Training 15 batches takes ~0.05 s, less than the test's
+# own reaction on a loaded machine: a worker started for a kill in training trains 2,000 (~2.5 s).
 KILLS = [
-    *zip(("round", "round"), kill_points(seed=7, n=2, low=0.0, high=0.1), strict=True),
+    *zip(("round", "round"), kill_points(seed=7, n=2, low=0.0, high=0.5), strict=True),
     *zip(("publish",) * 3, kill_points(seed=8, n=3, low=0.0, high=2.5), strict=True),
 ]
+TRAIN_BATCHES = {"round": "2000", "publish": "15"}
 
 
 def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
@@ -126,6 +128,7 @@ def test_refresh_kill_9_five_times_live_stays_complete_and_orphans_are_cleaned(
             for thread in threads:
                 thread.start()
             for n, (part, delay) in enumerate(KILLS, start=1):
+                worker.env["MINDSTREAM_REFRESH__TRAIN_BATCHES"] = TRAIN_BATCHES[part]
                 worker.start()
                 wait_until(in_round, 90, f"a round to begin ({worker.tail()})", every=0.01, watch=threads)
                 published = checkpoint_since(set(list_versions(registry.root)))
