@@ -57,15 +57,14 @@ class ConcurrentAnnouncement(RuntimeError):
 @dataclass
 class Published:
     """The rows readers see at ``generation``, one per item, sorted by item id (plus the fast path's
-    writes since, in ``added``/``closed``, merged by :meth:`merged`)."""
+    writes since, in ``writes``, merged in order by :meth:`merged`)."""
 
     generation: int
     item_ids: np.ndarray
     vectors: np.ndarray
     segments: np.ndarray  # object (str)
     rows: Rows  # model_versions, generations and gen_to of the same rows (vectors shared)
-    added: dict[str, list[Rows]] = field(default_factory=dict)
-    closed: list[np.ndarray] = field(default_factory=list)
+    writes: list[tuple[np.ndarray, dict[str, Rows]]] = field(default_factory=list)  # (closed ids, added), in order
 
     @classmethod
     def of(cls, generation: int, by_segment: dict[str, Rows], dim: int) -> Published:
@@ -83,11 +82,11 @@ class Published:
         return cls(generation, merged.item_ids, vectors, segments, merged)
 
     def __len__(self) -> int:
-        return int(self.item_ids.shape[0]) + sum(len(r) for rs in self.added.values() for r in rs)
+        return int(self.merged().item_ids.shape[0]) if self.writes else int(self.item_ids.shape[0])
 
     def find(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, positions)`` of ``item_ids`` among the merged rows (call on a merged table)."""
-        assert not self.added and not self.closed, "merge first"
+        assert not self.writes, "merge first"
         positions = np.searchsorted(self.item_ids, item_ids)
         positions = np.minimum(positions, max(len(self.item_ids) - 1, 0))
         found = (self.item_ids[positions] == item_ids) if len(self.item_ids) else np.zeros(len(item_ids), bool)
@@ -102,17 +101,20 @@ class Published:
         return grouped
 
     def merged(self) -> Published:
-        """One sorted table of everything published now."""
-        if not self.added and not self.closed:
+        """One sorted table of everything published now: the writes applied in their order (a later write
+        of an item replaces an earlier one, of the base or of a write); one sort, however many writes."""
+        if not self.writes:
             return self
-        closed = np.concatenate(self.closed) if self.closed else np.empty(0, dtype=np.int64)
-        keep = ~np.isin(self.item_ids, closed)
         parts: dict[str, list[Rows]] = {}
+        later = np.empty(0, dtype=np.int64)  # items closed by a later write than the one at hand
+        for closed, added in reversed(self.writes):
+            for segment, rows in added.items():
+                kept = ~np.isin(rows.item_ids, later)
+                parts.setdefault(segment, []).append(rows[np.flatnonzero(kept)])
+            later = np.union1d(later, closed)
+        keep = ~np.isin(self.item_ids, later)
         for segment in sorted(set(self.segments[keep].tolist())):
-            at = np.flatnonzero(keep & (self.segments == segment))
-            parts.setdefault(segment, []).append(self.rows[at])
-        for segment, rows in self.added.items():
-            parts.setdefault(segment, []).extend(rows)
+            parts.setdefault(segment, []).append(self.rows[np.flatnonzero(keep & (self.segments == segment))])
         joined = {segment: _concat(rows) for segment, rows in parts.items()}
         return Published.of(self.generation, joined, self.vectors.shape[1])
 
@@ -264,9 +266,7 @@ class LiveWriter:
             self._published.pop(collection, None)
             return
         held.generation = generation
-        held.closed.append(closing_ids)
-        for segment, rows in fresh.items():
-            held.added.setdefault(segment, []).append(rows)
+        held.writes.append((closing_ids, fresh))
         self._published[collection] = held
 
     def _collect(self, collection: str, previous: int) -> None:

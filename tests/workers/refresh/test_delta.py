@@ -188,3 +188,17 @@ def test_a_write_that_fails_before_its_announcement_is_never_seen_and_is_repaire
         fresh.write(epoch, "v1", {}, np.array([99]))  # withdrawn: gone from the next generation on
         assert 99 not in _visible(store, epoch, 2) and 99 in _visible(store, epoch, 1)
         worker.close()
+
+
+def test_the_published_table_applies_writes_in_order_so_an_item_written_twice_counts_once() -> None:
+    """The fast path re-embeds an item it added earlier: its first row must not survive in the table a
+    delta compares against (a row count one too high failed every delta's verification)."""
+    base = _published([1, 2, 3], np.eye(3, 4, dtype=np.float32))
+    twice = Rows.of(np.array([9]), np.ones((1, 4)), "v1", 1)
+    base.writes.append((np.array([9]), {"all": twice}))  # added (nothing to close)
+    again = Rows.of(np.array([9, 2]), np.full((2, 4), 2.0), "v2", 2)
+    base.writes.append((np.array([9, 2]), {"all": again}))  # re-embedded, and item 2 rewritten
+    merged = base.merged()
+    assert merged.item_ids.tolist() == [1, 2, 3, 9] and len(base) == 4
+    found, at = merged.find(np.array([2, 9]))
+    assert found.all() and (merged.vectors[at] == 2.0).all()
