@@ -231,8 +231,9 @@ class RefreshWorker:
         for name in self.store.list_collections(self.registry.alias + "_v"):
             if (version := self.registry.version_of(name)) is not None:
                 held.add(version)
-            state = Generations.load(self.registry.root, name)  # versions announced there (deltas, rollback)
-            held.update(v for _, v in state.history if v is not None)
+            state = Generations.load(self.registry.root, name)  # served there (a delta) and its rollback target
+            target = state.rollback_target()
+            held.update(v for v in (state.version, target[1] if target else None) if v is not None)
         live = self.store.resolve_alias(self.registry.alias)
         if live is not None and (version := self.registry.version_of(live)) is not None:
             held.add(version)
