@@ -125,12 +125,6 @@ class DeltaPublisher:
         self._on_phase = on_phase
         self._metadata_cursors: dict[str, Cursor] = {}  # collection -> catalogue changes compared up to
 
-    def _timed(self, report: PublishReport, phase: str, began: float) -> None:
-        took = time.perf_counter() - began
-        report.phases[phase] = round(took, 4)
-        if self._on_phase is not None:
-            self._on_phase(phase, took)
-
     def publish(self, ckpt: Checkpoint, collection: str, quality: HeldOut | None = None) -> PublishReport:
         """Write ``ckpt``'s changes into ``collection`` (live, keyed) and announce its version there."""
         version = ckpt.manifest.version
@@ -142,7 +136,7 @@ class DeltaPublisher:
         ids = vocab.external(rows)
         vectors = np.ascontiguousarray(item_table(net)[rows], dtype=np.float32)
         partitions = self._partitions(ids)
-        self._timed(report, "export", t)
+        report.timed("export", t, self._on_phase)
 
         t = time.perf_counter()
         with self.writer.lock:
@@ -151,7 +145,7 @@ class DeltaPublisher:
             knows = vocab.contains(published.item_ids)
             rewrite, metadata_cursor = self._metadata_changes(collection, published.generation, ids)
             delta = diff(published, ids, vectors, partitions, self.settings.delta_threshold, knows, rewrite)
-            self._timed(report, "diff", t)
+            report.timed("diff", t, self._on_phase)
             new: dict[str, Rows] = {}
             for part in sorted(set(partitions[delta.write].tolist())):
                 at = delta.write[partitions[delta.write] == part]
@@ -162,7 +156,7 @@ class DeltaPublisher:
                 began = time.perf_counter()
                 self._verify(collection, version, generation, expected, ids[delta.write], vectors[delta.write])
                 self._quality(report, collection, ckpt, generation, live_version, quality)
-                self._timed(report, "verify", began)
+                report.timed("verify", began, self._on_phase)
 
             t = time.perf_counter()
             written = self.writer.write(collection, version, new, delta.withdrawn, verify, table=published)
@@ -173,7 +167,7 @@ class DeltaPublisher:
         report.items = int(ids.shape[0])
         report.generation = written.generation
         report.swapped = True
-        self._timed(report, "write", t)
+        report.timed("write", t, self._on_phase)
         log.info(
             "delta %s -> %s at generation %d: %d rows written (%.1f%% of %d items, %d new), %d closed, %d withdrawn %s",
             live_version,

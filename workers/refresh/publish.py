@@ -55,6 +55,13 @@ class PublishReport:
     def delta(self) -> bool:
         return self.previous == self.collection
 
+    def timed(self, phase: str, began: float, on_phase: Callable[[str, float], None] | None = None) -> None:
+        """Record ``phase`` as lasting since ``began`` (``perf_counter``), and tell ``on_phase``."""
+        took = time.perf_counter() - began
+        self.phases[phase] = round(took, 4)
+        if on_phase is not None:
+            on_phase(phase, took)
+
 
 class Publisher:
     def __init__(
@@ -76,12 +83,6 @@ class Publisher:
         self.rng = np.random.default_rng(seed)
         self._on_phase = on_phase
 
-    def _timed(self, report: PublishReport, phase: str, began: float) -> None:
-        took = time.perf_counter() - began
-        report.phases[phase] = round(took, 4)
-        if self._on_phase is not None:
-            self._on_phase(phase, took)
-
     def publish(self, ckpt: Checkpoint, state: RefreshState, quality: HeldOut | None = None) -> PublishReport:
         version = ckpt.manifest.version
         collection = self.registry.collection_for(version)
@@ -94,7 +95,7 @@ class Publisher:
         ids = vocab.external(rows)  # the rows' item ids (keyed by item id and generation)
         vectors = table[rows]
         report.items = int(ids.shape[0])
-        self._timed(report, "export", t)
+        report.timed("export", t, self._on_phase)
 
         t = time.perf_counter()
         if self.store.has_collection(collection):  # leftover of a crashed round with this version
@@ -107,7 +108,7 @@ class Publisher:
         self.store.create_collection(collection, net.cfg.dim)
         self.store.build_index(collection, wait=False, rows=int(ids.shape[0]))
         self.store.load(collection)
-        self._timed(report, "index", t)
+        report.timed("index", t, self._on_phase)
 
         t = time.perf_counter()
         groups = self.segments.group(ids) if self.segments is not None else {DEFAULT_SEGMENT: ids}
@@ -115,18 +116,18 @@ class Publisher:
         for part, part_ids in groups.items():
             at = np.fromiter((position[int(i)] for i in part_ids), dtype=np.int64, count=len(part_ids))
             report.rows += self.store.insert(collection, part_ids, vectors[at], version, segment=part)
-        self._timed(report, "insert", t)
+        report.timed("insert", t, self._on_phase)
 
         t = time.perf_counter()
         self.verify(collection, version, net, ids, vectors, report, quality, vocab)
-        self._timed(report, "verify", t)
+        report.timed("verify", t, self._on_phase)
 
         t = time.perf_counter()
         report.previous = self.store.point_alias(self.registry.alias, collection)
         report.swapped = True
         if report.previous and report.previous != collection:
             state.superseded.append(Superseded(report.previous, time.time()))
-        self._timed(report, "swap", t)
+        report.timed("swap", t, self._on_phase)
 
         log.info(
             "swapped %s -> %s (previous %s) %s",
@@ -145,7 +146,7 @@ class Publisher:
             self.store.flush(report.collection)
         except Exception as exc:  # the swap stands; Milvus seals growing segments on its own schedule
             log.warning("flush of %s after the swap failed (Milvus will seal it later): %s", report.collection, exc)
-        self._timed(report, "seal", t)
+        report.timed("seal", t, self._on_phase)
 
     def verify(
         self,
