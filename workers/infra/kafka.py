@@ -8,12 +8,13 @@ available (it commits the stored offsets, or the given message / offsets).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 from schemas.headers import HeaderValue
@@ -32,6 +33,8 @@ CONSUMER_DEFAULTS: Final[Mapping[str, ConfValue]] = {
     "enable.auto.offset.store": False,
     "auto.commit.interval.ms": 1000,
 }
+log = logging.getLogger(__name__)
+
 # What a record costs beyond its key, value and header bytes (Kafka's record and batch framing), kept
 # free below the producer's message.max.bytes so that a record judged to fit does fit.
 RECORD_OVERHEAD_BYTES: Final = 512
@@ -152,3 +155,33 @@ def _led(meta: TopicMetadata | None, partitions: int) -> bool:
     if meta is None or meta.error is not None or len(meta.partitions) < partitions:
         return False
     return all(p.error is None and p.leader >= 0 for p in meta.partitions.values())
+
+
+def stats_conf(interval_ms: int, callback: Callable[[str], None]) -> Conf:
+    """librdkafka statistics every ``interval_ms`` into ``callback`` (none when 0), as consumer overrides."""
+    if interval_ms <= 0:
+        return {}
+    # librdkafka takes the callback in the config dict; the Conf type only names scalars.
+    return cast(Conf, {"statistics.interval.ms": interval_ms, "stats_cb": callback})
+
+
+def commit_stored(consumer: Consumer) -> None:
+    """Commit the stored offsets (only ever those of finished batches); nothing stored is not an error."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:
+            log.warning("offset commit failed: %s", exc)
+
+
+def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
+    """Seek every partition of a batch back to its first message (the batch is read again)."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        key = (msg.topic() or "", msg.partition() or 0)
+        first[key] = min(first.get(key, msg.offset() or 0), msg.offset() or 0)
+    for (topic, partition), offset in first.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:  # revoked meanwhile: its next owner resumes from its own position
+            log.warning("could not rewind %s[%d]: %s", topic, partition, exc)

@@ -12,16 +12,18 @@ Only a letter that is not acknowledged at all (broker down, timeout) fails the b
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from schemas.dlq import DLQ_HEADERS, DLQ_TRUNCATED, DeadLetter
 from schemas.headers import HeaderValue, header_list
-from workers.infra.kafka import record_bytes
+from workers.infra.kafka import record_bytes, rewind
 
-__all__ = ["MAX_KEY_BYTES", "DeadLetterError", "DeadLetterSink", "Letter", "bare", "fitted"]
+__all__ = ["MAX_KEY_BYTES", "DeadLetterError", "DeadLetterSink", "Letter", "bare", "deliver_or_hold", "fitted"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,28 @@ class DeadLetterSink:
                 f"{left} dead letters unacknowledged after {self.flush_timeout_s} s, "
                 f"{len(failures)} failed: {'; '.join(failures[:3])}"
             )
+
+
+def deliver_or_hold(
+    sink: DeadLetterSink,
+    rejected: Sequence[tuple[Message, str]],
+    consumer: Consumer,
+    batch: Sequence[Message],
+    backoff_s: float,
+) -> bool:
+    """Dead-letter ``rejected`` (message, reason) and wait for the acknowledgements; False when a letter was
+    not acknowledged: then ``batch`` is rewound to be read again after ``backoff_s``, and nothing of it may
+    be applied or its offsets stored."""
+    try:
+        for msg, reason in rejected:
+            sink.send(msg, reason)
+        sink.flush()
+        return True
+    except DeadLetterError as exc:
+        log.error("dead letters not acknowledged; batch held, retry in %.1f s: %s", backoff_s, exc)
+        rewind(consumer, batch)
+        time.sleep(backoff_s)
+        return False
 
 
 def bare(letter: Letter) -> Letter:

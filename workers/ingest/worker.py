@@ -21,18 +21,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.codec import DecodeError
-from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer
+from workers.infra.kafka import Conf, close_producer, commit_stored, make_consumer, make_producer, stats_conf
 from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
-from workers.ingest.dead_letters import DeadLetterError, DeadLetterSink
+from workers.ingest.dead_letters import DeadLetterSink, deliver_or_hold
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.retention import Retention
 from workers.ingest.state_store import PartitionStore
@@ -62,13 +61,6 @@ def _log_end(consumer: Consumer, tp: TopicPartition, attempts: int = 3) -> int |
         except KafkaException as exc:
             log.warning("%s[%d]: log end unknown (attempt %d): %s", tp.topic, tp.partition, attempt + 1, exc)
     return None
-
-
-def _with_stats_cb(interval_ms: int, callback: Callable[[str], None]) -> Conf:
-    # librdkafka takes the callback in the config dict; make_consumer's Conf type only names scalars.
-    if interval_ms <= 0:
-        return {}
-    return cast(Conf, {"statistics.interval.ms": interval_ms, "stats_cb": callback})
 
 
 class IngestWorker:
@@ -114,7 +106,7 @@ class IngestWorker:
             conf,
             group_id,
             session_timeout_ms=session_timeout_ms,
-            overrides=_with_stats_cb(stats_interval_ms, metrics.on_stats),
+            overrides=stats_conf(stats_interval_ms, metrics.on_stats),
         )
         self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._closed = False
@@ -146,21 +138,12 @@ class IngestWorker:
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer)
+        commit_stored(consumer)
         for tp in partitions:
             store = self._stores.pop((tp.topic, tp.partition), None)
             if store is not None:
                 store.close()
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-
-    @staticmethod
-    def _commit(consumer: Consumer) -> None:
-        """Commit the stored offsets (only ever those of finished batches)."""
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed: %s", exc)
 
     def run_once(self) -> BatchOutcome:
         """Consume one batch (size or time, whichever comes first) and make it durable."""
@@ -195,34 +178,15 @@ class IngestWorker:
         return outcome
 
     def _dead_letter(self, rejected: list[tuple[Message, DecodeError]], messages: list[Message]) -> bool:
-        """Dead-letter the rejected messages; False (and the batch rewound for a retry) when a letter was
-        not acknowledged: nothing of the batch may be applied or its offsets stored then."""
+        """Dead-letter the rejected messages; False (the batch rewound for a retry) when a letter was not
+        acknowledged: nothing of the batch may be applied or its offsets stored then."""
         truncated = self._dlq.truncated
-        try:
-            for msg, error in rejected:
-                self._dlq.send(msg, error.reason)
-            self._dlq.flush()
-            return True
-        except DeadLetterError as exc:
-            log.error("dead letters not acknowledged; batch held, retry in %.1f s: %s", self.retry_backoff_s, exc)
+        reasons = [(msg, error.reason) for msg, error in rejected]
+        delivered = deliver_or_hold(self._dlq, reasons, self._consumer, messages, self.retry_backoff_s)
+        if not delivered:
             self.metrics.batch_retries.inc()
-            self._rewind(messages)
-            time.sleep(self.retry_backoff_s)
-            return False
-        finally:
-            self.metrics.dead_letters_truncated.inc(self._dlq.truncated - truncated)
-
-    def _rewind(self, messages: list[Message]) -> None:
-        """Seek every partition of the batch back to its first message."""
-        first: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            key = (msg.topic() or "", msg.partition() or 0)
-            first[key] = min(first.get(key, msg.offset() or 0), msg.offset() or 0)
-        for (topic, partition), offset in first.items():
-            try:
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:  # revoked meanwhile: its next owner resumes from the state
-                log.warning("could not rewind %s[%d]: %s", topic, partition, exc)
+        self.metrics.dead_letters_truncated.inc(self._dlq.truncated - truncated)
+        return delivered
 
     def _observe_freshness(self, messages: list[Message], rejected: set[int]) -> None:
         """User-side freshness: each applied click's Kafka timestamp -> durable in the state store,
@@ -258,7 +222,7 @@ class IngestWorker:
         self._closed = True
         try:
             if commit:
-                self._commit(self._consumer)
+                commit_stored(self._consumer)
             self._consumer.close()
         finally:
             close_producer(self._dlq.producer, self._dlq.flush_timeout_s)

@@ -40,7 +40,7 @@ from schemas.codec import DecodeError, decode_request, encode
 from schemas.headers import CORRELATION_ID, DEADLINE_MS, REPLY_TO, get_header
 from schemas.messages import ErrorCode, ErrorReply, RecallRequest
 from workers.catalogue.view import CatalogueView
-from workers.infra.kafka import Conf, close_producer, make_consumer, make_producer, record_bytes
+from workers.infra.kafka import Conf, close_producer, commit_stored, make_consumer, make_producer, record_bytes
 from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics, stack_topics
 from workers.infra.vector_store import VectorStore
@@ -275,13 +275,6 @@ class RecallWorker:
         finally:
             self.close(commit=not failed)
 
-    def _commit(self) -> None:
-        try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed: %s", exc)
-
     def close(self, commit: bool = True) -> None:
         """Idempotent. Only answered batches have stored offsets."""
         if self._closed:
@@ -289,7 +282,7 @@ class RecallWorker:
         self._closed = True
         try:
             if commit:
-                self._commit()
+                commit_stored(self._consumer)
             self._consumer.close()
         finally:
             close_producer(self._producer, self.reply_timeout_s)
