@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.messages import ErrorCode, ErrorReply, RecallReply, RecallRequest
+from tests.waiting import wait_until
 from workers.gateway.recall import QueueFull, RecallService
 from workers.infra.vector_store import VectorStore
 from workers.recall.engine import RecallEngine, Reply, StageTimes
@@ -213,13 +214,6 @@ def _metric(service: RecallService, name: str) -> float:
     return value
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_a_full_queue_refuses_with_retry_after_and_serves_the_queued_ones() -> None:
     engine = BlockingEngine()
     service = _bounded(engine, max_queue=3)
@@ -292,9 +286,13 @@ def test_jobs_past_their_timeout_are_dropped_to_make_room() -> None:
         assert engine.entered.wait(5), "the first request never reached the engine"
         late = [pool.submit(service.answer, _request(n)) for n in (2, 3)]
         assert [f.result()[0] for f in late] == [504, 504]
-        _wait_until(lambda: _metric(service, "mindstream_http_recall_queue_depth") == 2, "the late jobs stay queued")
+        wait_until(
+            lambda: _metric(service, "mindstream_http_recall_queue_depth") == 2, 10, "the late jobs stay queued", 0.01
+        )
         newcomer = pool.submit(service.answer, _request(4))  # would raise QueueFull if no room were made
-        _wait_until(lambda: _metric(service, "mindstream_http_recall_shed_total") == 2, "the late jobs dropped")
+        wait_until(
+            lambda: _metric(service, "mindstream_http_recall_shed_total") == 2, 10, "the late jobs dropped", 0.01
+        )
         assert _metric(service, "mindstream_http_recall_queue_depth") == 1
         engine.release.set()
         assert newcomer.result()[0] in (200, 504) and first.result()[0] == 504  # 504: this machine was slow
