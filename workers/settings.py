@@ -55,8 +55,7 @@ class MilvusSettings(_Section):
     search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
         "Eventually",
         description="Consistency of recall searches: Eventually searches what the server has applied (no wait), "
-        "Bounded first waits until it has applied the writes of up to 5 s ago (under load: HTTP worst window "
-        "426 -> 346 ms, within the spread between windows; docs/serving.md); probes and counts are always Strong",
+        "Bounded first waits until it has applied the writes of up to 5 s ago; probes and counts are always Strong",
     )
     insert_batch: int = Field(10_000, ge=1)
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call; transient failures are retried")
@@ -452,14 +451,13 @@ class RecallSettings(_Section):
         description="Largest request in users x top_k (256 users x 80, 100 x 200, 20 x 1000); a larger one is "
         "answered too_large. Sized by the reply: in JSON an item costs at most ~44 bytes (a 19-digit id and a "
         "24-character score, with commas), so 20,480 items stay under ~0.91 MB, within a 1,000,000-byte Kafka record "
-        "(kafka.max_message_bytes); measured with 4-digit ids: 24 bytes an item",
+        "(kafka.max_message_bytes)",
     )
     max_diverse_top_k: int = Field(
         200,
         ge=1,
         description="Largest top_k of a request with diversity > 0: its greedy merge costs ~K x top_k^2 per user "
-        "(top_k picks over K x top_k candidates), 2-4 ms per user at K=4 and top_k 200 on one core; more is "
-        "answered too_large",
+        "(top_k picks over K x top_k candidates); more is answered too_large",
     )
     max_batch_cost: int = Field(
         65_536,
@@ -497,9 +495,9 @@ class RecallSettings(_Section):
     unavailable_in_search: int = Field(
         1000,
         ge=0,
-        description="Withdrawn items named in the Milvus search expression (item_id not in [...]) up to this many: "
-        "+3 ms per search at 1,000, +47 ms at 10,000 (100k rows); with more, they are left out after the search, "
-        "which then asks each interest for post_filter_overfetch more candidates",
+        description="Withdrawn items named in the Milvus search expression (item_id not in [...]) up to this many "
+        "(each one lengthens every search); with more, they are left out after the search, which then asks each "
+        "interest for post_filter_overfetch more candidates",
     )
     post_filter_overfetch: int = Field(
         200,
