@@ -24,9 +24,8 @@ class MindConfig(BaseModel):
         1,
         ge=1,
         le=32,
-        description="Number of interest capsules per user. 1 recalls best on ML-100K (bench/results/ablation.json: "
-        "Recall@50 0.302 vs 0.261 for the best K=4 and 0.252 for PaddleRec's K=4); 4 is PaddleRec's. Unset: "
-        "the data set's RECOMMENDED_K_MAX where it has one (docs/multi-interest.md: The table)",
+        description="Number of interest capsules per user; 4 is PaddleRec's. Unset: the data set's "
+        "RECOMMENDED_K_MAX where it has one (docs/multi-interest.md: The table)",
     )
     maxlen: int = Field(20, ge=1, le=512, description="History length fed to the user tower")
     iters: int = Field(3, ge=1, le=10, description="Dynamic routing rounds")
@@ -109,7 +108,7 @@ class ColdStartSteps(BaseModel):
     steps: int = Field(
         10,
         ge=1,
-        description="Full-batch Adam steps over the introducing clicks (10: as good as 30, a third of the time)",
+        description="Full-batch Adam steps over the introducing clicks (bench/results/cold_start.json)",
     )
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the new rows")
     negatives: int = Field(
