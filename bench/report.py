@@ -1,12 +1,13 @@
-"""A Markdown results block from ``bench/results/*.json``, written into docs/benchmarks.md between
-``<!-- bench:start -->`` and ``<!-- bench:end -->`` (nothing else in the file changes).
+"""Figures of README.md and docs/*.md, rendered from ``bench/results/*.json``: one command.
 
-    python -m bench.report [--results bench/results] [--readme docs/benchmarks.md] [--print-only]
+    python -m bench.report [--results bench/results] [--check] [--print-only]
 
-Without the markers in that page the block is printed and nothing is written (exit 0). Rows carry
-a reference and a ratio where one exists: goals (freshness p99 30 s, 0 errors through swaps), K=1
-and MostPopular vs MIND K=4, HTTP vs Kafka latency at the same offered load, exact search vs Milvus
-(from ``demo.json`` when present), the 368k-row table vs the ML-100K table in training speed.
+Every page block between ``<!-- bench:NAME -->`` and ``<!-- /bench -->`` is rewritten (bench/pages.py
+says which results each NAME shows); nothing else in a page changes. ``--check`` writes nothing and
+exits 1 when a page differs from what the results render. The ``all`` block (docs/benchmarks.md) is
+the full table below: rows carry a reference and a ratio where one exists (goals, K=1 and MostPopular
+vs MIND K=4, HTTP vs Kafka latency at the same offered load, exact search vs Milvus, the 368k-row
+table vs the ML-100K table in training speed). A figure a result lacks reads "not measured".
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 from bench.common import RESULTS
 from bench.plots import load_results
 
-START = "<!-- bench:start -->"
-END = "<!-- bench:end -->"
+START = "<!-- bench:all -->"
+END = "<!-- /bench -->"
 RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # the page holding the block
 
 Row = tuple[str, str, str, str, str]  # benchmark, metric, measured, reference / goal, ratio
@@ -32,7 +33,7 @@ Results = dict[str, dict[str, Any]]
 
 def _num(x: Any, digits: int = 2) -> str:
     if x is None:
-        return "-"
+        return "not measured"
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
@@ -324,6 +325,85 @@ def rows_serving_under_load(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_catalogue_scale(r: dict[str, Any]) -> list[Row]:
+    """Delta publication per catalogue size (``bench.catalogue_scale``, from the delta runs)."""
+    rows: list[Row] = []
+    for s in r.values():
+        if not isinstance(s, dict):
+            continue
+        where = f"{_num(s.get('items'))} items"
+        rows += [
+            ("catalogue_scale", f"rows written per delta round, p50 share ({where})",
+             _num(s.get("rows_written_share_p50"), 3), "<= 0.10 at 1M", ""),
+            ("catalogue_scale", f"Recall@50 served vs publishing everything ({where})",
+             f"{_num(s.get('served_recall_at_50'), 4)} vs {_num(s.get('full_publish_recall_at_50'), 4)}", "",
+             _ratio(s.get("served_recall_at_50"), s.get("full_publish_recall_at_50"), 3)),
+            ("catalogue_scale", f"round p50 s; model age / new item p99 s ({where})",
+             f"{_num(s.get('round_s_p50'))}; {_num(s.get('model_age_p99_s'), 1)} / {_num(s.get('new_item_p99_s'), 1)}",
+             "age <= 60, new item <= 5", ""),
+        ]  # fmt: skip
+    return rows
+
+
+def rows_cold_start(r: dict[str, Any]) -> list[Row]:
+    """Served (fast-path) minus rebuilt Recall@50 and the best steps rule minus co-click, per scenario."""
+    rows: list[Row] = []
+    for scenario, s in (r.get("summary") or {}).items():
+        if not isinstance(s, dict):
+            continue
+        served = s.get("served_minus_rebuild_recall50")
+        steps = s.get("best_steps_minus_co_click_recall50")
+        rows.append(("cold_start", f"{scenario} new items: served - rebuild Recall@50; best steps - co-click",
+                     f"{_num(_mean_of(served), 4)}; {_num(_mean_of(steps), 4)}", "", ""))  # fmt: skip
+    return rows
+
+
+def _mean_of(value: Any) -> Any:
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+def rows_serving_tradeoff(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for point in r.get("points", []):
+        where = (f"rounds every {_num(point.get('refresh_interval_s'), 0)} s, "
+                 f"fast path every {_num(point.get('fast_path_interval_s'), 0)} s")  # fmt: skip
+        p99 = f"{_num(point.get('kafka_p99_ms_max_window'))} / {_num(point.get('http_p99_ms_max_window'))}"
+        fresh = f"{_num(point.get('model_age_p99_s'), 1)} / {_num(point.get('new_item_p99_s'), 1)}"
+        rows.append(("serving_tradeoff", f"Kafka / HTTP p99 ms worst window; model age / new item p99 s ({where})",
+                     f"{p99}; {fresh}", "", ""))  # fmt: skip
+    return rows
+
+
+def rows_broker(r: dict[str, Any]) -> list[Row]:
+    return [
+        ("broker", f"{r.get('broker', 'broker')}: start s / RSS MB",
+         f"{_num(r.get('start_s'))} / {_num(r.get('broker_rss_mb'), 0)}", "", ""),
+        ("broker", "broker CPU cores at up's defaults", _num(r.get("broker_cpu_cores_up_default"), 3), "", ""),
+        ("broker", "ingest events/s through it", _num(r.get("ingest_events_per_s")), "", ""),
+        ("broker", "Kafka recall p50 / p99 ms at 200 req/s",
+         f"{_num(r.get('kafka_p50_ms_at_200'))} / {_num(r.get('kafka_p99_ms_at_200'))}", "", ""),
+        ("broker", f"{_num(r.get('soak_minutes'), 0)}-min soak: Kafka p99 ms worst window; failed / lost",
+         f"{_num(r.get('soak_kafka_p99_ms_max_window'))}; {_num(r.get('soak_failed_replies'))} / "
+         f"{_num(r.get('soak_lost_clicks'))}", "0 / 0", ""),
+    ]  # fmt: skip
+
+
+def rows_history_read(r: dict[str, Any]) -> list[Row]:
+    new, old = r.get("schema4_covering") or {}, r.get("schema3_user_ts") or {}
+    where = f"{_num(r.get('rows'))} rows, {_num(r.get('users'))} users"
+    return [
+        ("history_read", f"a round's read of every history, s: covering index vs (user, ts) ({where})",
+         f"{_num(new.get('refresh_read_s'), 3)} vs {_num(old.get('refresh_read_s'), 3)}", "",
+         _ratio(old.get("refresh_read_s"), new.get("refresh_read_s"))),
+        ("history_read", "a recall's user_ids read p99 ms: covering vs (user, ts)",
+         f"{_num(new.get('recall_history_p99_ms'), 4)} vs {_num(old.get('recall_history_p99_ms'), 4)}", "",
+         _ratio(old.get("recall_history_p99_ms"), new.get("recall_history_p99_ms"))),
+        ("history_read", "state file MB: covering vs (user, ts)",
+         f"{_num(new.get('file_mb'), 1)} vs {_num(old.get('file_mb'), 1)}", "",
+         _ratio(new.get("file_mb"), old.get("file_mb"), 3)),
+    ]  # fmt: skip
+
+
 def rows_summary(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for step in r.get("steps", []):
@@ -347,6 +427,11 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         ("soak", rows_soak),
         ("days", rows_days),
         ("serving_under_load", rows_serving_under_load),
+        ("serving_tradeoff", rows_serving_tradeoff),
+        ("broker", rows_broker),
+        ("catalogue_scale", rows_catalogue_scale),
+        ("cold_start", rows_cold_start),
+        ("history_read", rows_history_read),
         ("multi_interest", rows_multi_interest),
         ("multi_interest_amazonbook", functools.partial(rows_multi_interest, name="multi_interest_amazonbook")),
         ("summary", rows_summary),
@@ -370,9 +455,14 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
         if isinstance(m := r.get("machine"), dict)
     }
     quick = sorted(k for k, r in results.items() if r.get("quick") and k != "summary")
+    from bench.pages import measured_on
+
+    shown = sorted({row[0] for row in rows if row[0] in results})
     lines = [
         f"Measured on: {'; '.join(sorted(machines)) or 'unknown machine'}."
         + (f" **Quick smoke runs (not representative): {', '.join(quick)}.**" if quick else ""),
+        "",
+        "When: " + "; ".join(f"{key} {measured_on(results, key)}" for key in shown) + ".",
         "",
         "| benchmark | metric | measured | reference / goal | ratio |",
         "|---|---|---|---|---|",
@@ -387,7 +477,7 @@ def render(results: Results, plots_dir: Path = RESULTS) -> str:
 
 def _safe(name: str, fn: Callable[[dict[str, Any]], list[Row]], results: Results) -> list[Row]:
     if name not in results:
-        return []
+        return [] if name == "summary" else [(name, "every figure", "not measured", "", "")]
     try:
         return fn(results[name])
     except Exception as exc:  # a malformed result must not hide the others
@@ -412,19 +502,25 @@ def write_readme(readme: Path, block: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import pages
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--readme", type=Path, default=RESULTS_PAGE)
-    p.add_argument("--print-only", action="store_true", help="print the block, write nothing")
+    p.add_argument("--root", type=Path, default=pages.ROOT, help="checkout whose README.md and docs/ are rendered")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page is out of date")
+    p.add_argument("--print-only", action="store_true", help="print the full results table, write nothing")
     args = p.parse_args(argv)
-    block = render(load_results(args.results), args.results)
+    results = load_results(args.results)
     if args.print_only:
-        sys.stdout.write(block)
+        sys.stdout.write(render(results, args.results))
         return 0
-    if write_readme(args.readme, block):
-        sys.stdout.write(f"wrote the results block into {args.readme}\n")
-    else:
-        sys.stdout.write(f"no {START} / {END} markers in {args.readme}; the block:\n\n{block}")
+    if args.check:
+        stale = [pg for pg in pages.pages(args.root) if pages.render_page(pg.read_text(), results) != pg.read_text()]
+        for page in stale:
+            sys.stdout.write(f"out of date: {page} (run python -m bench.report)\n")
+        return 1 if stale else 0
+    for page in pages.write_pages(results, args.root):
+        sys.stdout.write(f"rendered {page}\n")
     return 0
 
 

@@ -37,7 +37,7 @@ def test_multi_interest_rows_without_categories_say_so() -> None:
     result = {"standard": {"k1": _cfg(0.3, None), "k4": _cfg(0.29, None)}, "mixed": {}, "serving_cost_ms": {}}
     _, coverage, cost = rows_multi_interest(result, name="multi_interest_amazonbook")
     assert coverage[0] == "multi_interest_amazonbook" and coverage[2] == "none within 5%" and coverage[4] == "-"
-    assert cost[2] == "- -> -"
+    assert cost[2] == "not measured -> not measured"
 
 
 def test_days_and_serving_rows_show_the_figures_against_their_goals() -> None:
@@ -69,4 +69,4 @@ def test_days_and_serving_rows_show_the_figures_against_their_goals() -> None:
     }
     worst, during, fresh, idle = rows_serving_under_load(serving)
     assert worst[2] == "120.50 / 80.00" and during[3] == "stage: search"
-    assert fresh[2] == "75.0 / 4.0" and idle[2] == "- / 400"
+    assert fresh[2] == "75.0 / 4.0" and idle[2] == "not measured / 400"
