@@ -154,6 +154,94 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
 }
 
 
+MI_METRICS = ("recall@50", "ndcg@50", "hitrate@50", "coverage@50", "diversity@50", "novelty@50")
+
+
+def _pm(value: Any) -> str:
+    if not isinstance(value, dict) or value.get("mean") is None:
+        return NOT_MEASURED
+    mean, sd = float(value["mean"]), value.get("sd")
+    digits = 4 if abs(mean) < 0.1 else 3 if abs(mean) < 10 else 2 if abs(mean) < 100 else 0
+    return f"{mean:,.{digits}f}" + (f" ± {float(sd):,.{digits}f}" if sd is not None else "")
+
+
+def _multi_interest_configs(results: Results) -> str:
+    """Every configuration of the multi-interest table (``*_details.json``: MostPopular and the
+    dynamic count too), per data set and protocol, mean ± sd over the seeds."""
+    out: list[str] = []
+    for key, label in (("multi_interest", "ML-100K"), ("multi_interest_amazonbook", "AmazonBook slice")):
+        details = f"{key}_details"
+        source = results.get(details) or results.get(key)
+        if source is None:
+            out += [f"**{label}**: {NOT_MEASURED}.", ""]
+            continue
+        name = details if details in results else key
+        out += [f"From `{name}.json` ({measured_on(results, key)}).", ""]
+        for protocol in ("standard", "mixed"):
+            table = source.get(protocol) or {}
+            users = table.get("users_per_seed") if isinstance(table.get("users_per_seed"), int) else None
+            who = f" ({users:,} {'users' if protocol == 'standard' else 'accounts'} per seed)" if users else ""
+            out += [f"**{label}, {protocol}**{who}", ""]
+            out += ["| config | " + " | ".join(m.replace("@", "@") for m in MI_METRICS) + " |",
+                    "|---" * (len(MI_METRICS) + 1) + "|"]  # fmt: skip
+            for config, metrics in table.items():
+                if not isinstance(metrics, dict):
+                    continue
+                out.append(f"| {config} | " + " | ".join(_pm(metrics.get(m)) for m in MI_METRICS) + " |")
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+BLOCKS["multi_interest_configs"] = _multi_interest_configs
+
+
+def _changes(variant: dict[str, Any], reference: dict[str, Any]) -> str:
+    """What a variant's stored model and training configuration set differently from the reference."""
+    out = []
+    for part in ("mind", "train"):
+        mine, ref = variant.get(part) or {}, reference.get(part) or {}
+        out += [f"{key} {value}" for key, value in mine.items() if ref.get(key) != value]
+    return ", ".join(out) or "none (the reference)"
+
+
+def _ablation(results: Results) -> str:
+    """bench.ablation's variants against PaddleRec's K=4 (``ref_k4``), mean ± sd over their seeds."""
+    if "ablation" not in results:
+        return f"Ablation: {NOT_MEASURED}.\n"
+    r = results["ablation"]
+    variants = r.get("variants") or {}
+    seeds = r.get("seeds_per_variant") or {}
+    reference = variants.get("ref_k4") or {}
+    lines = [
+        f"From `ablation.json` ({measured_on(results, 'ablation')}).",
+        "",
+        "| variant | change from `ref_k4` | seeds | Recall@50 | NDCG@50 | HitRate@50 | cosine | hit share | distinct |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in variants.items():
+        interests = v.get("interests") or {}
+        share = " / ".join(f"{x:.2f}" for x in interests.get("hit_share") or []) or NOT_MEASURED
+        cos = interests.get("mean_pairwise_cosine")
+        cells = [
+            f"`{name}`",
+            _changes(v, reference) if name != "ref_k4" else "none: PaddleRec's K=4",
+            str(len(seeds.get(name) or [])) if name in seeds else NOT_MEASURED,
+            _pm(v.get("recall@50")),
+            _pm(v.get("ndcg@50")),
+            _pm(v.get("hitrate@50")),
+            f"{cos:.2f}" if isinstance(cos, int | float) else "-",
+            share,
+            f"{interests['distinct_candidates']:.0f}"
+            if isinstance(interests.get("distinct_candidates"), int | float)
+            else "-",
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS["ablation"] = _ablation
+
+
 def _headline_block(results: Results) -> str:
     from bench.headline import HEADLINE
 
