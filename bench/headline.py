@@ -83,7 +83,9 @@ def broker(r: Results) -> str:
 def _freshness(key: str) -> Figure:
     def figure(r: Results) -> str:
         d = r[key]
+        items = _num(_get(d, "setup", "items"))
         return (
+            f"{items} items, {_num(_get(d, 'setup', 'click_rate'), 0)} clicks/s: "
             f"new item p50 / p99 {_num(d.get('new_item_p50_s'), 1)} / {_num(d.get('new_item_p99_s'), 1)} s, "
             f"user side p99 {_num(d.get('user_side_p99_s'), 1)} s, model age p99 {_num(d.get('model_age_p99_s'), 0)} s "
             f"(goals 5 / 2 / 60 s)"
@@ -167,10 +169,10 @@ HEADLINE: list[tuple[str, str, Figure, str]] = [
     ("recall over HTTP", "http_latency", _latency("http_latency"), "`python -m bench.http_latency`"),
     ("recall over Kafka", "recall_latency", _latency("recall_latency"), "`python -m bench.recall_latency`"),
     ("the embedded Apache Kafka broker", "broker", broker, "`python -m bench.broker`"),
-    ("freshness, 100k items", "freshness", _freshness("freshness"), "`python -m bench.freshness`"),
-    ("freshness on deltas, 100k items", "freshness_delta", _freshness("freshness_delta"),
+    ("freshness", "freshness", _freshness("freshness"), "`python -m bench.freshness`"),
+    ("freshness on deltas", "freshness_delta", _freshness("freshness_delta"),
      "`python -m bench.freshness --tag delta`"),
-    ("delta publication (threshold 0.1)", "catalogue_scale", catalogue_scale,
+    ("delta publication, offline", "catalogue_scale", catalogue_scale,
      "`python -m bench.delta_publication`, then `python -m bench.catalogue_scale`"),
     ("serving while the model learns", "serving_under_load", serving, "`python -m bench.serving_under_load`"),
     ("swaps under load", "swap_impact", swap_impact, "`python -m bench.swap_impact`"),

@@ -30,7 +30,7 @@ PUBLISHING = ("freshness", "serving_under_load", "serving_tradeoff", "days", "sw
 
 def pages(root: Path = ROOT) -> list[Path]:
     """Every page that may hold blocks: README.md and docs/*.md."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [page for page in (root / "README.md", *sorted((root / "docs").glob("*.md"))) if page.is_file()]
 
 
 def measured_on(results: Results, key: str) -> str:

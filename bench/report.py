@@ -494,8 +494,9 @@ def _safe_latency(key: str, results: Results, peer: dict[str, Any] | None, label
 def write_readme(readme: Path, block: str) -> bool:
     """Replace what is between the markers; False (file untouched) when they are absent."""
     text = readme.read_text() if readme.exists() else ""
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start:
+    start = text.find(START)
+    end = text.find(END, start) if start >= 0 else -1
+    if start < 0 or end < 0:
         return False
     readme.write_text(text[: start + len(START)] + "\n" + block + text[end:])
     return True

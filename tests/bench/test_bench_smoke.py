@@ -172,14 +172,27 @@ def test_report_replaces_only_between_the_markers(tmp_path: Path) -> None:
     assert readme.read_text().count("| newer |") == 1 and "| new |" not in readme.read_text()
 
 
-def test_report_without_markers_prints_and_leaves_the_file(
+def test_report_without_markers_leaves_the_pages_and_prints_on_request(
     tmp_path: Path, results_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 0
+    (tmp_path / "docs").mkdir()
+    assert report.main(["--results", str(results_dir), "--root", str(tmp_path)]) == 0
+    assert report.main(["--results", str(results_dir), "--root", str(tmp_path), "--check"]) == 0
     assert readme.read_text() == "# no markers\n"
+    assert report.main(["--results", str(results_dir), "--print-only"]) == 0
     assert "| benchmark | metric |" in capsys.readouterr().out
+
+
+def test_report_check_fails_on_a_stale_page_and_writing_fixes_it(tmp_path: Path, results_dir: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    page.write_text("intro\n<!-- bench:train_speed -->\nold\n<!-- /bench -->\n")
+    assert report.main(["--results", str(results_dir), "--root", str(tmp_path), "--check"]) == 1
+    assert report.main(["--results", str(results_dir), "--root", str(tmp_path)]) == 0
+    assert "old" not in page.read_text() and "| train_speed |" in page.read_text()
+    assert report.main(["--results", str(results_dir), "--root", str(tmp_path), "--check"]) == 0
 
 
 def test_plots_write_pngs_titled_with_the_core_count(results_dir: Path) -> None:
