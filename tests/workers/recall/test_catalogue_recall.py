@@ -380,6 +380,8 @@ def test_exclude_seen_never_returns_a_history_item_and_still_fills_top_k(env: En
     for user, items in zip(read, streamed.items, strict=True):
         assert not set(items) & set(read[user]) and len(items) == TOP_K
         assert items == env.exact([read[user]], TOP_K, env.admits(exclude=set(read[user])))[0]
+    http = env.http_recall({"user_ids": list(read), "top_k": TOP_K, "exclude_seen": True})
+    assert http.items == streamed.items
     diverse = env.client.recall(user_ids=list(read), top_k=TOP_K, exclude_seen=True, diversity=1.0)
     assert all(not set(i) & set(read[u]) and len(i) == TOP_K for u, i in zip(read, diverse.items, strict=True))
     # a large top_k: every item but the history (the catalogue allows no more)
@@ -443,6 +445,7 @@ def test_an_unavailable_item_disappears_from_both_paths_within_seconds_and_comes
     wait_until(
         lambda: (
             all(top == lists[0][0] for name, lists in _model_lists(env, top) if "None" in name)
+            and all(top in lists[0] for _, lists in _model_lists(env, top))  # with diversity too, as before
             and all(items[0] == head for _, items in _popular_lists(env))
         ),
         15,
@@ -469,6 +472,29 @@ def test_the_page_shows_availability(env: Env) -> None:
     finally:
         env.announce(4, available=True)
         wait_until(lambda: env.state.view.is_available(4), 15, "the view to see the item back")
+
+
+def test_an_item_announced_before_its_first_click_is_known_but_not_recalled(env: Env) -> None:
+    """Known to the catalogue (the page shows its title and genres) as soon as it is announced; recallable
+    only once the model can place it: no search returns it, and as a history it is no usable history."""
+    new = ITEMS + 10  # not in the collection: never clicked
+    event = ItemEvent(
+        item_id=new, ts=int(time.time() * 1000), available=True, title="Brand new", categories=["x"], segment="eu"
+    )
+    env.items.produce(env.settings.kafka.items_topic, key=event.kafka_key(), value=encode(event))
+    env.items.flush(10)
+    wait_until(lambda: env.state.view.get(new) is not None, 15, "the view to know the announced item")
+    out = env.http.post("/ui/api/explore", json={"items": [3, new], "top_k": 5}).json()
+    assert [(i["id"], i["title"], i["genres"]) for i in out["history"]][1] == (new, "Brand new", ["x"])
+    matching = RecallFilters(include_segments=["eu"], include_categories=["x"])
+    everything = env.client.recall(hist_item=HISTORIES, top_k=ITEMS, filters=matching)
+    http = env.http_recall({"hist_item": HISTORIES, "top_k": ITEMS, "filters": matching.model_dump(exclude_none=True)})
+    for reply in (everything, http):
+        assert all(new not in items for items in reply.items)
+        expected = env.exact(HISTORIES, ITEMS, env.admits(matching))  # every matching item but it
+        assert [sorted(items) for items in reply.items] == [sorted(items) for items in expected]
+    unplaced = env.client.recall(hist_item=[[new]], top_k=TOP_K, fallback="popular")
+    assert unplaced.source == ["popular"] and new not in unplaced.items[0]
 
 
 # ------------------------------------------------------------------ the fallback
