@@ -277,6 +277,23 @@ class StateRetentionSettings(_Section):
     )
 
 
+class StateSettings(_Section):
+    """Where the ingest state lives (docs/state-store.md): user histories, the training stream, dedupe, offsets."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="sqlite: one file per partition under state_dir (one host); redis: a Redis server that workers "
+        "on many hosts share (state.redis_url)",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="The Redis server of the redis backend (redis://[user:password@]host:port/db, rediss:// for TLS)",
+    )
+    redis_timeout_s: float = Field(
+        10.0, gt=0, description="Socket timeout of every Redis call (connect, read): a server that hangs fails the call"
+    )
+
+
 class IngestSettings(_Section):
     batch_size: int = Field(5000, ge=1, description="A batch closes at this many messages ...")
     batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
@@ -617,6 +634,7 @@ class Settings(BaseSettings):
     milvus: MilvusSettings = MilvusSettings()
     kafka: KafkaSettings = KafkaSettings()
     ingest: IngestSettings = IngestSettings()
+    state: StateSettings = StateSettings()
     refresh: RefreshSettings = RefreshSettings()
     recall: RecallSettings = RecallSettings()
     catalogue: CatalogueSettings = CatalogueSettings()

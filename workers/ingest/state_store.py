@@ -329,6 +329,11 @@ class PartitionStore:
     def _last_seq(self) -> int:
         return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
+    @property
+    def name(self) -> str:
+        """The file's name: a :class:`~workers.ingest.state_reader.Cursor` names this partition's stream so."""
+        return self.path.name
+
     @classmethod
     def open(cls, state_dir: Path, topic: str, partition: int, dedupe_window: int | None = None) -> PartitionStore:
         return cls(partition_path(state_dir, topic, partition), dedupe_window)
