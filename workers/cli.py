@@ -149,6 +149,10 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
     from workers.refresh.state import RefreshState
     from workers.refresh.worker import RefreshWorker
 
+    if settings.state.backend != "sqlite":  # RefreshWorker and FastPath still take a StateReader
+        raise SystemExit(
+            f"the refresh worker reads the sqlite ingest state only, not state.backend={settings.state.backend}"
+        )
     registry = metrics_registry(settings.refresh.metrics_port)
     metrics = RefreshMetrics(registry)
     metadata = CatalogueMetadata.open(settings)  # categories and segments onto every row written

@@ -339,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.catalogue.reader import CatalogueReader
     from workers.catalogue.row_metadata import CatalogueMetadata
     from workers.infra.milvus_server import open_milvus
-    from workers.ingest.state_reader import StateReader
+    from workers.ingest.history_store import open_reader
     from workers.recall.item_filters import Filtering
     from workers.recall.live_model import LiveModel
     from workers.recall.serving_state import follow_serving_state
@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata = CatalogueMetadata.open(settings)
         stack.callback(metadata.close)
         store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True, metadata=metadata))
-        history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+        history = stack.enter_context(open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic))
         state = follow_serving_state(settings, stack)  # the catalogue and the popular counts, followed
         registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)

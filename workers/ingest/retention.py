@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from workers.ingest.state_store import PartitionStore, RetentionPolicy, RetentionStep
+from workers.ingest.history_store import PartitionWriter
+from workers.ingest.state_store import RetentionPolicy, RetentionStep
 from workers.refresh.state import RefreshState
 from workers.settings import StateRetentionSettings
 
@@ -59,8 +60,8 @@ class ConsumedCursor:
                 self._positions = {}
         return self._positions
 
-    def of(self, store: PartitionStore) -> int:
-        return self.positions().get(store.path.name, 0)
+    def of(self, store: PartitionWriter) -> int:
+        return self.positions().get(store.name, 0)
 
 
 class Retention:
@@ -70,7 +71,7 @@ class Retention:
         self.settings = settings
         self.policy = policy_of(settings)
         self.consumed = ConsumedCursor(refresh_state_file)
-        self._next: dict[Path, float] = {}
+        self._next: dict[str, float] = {}
         self.deleted = 0
         self._logged_at = time.monotonic()
         self._logged_deleted = 0
@@ -80,13 +81,13 @@ class Retention:
         """The retention of ``state_dir``'s ingest files, reading the refresh cursor of the same directory."""
         return cls(settings, RefreshState.file(state_dir / "refresh"))
 
-    def step(self, stores: Iterable[PartitionStore], now: float | None = None) -> list[RetentionStep]:
+    def step(self, stores: Iterable[PartitionWriter], now: float | None = None) -> list[RetentionStep]:
         """Steps on every due store: at least one each, more while rows are left and ``budget_s`` lasts."""
         now = time.monotonic() if now is None else now
         deadline = time.perf_counter() + self.settings.budget_s
         steps: list[RetentionStep] = []
         for store in list(stores):
-            if self._next.get(store.path, 0.0) > now:
+            if self._next.get(store.name, 0.0) > now:
                 continue
             try:
                 consumed = self.consumed.of(store)
@@ -96,10 +97,10 @@ class Retention:
                     done = store.retain(self.policy, consumed)
                     steps.append(done)
             except Exception:  # retention must never stop ingest: the next step retries
-                log.exception("retention step on %s failed", store.path)
-                self._next[store.path] = now + self.settings.interval_s
+                log.exception("retention step on %s failed", store.name)
+                self._next[store.name] = now + self.settings.interval_s
                 continue
-            self._next[store.path] = now if done.pending else now + self.settings.interval_s
+            self._next[store.name] = now if done.pending else now + self.settings.interval_s
         self.deleted += sum(s.deleted for s in steps)
         if now - self._logged_at >= _LOG_EVERY_S and self.deleted > self._logged_deleted:
             log.info("retention deleted %d rows in %.0f s", self.deleted - self._logged_deleted, now - self._logged_at)

@@ -1,4 +1,7 @@
-"""Ingest worker: clicks topic -> (dead-letter topic | per-partition SQLite state), at-least-once, idempotent.
+"""Ingest worker: clicks topic -> (dead-letter topic | per-partition state), at-least-once, idempotent.
+
+The state is SQLite files under ``state_dir`` or a Redis server (``state.backend``, see
+``workers.ingest.history_store``); "state file" below means either.
 
 Per batch (closed on ``batch_size`` messages or ``batch_timeout_s``): decode every message; send the
 invalid ones to the DLQ with their original bytes (cut to fit the topic's record size, see
@@ -32,11 +35,11 @@ from workers.infra.kafka import Conf, close_producer, commit_stored, make_consum
 from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
 from workers.ingest.dead_letters import DeadLetterSink, deliver_or_hold
+from workers.ingest.history_store import PartitionWriter, open_writer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.retention import Retention
-from workers.ingest.state_store import PartitionStore
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
-from workers.settings import IngestSettings, KafkaSettings, Settings
+from workers.settings import IngestSettings, KafkaSettings, Settings, StateSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,10 @@ class IngestWorker:
         retention: Retention | None = None,
         max_message_bytes: int | None = None,
         retry_backoff_s: float | None = None,
+        state: StateSettings | None = None,
     ) -> None:
-        """``max_message_bytes`` and ``retry_backoff_s`` default to the settings' defaults."""
+        """``max_message_bytes``, ``retry_backoff_s`` and ``state`` (the backend) default to the settings' defaults."""
+        self.state = state or StateSettings()
         max_message_bytes = max_message_bytes or KafkaSettings().max_message_bytes
         self.retry_backoff_s = IngestSettings().retry_backoff_s if retry_backoff_s is None else retry_backoff_s
         self.topic = topic
@@ -95,7 +100,7 @@ class IngestWorker:
         self.metrics = metrics
         self.dedupe_window = dedupe_window
         self.retention = retention  # a bounded step between batches (workers.ingest.retention)
-        self._stores: dict[tuple[str, int], PartitionStore] = {}
+        self._stores: dict[tuple[str, int], PartitionWriter] = {}
         self._dlq = DeadLetterSink(
             make_producer(conf, {"message.max.bytes": max_message_bytes}),
             dlq_topic,
@@ -111,11 +116,16 @@ class IngestWorker:
         self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._closed = False
 
-    def _store(self, topic: str, partition: int) -> PartitionStore:
+    def _store(self, topic: str, partition: int) -> PartitionWriter:
         store = self._stores.get((topic, partition))
         if store is None:
-            store = self._stores[(topic, partition)] = PartitionStore.open(
-                self.state_dir, topic, partition, self.dedupe_window
+            store = self._stores[(topic, partition)] = open_writer(
+                self.state,
+                self.state_dir,
+                topic,
+                partition,
+                dedupe_window=self.dedupe_window,
+                retention=None if self.retention is None else self.retention.policy,
             )
         return store
 
@@ -276,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else None,
         max_message_bytes=kafka.max_message_bytes,
         retry_backoff_s=ingest.retry_backoff_s,
+        state=settings.state,
     )
     with stop_on_signals(StopFlag()) as stop:
         worker.run(stop)

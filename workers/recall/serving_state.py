@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from workers.catalogue.follow import Follower
 from workers.catalogue.reader import CatalogueReader
 from workers.catalogue.view import CatalogueView
-from workers.ingest.state_reader import StateReader
+from workers.ingest.history_store import open_reader
 from workers.recall.popular import PopularFeed, PopularItems
 from workers.settings import Settings
 
@@ -43,7 +43,7 @@ def follow_serving_state(settings: Settings, stack: contextlib.ExitStack) -> Ser
     catalogue = stack.enter_context(Follower(view.step, settings.catalogue.poll_s, "catalogue-view"))
     recall = settings.recall
     popular = PopularItems(recall.popular_half_life_s, recall.popular_capacity)
-    clicks = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+    clicks = stack.enter_context(open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic))
     feed = PopularFeed(popular, clicks, recall.popular_max_events)
     counts = stack.enter_context(Follower(feed.step, recall.popular_refresh_s, "popular-feed"))
     return ServingState(view, popular, (catalogue, counts))

@@ -44,7 +44,7 @@ from workers.infra.kafka import Conf, close_producer, commit_stored, make_consum
 from workers.infra.milvus_server import open_milvus
 from workers.infra.topics import ensure_stack_topics, request_topics, stack_topics
 from workers.infra.vector_store import VectorStore
-from workers.ingest.state_reader import StateReader
+from workers.ingest.history_store import open_reader
 from workers.metrics import GcPauses
 from workers.recall.breaker import CircuitBreaker, register_breaker_metrics
 from workers.recall.budget import Budget
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
         store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True))
-        history = stack.enter_context(StateReader(settings.state_dir, settings.kafka.clicks_topic))
+        history = stack.enter_context(open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic))
         state = follow_serving_state(settings, stack)  # the catalogue and the popular counts, followed
         worker = build_worker(
             settings, conf, store, history, RecallMetrics(registry), view=state.view, popular=state.popular
