@@ -14,9 +14,10 @@ vectors are written for:
   and compared with what the published rows carry;
 
 and the rows of items that left the version (expired) are closed. Everything else keeps its
-published row. The write, verification (visible row count, a probe of written rows, the quality
-gate against live) and announcement go through :meth:`LiveWriter.write`, so a crash in any phase
-leaves readers on the previous announcement and the next write repairs it.
+published row. The rows are staged under a reserved generation (:meth:`LiveWriter.stage`: fast-path steps go on
+meanwhile), the quality gate compares the staged generation with the live one, and
+:meth:`LiveWriter.commit` verifies (visible row count, a probe of written rows) and announces; a crash
+in any phase leaves readers on the previous announcement and the next write repairs it.
 
 What a reply names, then: the version whose tower embedded its users; every item vector it
 searched is that version's own (written by this or a later-announced write of it) or within
@@ -139,35 +140,39 @@ class DeltaPublisher:
         report.timed("export", t, self._on_phase)
 
         t = time.perf_counter()
-        with self.writer.lock:
-            published = self.writer.published(collection)
-            live_version = self.writer.announced(collection).version or self.registry.version_of(collection)
-            knows = vocab.contains(published.item_ids)
-            rewrite, metadata_cursor = self._metadata_changes(collection, published.generation, ids)
-            delta = diff(published, ids, vectors, partitions, self.settings.delta_threshold, knows, rewrite)
-            report.timed("diff", t, self._on_phase)
-            new: dict[str, Rows] = {}
-            for part in sorted(set(partitions[delta.write].tolist())):
-                at = delta.write[partitions[delta.write] == part]
-                new[part] = Rows.of(ids[at], vectors[at], version, 0)
-            expected = len(published) - len(delta.withdrawn) + delta.new_items
+        published = self.writer.snapshot(collection)
+        live_version = self.writer.announced(collection).version or self.registry.version_of(collection)
+        knows = vocab.contains(published.item_ids)
+        rewrite, metadata_cursor = self._metadata_changes(collection, published.generation, ids)
+        delta = diff(published, ids, vectors, partitions, self.settings.delta_threshold, knows, rewrite)
+        report.timed("diff", t, self._on_phase)
+        new: dict[str, Rows] = {}
+        for part in sorted(set(partitions[delta.write].tolist())):
+            at = delta.write[partitions[delta.write] == part]
+            new[part] = Rows.of(ids[at], vectors[at], version, 0)
 
-            def verify(generation: int) -> None:
-                began = time.perf_counter()
-                self._verify(collection, version, generation, expected, ids[delta.write], vectors[delta.write])
-                self._quality(report, collection, ckpt, generation, live_version, quality)
-                report.timed("verify", began, self._on_phase)
+        t = time.perf_counter()
+        staged = self.writer.stage(collection, version, new, delta.withdrawn, published)
+        report.timed("write", t, self._on_phase)
+        t = time.perf_counter()
+        try:  # the quality gate reads the staged generation without holding the writer (fast-path steps go on)
+            self._quality(report, collection, ckpt, staged.generation, live_version, quality)
+        except BaseException:
+            self.writer.abandon(collection)
+            raise
 
-            t = time.perf_counter()
-            written = self.writer.write(collection, version, new, delta.withdrawn, verify, table=published)
-            if metadata_cursor is not None:  # written with the catalogue as it is now: compared up to here
-                self._metadata_cursors[collection] = metadata_cursor
+        def verify(generation: int, expected: int) -> None:
+            self._verify(collection, version, generation, expected, ids[delta.write], vectors[delta.write])
+
+        written = self.writer.commit(staged, verify)
+        if metadata_cursor is not None:  # written with the catalogue as it was at the snapshot: compared up to there
+            self._metadata_cursors[collection] = metadata_cursor
+        report.timed("verify", t, self._on_phase)
         report.rows = written.inserted
         report.closed = written.closed
         report.items = int(ids.shape[0])
         report.generation = written.generation
         report.swapped = True
-        report.timed("write", t, self._on_phase)
         log.info(
             "delta %s -> %s at generation %d: %d rows written (%.1f%% of %d items, %d new), %d closed, %d withdrawn %s",
             live_version,

@@ -16,7 +16,9 @@ adds them to the live collection as the next *generation*:
 2. write them as generation ``g + 1`` of the live collection, verify them (every row found by its
    own vector, Strong consistency) and announce ``(g + 1, live version)``
    (:meth:`~workers.refresh.live_writer.LiveWriter.write`, the same path as a delta's): from then
-   on the recall workers search the rows visible at ``g + 1`` and name it in their replies.
+   on the recall workers search the rows visible at ``g + 1`` and name it in their replies. Steps go
+   on while a major round's delta is being written (it is staged under a generation above theirs),
+   except for the items that delta closes, which wait for its commit.
 
 Every vector of these rows is a function of the live version's weights, and the tower is that
 version's. A crash before the announce leaves rows nobody searches; the next write removes them.
@@ -48,7 +50,7 @@ from model.vocab import ItemVocab
 from workers.infra.vector_store import Rows, VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import StoredClick
-from workers.refresh.live_writer import LiveWriter
+from workers.refresh.live_writer import DeltaUnderWay, LiveWriter
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
@@ -209,11 +211,16 @@ class FastPath:
         if not live.supported or not self.settings.refresh.fast_path:
             return None
         announced = set(self.writer.announced(live.collection).items)
-        candidates = [i for i in self.pending if i not in announced]
+        busy = set(self.writer.closing(live.collection).tolist())  # a staged delta writes them: after its commit
+        candidates = [i for i in self.pending if i not in announced and i not in busy]
         if not candidates:
             return None
         with in_progress(self.metrics, "fast_path"):
-            return self._add(live, candidates, began)
+            try:
+                return self._add(live, candidates, began)
+            except DeltaUnderWay as exc:  # rare: the items stay pending, the next step tries again
+                log.info("fast path waits for the delta under way: %s", exc)
+                return None
 
     def _add(self, live: _Live, candidates: list[int], began: float) -> StepReport | None:
         """Embed the candidates, insert those with context as generation g + 1, verify and announce it

@@ -13,6 +13,14 @@ its new version) are the same operation on a keyed collection (:mod:`workers.inf
 5. delete the rows no reader and no rollback can see any more (closed at or before the previous
    version's last announcement).
 
+A delta is written in two parts so that fast-path steps go on while it is under way
+(:meth:`LiveWriter.stage` then :meth:`LiveWriter.commit`): staging reserves the generation
+``g + FAST_PATH_SLOTS`` and writes steps 2 and 3 there without the writer's lock; fast-path steps
+meanwhile announce ``g + 1``, ``g + 2``, ... below it (readers at those generations never see the
+staged rows, nor miss the rows it closes). The commit takes the lock for the short rest: repair what
+a failed step left (never the staged rows), close the rows fast-path steps added meanwhile for items
+the delta writes too, verify, announce. Items the delta closes are left to the fast path until then.
+
 A rollback announces the previous version's last ``(generation, version)`` (readers switch within
 their alias check) and repairs down to it; one level deep (step 5 keeps what the previous version
 needs, not what the one before it needed: an older state is an older epoch, reached through the
@@ -33,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 
@@ -40,13 +49,29 @@ from workers.infra.row_keys import MAX_GENERATION, OPEN
 from workers.infra.vector_store import Rows, VectorStore
 from workers.refresh.generations import Generations
 
-__all__ = ["ConcurrentAnnouncement", "LiveWriter", "NoRollback", "Published", "Written"]
+__all__ = [
+    "FAST_PATH_SLOTS",
+    "ConcurrentAnnouncement",
+    "DeltaUnderWay",
+    "LiveWriter",
+    "NoRollback",
+    "Published",
+    "Staged",
+    "Written",
+]
 
 log = logging.getLogger(__name__)
+
+FAST_PATH_SLOTS: Final = 1024  # generations left below a staged delta for fast-path steps while it is written
 
 
 class NoRollback(RuntimeError):
     """No earlier announcement of this collection can be served again (roll back the alias instead)."""
+
+
+class DeltaUnderWay(RuntimeError):
+    """A fast-path write the staged delta leaves no room for (its items, or generations below it): retry
+    after the delta's commit."""
 
 
 class ConcurrentAnnouncement(RuntimeError):
@@ -100,6 +125,11 @@ class Published:
             grouped[segment] = self.rows[at]
         return grouped
 
+    def frozen(self) -> Published:
+        """This table as it is now (merged), unchanged by later writes (the arrays are never written in place)."""
+        table = self.merged()
+        return Published(table.generation, table.item_ids, table.vectors, table.segments, table.rows)
+
     def merged(self) -> Published:
         """One sorted table of everything published now: the writes applied in their order (a later write
         of an item replaces an earlier one, of the base or of a write); one sort, however many writes."""
@@ -129,6 +159,29 @@ def _concat(parts: list[Rows]) -> Rows:
     )
 
 
+@dataclass
+class _Since:
+    """The fast-path writes announced while a delta is staged: the items they added and the net row count."""
+
+    added: dict[str, list[Rows]] = field(default_factory=dict)
+    net_rows: int = 0
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A delta written under a reserved generation, not announced (:meth:`LiveWriter.commit`)."""
+
+    collection: str
+    version: str
+    generation: int
+    base: tuple[int, str | None]  # the announcement it was staged against
+    fresh: dict[str, Rows]
+    closing_ids: np.ndarray
+    expected: int  # rows visible at ``generation`` if no fast-path step adds any meanwhile
+    inserted: int
+    closed: int
+
+
 @dataclass(frozen=True)
 class Written:
     """What a write announced."""
@@ -152,6 +205,8 @@ class LiveWriter:
         self._published: dict[str, Published] = {}
         self._repaired: dict[str, int] = {}  # collection -> the generation it is known clean at
         self._uncollected: dict[str, bool] = {}  # collection -> rows were closed since the last collection
+        self._staged: dict[str, tuple[int, np.ndarray]] = {}  # collection -> (reserved generation, ids it closes)
+        self._since: dict[str, _Since] = {}  # collection -> fast-path writes since the delta's snapshot
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -171,6 +226,19 @@ class LiveWriter:
             table = table.merged()
             self._published[collection] = table
             return table
+
+    def closing(self, collection: str) -> np.ndarray:
+        """The items a staged delta of ``collection`` closes (a fast-path step leaves them until its commit)."""
+        with self.lock:
+            staged = self._staged.get(collection)
+            return staged[1] if staged is not None else np.empty(0, dtype=np.int64)
+
+    def seed(self, collection: str, by_segment: dict[str, Rows]) -> None:
+        """What an epoch's build wrote (generation 0, nothing to repair): its first delta compares against it
+        without reading the collection back."""
+        with self.lock:
+            self._published[collection] = Published.of(0, by_segment, self.dim)
+            self._repaired[collection] = 0
 
     def forget(self, collection: str) -> None:
         with self.lock:
@@ -202,6 +270,11 @@ class LiveWriter:
             generation = previous + 1
             if generation > MAX_GENERATION:
                 raise RuntimeError(f"{collection}: generations exhausted; a new epoch is due")
+            staged = self._staged.get(collection)
+            if staged is not None and generation >= staged[0]:
+                raise DeltaUnderWay(f"{collection}: every generation below the staged delta's is taken")
+            if staged is not None and np.isin(np.asarray(list(items), dtype=np.int64), staged[1]).any():
+                raise DeltaUnderWay(f"{collection}: the staged delta closes some of these items")
             keyed = self.store.is_keyed(collection)
             fresh = {
                 segment: Rows(
@@ -232,11 +305,123 @@ class LiveWriter:
             state.save(self.models_dir)
             self._repaired[collection] = generation
             self._remember(collection, previous, generation, fresh, closing_ids, table)
-            if keyed and self._uncollected.get(collection, True):
-                target = state.rollback_target()
-                self._collect(collection, target[0] if target is not None else previous)
-            self._uncollected[collection] = closed > 0 or state.rollback_target() is None
+            if (since := self._since.get(collection)) is not None:
+                for segment, rows in fresh.items():
+                    since.added.setdefault(segment, []).append(rows)
+                since.net_rows += inserted - closed
+            self._collect_after(collection, state, previous, closed, keyed)
             return Written(collection, generation, version, inserted, closed, at)
+
+    def _collect_after(self, collection: str, state: Generations, previous: int, closed: int, keyed: bool) -> None:
+        """After an announcement: delete what no reader nor rollback sees any more, when rows were closed."""
+        if keyed and self._uncollected.get(collection, True):
+            target = state.rollback_target()
+            self._collect(collection, target[0] if target is not None else previous)
+        self._uncollected[collection] = closed > 0 or state.rollback_target() is None
+
+    # -- a delta, staged then committed -----------------------------------------------------
+
+    def snapshot(self, collection: str) -> Published:
+        """The published rows, as they are now, for a delta to compare against; fast-path writes from
+        here on are followed so that :meth:`commit` can reconcile them."""
+        with self.lock:
+            table = self.published(collection).frozen()
+            self._since[collection] = _Since()
+            return table
+
+    def stage(
+        self, collection: str, version: str, new: dict[str, Rows], withdrawn: np.ndarray, table: Published
+    ) -> Staged:
+        """Write ``new`` and close the rows of its items and of ``withdrawn`` (as published in ``table``,
+        from :meth:`snapshot`) under a reserved generation; nothing is announced. Fast-path steps go on
+        meanwhile (below the reserved generation, never on the items closed here)."""
+        if collection not in self._since:
+            raise RuntimeError(f"{collection}: stage a delta against a snapshot() of the writer")
+        with self.lock:
+            state = self.announced(collection)
+            previous = state.generation
+            self._repair(collection, previous)
+            generation = previous + FAST_PATH_SLOTS
+            if generation > MAX_GENERATION:
+                raise RuntimeError(f"{collection}: generations exhausted; a new epoch is due")
+            fresh = {
+                segment: Rows(
+                    rows.item_ids, rows.vectors, rows.model_versions, np.full(len(rows), generation), rows.gen_to
+                )
+                for segment, rows in new.items()
+                if len(rows)
+            }
+            new_ids = np.concatenate([r.item_ids for r in fresh.values()]) if fresh else np.empty(0, np.int64)
+            closing_ids = np.union1d(new_ids, withdrawn)
+            found, positions = table.find(closing_ids)
+            old = table.by_segment(positions[found])
+            new_found, _ = table.find(new_ids)
+            withdrawn_found, _ = table.find(np.setdiff1d(withdrawn, new_ids))
+            expected = len(table) - int(withdrawn_found.sum()) + int((~new_found).sum())
+            self._staged[collection] = (generation, closing_ids)
+        try:
+            inserted = sum(self.store.write_rows(collection, rows, segment) for segment, rows in fresh.items())
+            closed = sum(
+                self.store.write_rows(collection, rows.closed(generation), segment, upsert=True)
+                for segment, rows in old.items()
+            )
+        except BaseException:
+            self.abandon(collection)
+            raise
+        base = (previous, state.version)
+        return Staged(collection, version, generation, base, fresh, closing_ids, expected, inserted, closed)
+
+    def commit(self, staged: Staged, verify: Callable[[int, int], None] | None = None) -> Written:
+        """Announce a staged delta: repair what failed steps left, close the rows fast-path steps added
+        meanwhile for items the delta writes too, ``verify(generation, expected_rows)``, announce."""
+        collection, generation = staged.collection, staged.generation
+        with self.lock:
+            try:
+                state = self.announced(collection)
+                previous = state.generation
+                since = self._since.get(collection, _Since())
+                ours = staged.base[0] <= previous < generation and state.version == staged.base[1]
+                if not ours:
+                    raise ConcurrentAnnouncement(
+                        f"{collection}: {previous} ({state.version}) announced meanwhile, staged on {staged.base}"
+                    )
+                self._repair(collection, previous)
+                closed = staged.closed
+                overtaken = 0
+                for segment, parts in since.added.items():
+                    rows = _concat(parts)
+                    again = rows[np.flatnonzero(np.isin(rows.item_ids, staged.closing_ids))]
+                    if len(again):
+                        overtaken += self.store.write_rows(collection, again.closed(generation), segment, upsert=True)
+                closed += overtaken
+                if verify is not None:
+                    verify(generation, staged.expected + since.net_rows - overtaken)
+                now = self.announced(collection)
+                if (now.generation, now.version) != (previous, state.version):
+                    raise ConcurrentAnnouncement(f"{collection}: announced {now.generation} meanwhile, not {previous}")
+                at = time.time()
+                state.announce(generation, staged.version, at)
+                state.save(self.models_dir)
+            except BaseException:
+                self._abandon(collection)
+                raise
+            self._staged.pop(collection, None)
+            self._since.pop(collection, None)
+            self._repaired[collection] = generation
+            self._remember(collection, previous, generation, staged.fresh, staged.closing_ids, None)
+            self._collect_after(collection, state, previous, closed, True)
+            return Written(collection, generation, staged.version, staged.inserted, closed, at)
+
+    def abandon(self, collection: str) -> None:
+        """Give up a staged delta: the next write deletes its rows and reopens what it closed."""
+        with self.lock:
+            self._abandon(collection)
+
+    def _abandon(self, collection: str) -> None:
+        self._staged.pop(collection, None)
+        self._since.pop(collection, None)
+        self._repaired.pop(collection, None)
+        self._published.pop(collection, None)
 
     def _open_rows(self, collection: str, item_ids: np.ndarray, table: Published | None) -> dict[str, Rows]:
         """The currently published rows of ``item_ids`` (those that have one), by segment."""
@@ -281,12 +466,19 @@ class LiveWriter:
         """Undo what writes after ``generation`` left: their rows deleted, the rows they closed reopened."""
         if self._repaired.get(collection) == generation:
             return
-        self.store.delete_generations_above(collection, generation)
+        staged = self._staged.get(collection)
+        if staged is None:
+            self.store.delete_generations_above(collection, generation)
+        else:  # this process' staged delta is work under way, not a crash's leftovers
+            self.store.delete_where(collection, f"generation > {int(generation)} and generation != {staged[0]}")
         if not self.store.is_keyed(collection):
             self._repaired[collection] = generation
             return
         reopened = 0
-        for segment, rows in self.store.rows_where(collection, f"gen_to > {generation} and gen_to < {OPEN}").items():
+        closed_by_others = f"gen_to > {generation} and gen_to < {OPEN}"
+        if staged is not None:
+            closed_by_others += f" and gen_to != {staged[0]}"
+        for segment, rows in self.store.rows_where(collection, closed_by_others).items():
             reopened += self.store.write_rows(collection, rows.closed(OPEN), segment, upsert=True)
         if reopened:
             log.warning("%s: %d rows closed by an unannounced write reopened", collection, reopened)

@@ -24,7 +24,7 @@ from model.evaluate import evaluate_model
 from model.export import UserTower, item_table
 from model.net import MindNet
 from model.vocab import ItemVocab
-from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, VectorStore
+from workers.infra.vector_store import DEFAULT_SEGMENT, MilvusSearcher, Rows, VectorStore
 from workers.refresh.generations import Generations
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.segments import SegmentMap
@@ -50,6 +50,7 @@ class PublishReport:
     items: int = 0  # items the version serves
     closed: int = 0  # rows a delta closed (replaced or withdrawn)
     generation: int = 0  # announced with it (0: an epoch's build)
+    written: dict[str, Rows] = field(default_factory=dict, repr=False)  # an epoch's rows, by segment
 
     @property
     def delta(self) -> bool:
@@ -116,6 +117,7 @@ class Publisher:
         for part, part_ids in groups.items():
             at = np.fromiter((position[int(i)] for i in part_ids), dtype=np.int64, count=len(part_ids))
             report.rows += self.store.insert(collection, part_ids, vectors[at], version, segment=part)
+            report.written[part] = Rows.of(part_ids, vectors[at], version, 0)
         report.timed("insert", t, self._on_phase)
 
         t = time.perf_counter()

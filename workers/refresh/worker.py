@@ -39,6 +39,7 @@ from model.checkpoint import Checkpoint, Manifest, next_version, open_checkpoint
 from model.data.types import HeldOut, IntArray, Sequences
 from model.train import Trainer, train
 from model.vocab import ItemVocab
+from workers.infra.row_keys import MAX_GENERATION
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.state_store import ClickColumns
@@ -47,7 +48,7 @@ from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
 from workers.refresh.generations import Generations
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 from workers.refresh.heap_profile import HeapProfile
-from workers.refresh.live_writer import LiveWriter, NoRollback
+from workers.refresh.live_writer import FAST_PATH_SLOTS, LiveWriter, NoRollback
 from workers.refresh.metrics import RefreshMetrics, in_progress
 from workers.refresh.publish import Publisher, PublishReport, VerifyError
 from workers.refresh.publish_lock import lock_path, publish_lock
@@ -219,6 +220,7 @@ class RefreshWorker:
             state = RefreshState.load(self.state_path)
             report = self.publisher.publish(ckpt, state)
             state.save(self.state_path)
+            self._seed(report)
             self.publisher.seal(report)
         self._set_live(ckpt)
         return report
@@ -384,6 +386,7 @@ class RefreshWorker:
             and live is not None
             and state.epoch_deltas < self.cfg.epoch_rounds
             and self.store.is_keyed(live)
+            and self.writer.announced(live).generation + FAST_PATH_SLOTS <= MAX_GENERATION
         )
         if delta and live is not None:
             report = self.delta.publish(ckpt, live, quality=self.quality)
@@ -393,7 +396,14 @@ class RefreshWorker:
         state.epoch_deltas = 0
         if report.previous:
             self.writer.forget(report.previous)
+        self._seed(report)
         return report
+
+    def _seed(self, report: PublishReport) -> None:
+        """Hand an epoch's rows to the writer (its first delta need not read them back), then let them go."""
+        if self.store.is_keyed(report.collection):
+            self.writer.seed(report.collection, report.written)
+        report.written = {}
 
     def _within_new_items(
         self, state: RefreshState, vocab: ItemVocab, events: ClickColumns, cursor: Cursor

@@ -20,7 +20,7 @@ from workers.ingest.state_store import PartitionStore
 from workers.recall.live_model import LiveModel
 from workers.refresh.delta import diff
 from workers.refresh.generations import Generations
-from workers.refresh.live_writer import LiveWriter, NoRollback, Published
+from workers.refresh.live_writer import FAST_PATH_SLOTS, DeltaUnderWay, LiveWriter, NoRollback, Published
 from workers.refresh.publish import VerifyError
 from workers.refresh.worker import RefreshWorker
 from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings
@@ -123,14 +123,15 @@ def test_a_round_writes_only_what_moved_into_the_live_collection_and_rolls_back_
         assert report is not None and report.error is None and report.published is not None, report
         published = report.published
         assert published.delta and store.resolve_alias(alias) == epoch  # no new collection, no swap
-        assert (published.version, published.generation) == ("v2", 1)
+        g = FAST_PATH_SLOTS  # a delta is staged above the generations left to fast-path steps
+        assert (published.version, published.generation) == ("v2", g)
         assert Generations.load(settings.models_dir, epoch).version == "v2"
         assert 5 <= published.rows < published.items == 45  # the new items and what moved, not all
 
         # The stated guarantee: every visible vector is v2's own or within the threshold of it.
         v2 = open_checkpoint(settings.models_dir, "v2")
         table, vocab = item_table(v2.load_net()), v2.vocab()
-        visible = _visible(store, epoch, 1)
+        visible = _visible(store, epoch, g)
         assert sorted(visible) == sorted(vocab.external(vocab.active_rows(now=0.0, ttl_s=None)).tolist())
         for item, vector in visible.items():
             own = table[vocab.rows(np.array([item]))[0]]
@@ -139,7 +140,7 @@ def test_a_round_writes_only_what_moved_into_the_live_collection_and_rolls_back_
         assert len(unchanged) == 45 - published.rows  # untouched rows stay bit-identical
 
         served = live.current(force=True)
-        assert served is not None and (served.version, served.generation, served.collection) == ("v2", 1, epoch)
+        assert served is not None and (served.version, served.generation, served.collection) == ("v2", g, epoch)
 
         # Rollback: one announcement; readers see v1's rows again; v2's rows are gone.
         target, was = worker.rollback()
@@ -202,3 +203,56 @@ def test_the_published_table_applies_writes_in_order_so_an_item_written_twice_co
     assert merged.item_ids.tolist() == [1, 2, 3, 9] and len(base) == 4
     found, at = merged.find(np.array([2, 9]))
     assert found.all() and (merged.vectors[at] == 2.0).all()
+
+
+def test_fast_path_steps_go_on_while_a_delta_is_staged_and_its_commit_keeps_one_row_per_item(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str
+) -> None:
+    """A delta is staged under a reserved generation; fast-path steps announce below it meanwhile (their
+    readers never see the staged rows); the commit closes the fast-path row of an item the delta also
+    writes, and counts the one it keeps. An item the delta closes is refused to the fast path until then."""
+    base_ckpt, seqs = base
+    with VectorStore(milvus_uri, settings.milvus) as store, StateReader(settings.state_dir, "clicks") as reader:
+        worker = RefreshWorker(settings, store, reader, replay=seqs)
+        worker.bootstrap(base_ckpt)
+        epoch = f"{settings.milvus.alias}_v1"
+        writer = worker.writer
+        before = _visible(store, epoch, 0)
+        dim = MIND.dim
+        table = writer.snapshot(epoch)
+        assert len(table) == 40 and table.generation == 0  # the epoch's rows, handed over by the build
+        step = {"all": Rows.of(np.array([500]), np.ones((1, dim), dtype=np.float32), "v1", 0)}
+        assert writer.write(epoch, "v1", step, items=[500]).generation == 1  # a step after the snapshot
+        moved = Rows.of(np.array([1, 500]), np.full((2, dim), 3.0, dtype=np.float32), "v2", 0)  # 1 moved, 500 "new"
+        staged = writer.stage(epoch, "v2", {"all": moved}, np.array([2]), table)  # 2 withdrawn
+        assert staged.generation == 1 + FAST_PATH_SLOTS and staged.expected == 40  # 40 - 2 + 500 (vs the snapshot)
+        assert _visible(store, epoch, 1).keys() == before.keys() | {500}  # nothing staged is seen
+
+        with pytest.raises(DeltaUnderWay):  # the delta closes item 1: the fast path leaves it alone
+            writer.write(epoch, "v1", {"all": Rows.of(np.array([1]), np.ones((1, dim)), "v1", 0)}, items=[1])
+        step = {"all": Rows.of(np.array([600]), np.ones((1, dim), dtype=np.float32), "v1", 0)}
+        assert writer.write(epoch, "v1", step, items=[600]).generation == 2  # a step while the delta is staged
+        at_2 = _visible(store, epoch, 2)
+        assert at_2.keys() == before.keys() | {500, 600} and np.array_equal(at_2[1], before[1])
+
+        expected: list[int] = []
+        written = writer.commit(staged, lambda generation, rows: expected.append(rows))
+        assert written.generation == staged.generation and expected == [41]  # + 500's and 600's steps - 500's row
+        at_g = _visible(store, epoch, written.generation)
+        assert at_g.keys() == (before.keys() - {2}) | {500, 600}
+        assert store.count(epoch, generation=written.generation) == 41  # one row per item: 500's step row closed
+        assert np.allclose(at_g[500], 3.0) and np.allclose(at_g[1], 3.0) and np.allclose(at_g[600], 1.0)
+        assert Generations.load(settings.models_dir, epoch).version == "v2"
+        assert len(writer.published(epoch)) == 41  # the writer's table agrees with Milvus
+
+        # a staged delta given up (a failed quality gate): the next write deletes its rows, reopens what it closed
+        table = writer.snapshot(epoch)
+        gone = writer.stage(
+            epoch, "v3", {"all": Rows.of(np.array([3]), np.zeros((1, dim)), "v3", 0)}, np.array([4]), table
+        )
+        writer.abandon(epoch)
+        after = writer.write(epoch, "v2", {"all": Rows.of(np.array([700]), np.ones((1, dim)), "v2", 0)}, items=[700])
+        assert after.generation == written.generation + 1 < gone.generation
+        assert store.count(epoch) == store.count(epoch, generation=after.generation) + 3  # rows of 1, 2 and 500 closed
+        assert _visible(store, epoch, after.generation).keys() == at_g.keys() | {700}
+        worker.close()
