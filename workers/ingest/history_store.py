@@ -34,6 +34,11 @@ from workers.ingest.state_store import ClickColumns, PartitionStore, RetentionPo
 from workers.settings import StateSettings
 
 
+class StoreUnavailableError(RuntimeError):
+    """The store did not answer (connection refused or lost, a timeout): a transient failure. What a
+    batch wrote before it is durable or not; reading the batch again is safe (dedupe)."""
+
+
 @runtime_checkable
 class PartitionWriter(Protocol):
     """The single writer of one partition's state (the ingest worker that owns the partition)."""

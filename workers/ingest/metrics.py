@@ -32,7 +32,8 @@ class IngestMetrics:
         )
         self.batch_retries = Counter(
             "mindstream_ingest_batch_retries",
-            "Batches read again because a dead letter was not acknowledged (offsets held, nothing applied)",
+            "Batches read again because a dead letter was not acknowledged (nothing applied) or the state store "
+            "did not answer (offsets held; what was applied is skipped on the re-read)",
             registry=registry,
         )
         self.batch_size = Histogram(

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Final
 
 import redis
@@ -42,6 +43,7 @@ from redis.typing import EncodableT
 
 from schemas.messages import ClickEvent
 from workers.ingest.digest_set import DIGEST_BYTES, DigestSet, DigestWindow, digest
+from workers.ingest.history_store import StoreUnavailableError
 from workers.ingest.redis_layout import (
     RedisKeys,
     batch_fields,
@@ -94,6 +96,15 @@ def stream_cap(policy: RetentionPolicy) -> int:
     return max(policy.window, policy.max_unconsumed or policy.window)
 
 
+@contextmanager
+def _unavailable_on_failure(what: str) -> Iterator[None]:
+    """The client's connection errors and timeouts as :class:`StoreUnavailableError` (the worker retries)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailableError(f"{what}: {exc}") from exc
+
+
 def _warn_unsafe_config(client: redis.Redis) -> None:
     """Log when the server's settings break the guarantees (a managed server may forbid CONFIG: say so)."""
     try:
@@ -136,11 +147,12 @@ class RedisPartitionStore:
         self._events = self.keys.events(partition)
         self._digests = self.keys.digests(partition)
         self._redis = connect(url, timeout_s)
-        _warn_unsafe_config(self._redis)
         self._seen: DigestSet | DigestWindow = DigestSet() if dedupe_window is None else DigestWindow(dedupe_window)
         self._known_seq = 0  # the digests of every batch up to this seq are in ``_seen``
-        self._catch_up(self._redis)
-        self._check_consistent()
+        with _unavailable_on_failure(f"opening {self._pos}"):
+            _warn_unsafe_config(self._redis)
+            self._catch_up(self._redis)
+            self._check_consistent()
 
     @property
     def name(self) -> str:
@@ -163,7 +175,14 @@ class RedisPartitionStore:
             self._known_seq = seq_of(entries[-1][0])
 
     def apply(self, events: Sequence[ClickEvent], topic: str, partition: int, last_offset: int) -> int:
-        """Append new events and record ``last_offset`` in one ``MULTI``/``EXEC``; returns rows inserted."""
+        """Append new events and record ``last_offset`` in one ``MULTI``/``EXEC``; returns rows inserted.
+
+        Raises :class:`StoreUnavailableError` when the server does not answer: the ``EXEC`` may or may not
+        have committed; the next call reads what did (``seq`` moved on) before it filters its batch."""
+        with _unavailable_on_failure(f"applying to {self._pos}"):
+            return self._apply(events, topic, partition, last_offset)
+
+    def _apply(self, events: Sequence[ClickEvent], topic: str, partition: int, last_offset: int) -> int:
         if (topic, partition) != (self.topic, self.partition):
             raise ValueError(f"this store writes {self.topic}[{self.partition}], not {topic}[{partition}]")
         firsts: dict[str, ClickEvent] = {}
@@ -220,7 +239,8 @@ class RedisPartitionStore:
         return seq
 
     def last_offset(self, topic: str, partition: int) -> int | None:
-        raw = self._redis.hget(RedisKeys(topic).position(partition), "offset")
+        with _unavailable_on_failure(f"reading {topic}[{partition}]'s offset"):
+            raw = self._redis.hget(RedisKeys(topic).position(partition), "offset")
         return None if raw is None else int(raw)
 
     def retain(self, policy: RetentionPolicy, consumed: int) -> RetentionStep:

@@ -16,7 +16,10 @@ state file on the new owner.
 No message stops the worker: a bad one is dead-lettered and passed. A dead letter the broker does not
 acknowledge (it is down, the DLQ topic is missing) is a transient failure: nothing of the batch is
 applied, the consumer seeks back to the batch's first offsets and reads it again after
-``ingest.retry_backoff_s``, the worker keeps running.
+``ingest.retry_backoff_s``, the worker keeps running. So is a state store that does not answer (a Redis
+server restarting): the batch's offsets are not stored, it is read again after the same pause, and
+what it applied before the failure is skipped as duplicates (its dead letters, if any, are sent again,
+as after a crash).
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from pathlib import Path
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.codec import DecodeError
-from workers.infra.kafka import Conf, close_producer, commit_stored, make_consumer, make_producer, stats_conf
+from workers.infra.kafka import Conf, close_producer, commit_stored, make_consumer, make_producer, rewind, stats_conf
 from workers.infra.topics import clicks_topics, ensure_stack_topics
 from workers.ingest.batch import reason_category, split_batch
 from workers.ingest.dead_letters import DeadLetterSink, deliver_or_hold
-from workers.ingest.history_store import PartitionWriter, open_writer
+from workers.ingest.history_store import PartitionWriter, StoreUnavailableError, open_writer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.retention import Retention
 from workers.runtime import StopFlag, configure_logging, metrics_registry, run_until_stopped, stop_on_signals
@@ -171,11 +174,18 @@ class IngestWorker:
             return BatchOutcome()
         applied = 0
         offsets = []
-        for part in batch.partitions.values():
-            applied += self._store(part.topic, part.partition).apply(
-                part.events, part.topic, part.partition, part.last_offset
-            )
-            offsets.append(TopicPartition(part.topic, part.partition, part.last_offset + 1))
+        try:
+            for part in batch.partitions.values():
+                applied += self._store(part.topic, part.partition).apply(
+                    part.events, part.topic, part.partition, part.last_offset
+                )
+                offsets.append(TopicPartition(part.topic, part.partition, part.last_offset + 1))
+        except StoreUnavailableError as exc:  # held: no offset stored, read again (dedupe skips what was applied)
+            log.error("state store unavailable; batch held, retry in %.1f s: %s", self.retry_backoff_s, exc)
+            self.metrics.batch_retries.inc()
+            rewind(consumer, messages)
+            time.sleep(self.retry_backoff_s)
+            return BatchOutcome()
         if offsets:
             try:
                 consumer.store_offsets(offsets=offsets)

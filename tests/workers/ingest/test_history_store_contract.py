@@ -25,7 +25,13 @@ from schemas.messages import ClickEvent
 from tests.required_tools import missing_tool
 from tests.workers.ingest.history_writer import TOPIC, USERS, event_at, state_settings, write_until
 from workers.infra.redis_server import RedisServer, redis_server_binary
-from workers.ingest.history_store import HistoryReader, PartitionWriter, open_reader, open_writer
+from workers.ingest.history_store import (
+    HistoryReader,
+    PartitionWriter,
+    StoreUnavailableError,
+    open_reader,
+    open_writer,
+)
 from workers.ingest.redis_layout import RedisKeys
 from workers.ingest.redis_store import RedisPartitionStore, StateLostError, stream_cap
 from workers.ingest.state_reader import Cursor
@@ -271,6 +277,8 @@ def test_redis_killed_between_batches_keeps_every_batch(own_redis: RedisServer, 
     for first in range(0, 500, 50):
         writer.apply([event_at(o) for o in range(first, first + 50)], TOPIC, 0, first + 49)
     own_redis.kill()
+    with pytest.raises(StoreUnavailableError):  # what the ingest worker holds its batch on
+        writer.apply([event_at(o) for o in range(500, 550)], TOPIC, 0, 549)
     own_redis.start()  # replays its append-only file
     assert writer.last_offset(TOPIC, 0) == 499  # the same writer reconnects and goes on
     assert writer.apply([event_at(o) for o in range(450, 550)], TOPIC, 0, 549) == 50  # redelivery skipped
