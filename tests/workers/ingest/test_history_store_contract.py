@@ -331,11 +331,14 @@ def test_redis_memory_is_bounded_by_the_retention_settings(redis_server: RedisSe
     for first in range(0, 1000, 25):
         writer.apply([event_at(o) for o in range(first, first + 25)], TOPIC, 0, first + 24)
     keys = RedisKeys(TOPIC)
-    kept, _ = open_reader(state_settings("redis", redis_server.url), Path("unused"), TOPIC).events_since(Cursor())
+    with open_reader(state_settings("redis", redis_server.url), Path("unused"), TOPIC) as reader:
+        kept, _ = reader.events_since(Cursor())
+        for user in range(1, USERS + 1):
+            assert client.zcard(keys.history(user)) == policy.history
+            assert reader.history(user, 100) == _expected_tail(user, 1000, policy.history)
     assert stream_cap(policy) == 40
     assert 40 <= len(kept) < 40 + 25  # whole batches: at most one batch more than the cap
     assert [e.event_id for e in kept] == [f"ev-{o}" for o in range(1000 - len(kept), 1000)]
-    assert all(client.zcard(keys.history(user)) == policy.history for user in range(1, USERS + 1))
     digests = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.digests(0)))
     assert 60 <= sum(len(fields[b"d"]) // 16 for _, fields in digests) <= 60 + 25
     assert writer.apply([event_at(990)], TOPIC, 0, 1000) == 0  # still inside the dedupe window
