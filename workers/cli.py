@@ -142,17 +142,13 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
     from model.export import external_heldout
     from workers.catalogue.row_metadata import CatalogueMetadata
     from workers.infra.vector_store import VectorStore
-    from workers.ingest.state_reader import StateReader
+    from workers.ingest.history_store import open_reader
     from workers.offline import load
     from workers.refresh.fast_path import FastPath
     from workers.refresh.metrics import RefreshMetrics
     from workers.refresh.state import RefreshState
     from workers.refresh.worker import RefreshWorker
 
-    if settings.state.backend != "sqlite":  # RefreshWorker and FastPath still take a StateReader
-        raise SystemExit(
-            f"the refresh worker reads the sqlite ingest state only, not state.backend={settings.state.backend}"
-        )
     registry = metrics_registry(settings.refresh.metrics_port)
     metrics = RefreshMetrics(registry)
     metadata = CatalogueMetadata.open(settings)  # categories and segments onto every row written
@@ -163,7 +159,7 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
     return RefreshWorker(
         settings,
         VectorStore(uri, settings.milvus, metadata=metadata),
-        StateReader(settings.state_dir, settings.kafka.clicks_topic),
+        open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic),
         replay=dataset.train if dataset is not None else None,
         replay_vocab=dataset.vocab if dataset is not None else None,
         quality=quality,
@@ -171,7 +167,7 @@ def _refresh_worker(settings: Settings, uri: str, *, with_data: bool) -> Refresh
         fast_path=FastPath(  # its own Milvus client and state reader: it runs in a thread of its own
             settings,
             VectorStore(uri, settings.milvus, metadata=metadata),
-            StateReader(settings.state_dir, settings.kafka.clicks_topic),
+            open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic),
             cursor=RefreshState.load(RefreshState.file(settings.refresh_dir)).get_cursor(),
             metrics=metrics,
         ),

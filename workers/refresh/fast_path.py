@@ -48,7 +48,8 @@ import numpy as np
 from model.cold_start import FrozenModel, IntroducingClicks, co_click_mean, few_steps
 from model.vocab import ItemVocab
 from workers.infra.vector_store import Rows, VectorStore
-from workers.ingest.state_reader import Cursor, StateReader
+from workers.ingest.history_store import HistoryReader
+from workers.ingest.state_reader import Cursor
 from workers.ingest.state_store import StoredClick
 from workers.refresh.live_writer import DeltaUnderWay, LiveWriter
 from workers.refresh.metrics import RefreshMetrics, in_progress
@@ -113,7 +114,7 @@ class FastPath:
         self,
         settings: Settings,
         store: VectorStore,
-        reader: StateReader,
+        reader: HistoryReader,
         *,
         cursor: Cursor | None = None,
         metrics: RefreshMetrics | None = None,

@@ -41,7 +41,8 @@ from model.train import Trainer, train
 from model.vocab import ItemVocab
 from workers.infra.row_keys import MAX_GENERATION
 from workers.infra.vector_store import VectorStore
-from workers.ingest.state_reader import Cursor, StateReader
+from workers.ingest.history_store import HistoryReader
+from workers.ingest.state_reader import Cursor
 from workers.ingest.state_store import ClickColumns
 from workers.refresh.delta import DeltaPublisher
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
@@ -146,7 +147,7 @@ class RefreshWorker:
         self,
         settings: Settings,
         store: VectorStore,
-        reader: StateReader,
+        reader: HistoryReader,
         *,
         replay: Sequences | None = None,
         replay_vocab: ItemVocab | None = None,

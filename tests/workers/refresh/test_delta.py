@@ -13,17 +13,19 @@ from model.checkpoint import Checkpoint, open_checkpoint
 from model.data.types import Sequences
 from model.export import item_table
 from model.train import Trainer, train
+from tests.workers.ingest.test_history_store_contract import require_redis_server
+from workers.infra.redis_server import RedisServer
 from workers.infra.row_keys import OPEN
 from workers.infra.vector_store import Rows, VectorStore
+from workers.ingest.history_store import open_reader, open_writer
 from workers.ingest.state_reader import StateReader
-from workers.ingest.state_store import PartitionStore
 from workers.recall.live_model import LiveModel
 from workers.refresh.delta import diff
 from workers.refresh.generations import Generations
 from workers.refresh.live_writer import FAST_PATH_SLOTS, DeltaUnderWay, LiveWriter, NoRollback, Published
 from workers.refresh.publish import VerifyError
 from workers.refresh.worker import RefreshWorker
-from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings
+from workers.settings import EvalSettings, MilvusSettings, RefreshSettings, Settings, StateSettings
 
 from .test_worker import MIND, TRAIN, _click, _cluster_seqs
 
@@ -85,7 +87,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _feed(settings: Settings, first: int, offset: int, new_items: range) -> int:
-    """30 users in cluster 0 who also click ``new_items``; returns the next offset."""
+    """30 users in cluster 0 who also click ``new_items``, into the configured state backend; returns the
+    next offset."""
     rng = np.random.default_rng(first)
     events, ts = [], offset
     for user in range(first, first + 30):
@@ -93,7 +96,7 @@ def _feed(settings: Settings, first: int, offset: int, new_items: range) -> int:
             ts += 1
             item = int(rng.choice(new_items)) if rng.random() < 0.5 else int(rng.integers(1, 11))
             events.append(_click(f"e{ts}", user, item, ts))
-    part = PartitionStore.open(settings.state_dir, "clicks", 0)
+    part = open_writer(settings.state, settings.state_dir, "clicks", 0)
     part.apply(events, "clicks", 0, last_offset=offset + len(events) - 1)
     part.close()
     return offset + len(events)
@@ -256,3 +259,29 @@ def test_fast_path_steps_go_on_while_a_delta_is_staged_and_its_commit_keeps_one_
         assert store.count(epoch) == store.count(epoch, generation=after.generation) + 3  # rows of 1, 2 and 500 closed
         assert _visible(store, epoch, after.generation).keys() == at_g.keys() | {700}
         worker.close()
+
+
+def test_a_delta_round_reads_its_clicks_from_the_redis_state_backend(
+    settings: Settings, base: tuple[Checkpoint, Sequences], milvus_uri: str, tmp_path: Path
+) -> None:
+    """The refresh worker on ``state.backend = "redis"`` (what a worker on another host reads): the
+    round trains on the clicks ingest wrote there, and the delta publishes their new items."""
+    require_redis_server()
+    with RedisServer(tmp_path / "redis") as server:
+        settings = settings.model_copy(update={"state": StateSettings(backend="redis", redis_url=server.url)})
+        base_ckpt, seqs = base
+        with (
+            VectorStore(milvus_uri, settings.milvus) as store,
+            open_reader(settings.state, settings.state_dir, "clicks") as reader,
+        ):
+            worker = RefreshWorker(settings, store, reader, replay=seqs)
+            worker.bootstrap(base_ckpt)
+            _feed(settings, 1000, 0, range(41, 46))
+            assert reader.event_count() == 360
+            report = worker.run_round()
+            assert report is not None and report.error is None and report.events == 360, report
+            assert report.published is not None and report.published.delta
+            epoch = f"{settings.milvus.alias}_v1"
+            assert set(range(41, 46)) <= set(_visible(store, epoch, report.published.generation))
+            assert not (settings.state_dir / "clicks").exists()  # nothing of the state on this host's disk
+            worker.close()
