@@ -11,8 +11,9 @@ from the results of the benchmarks that measure each figure; a figure whose run 
   threshold given (the setting's default);
 * ``model_age_p99_s``, ``new_item_p99_s``, ``round_s_p50``: ``bench.freshness`` on the delta stack
   (``freshness_delta.json``, ``freshness_delta_1m.json``);
-* ``milvus_cpu_cores``, ``kafka_p99_ms_max_window``, ``http_p99_ms_max_window``: the serving soak on the
-  delta stack (``serving_under_load_delta.json``, ``..._1m.json``), as ``bench.serving_under_load`` writes them;
+* ``milvus_cpu_cores`` (Milvus' mean CPU cores over the soak's windows), ``kafka_p99_ms_max_window``,
+  ``http_p99_ms_max_window``: the serving soak (``serving_under_load.json`` and its details,
+  ``..._1m``), when it ran on delta publication;
 * ``http_p99_ms_idle_at_100``: ``bench.http_latency`` at 100 req/s (``http_latency_delta.json``, ``..._1m.json``).
 """
 
@@ -39,6 +40,7 @@ KEYS = (
     "http_p99_ms_idle_at_100",
 )
 SCALES = {"100k": ("", 100_000), "1m": ("_1m", 1_000_000)}
+DELTAS_SINCE = "2026-12-08"  # delta publication the default from this date on
 
 
 def _read(name: str) -> dict[str, Any] | None:
@@ -54,12 +56,21 @@ def _dig(data: dict[str, Any] | None, *path: str) -> Any:
     return data
 
 
+def _on_deltas(result: dict[str, Any] | None) -> bool:
+    """A result of a run on delta publication (dated on or after its landing: earlier soaks rebuilt the
+    catalogue every round)."""
+    date = str(_dig(result, "machine", "date") or "")
+    return date >= DELTAS_SINCE
+
+
 def scale(suffix: str, items: int, threshold: float) -> dict[str, Any]:
     """The figures of one catalogue size, ``None`` where no run measured them."""
     delta = _read(f"delta_publication{suffix}")
     at = _dig(delta, "by_threshold", str(threshold))
     fresh = _read(f"freshness_delta{suffix}")
-    soak = _read(f"serving_under_load_delta{suffix}")
+    soak = _read(f"serving_under_load{suffix}")
+    series = _dig(_read(f"serving_under_load{suffix}_details"), "series") or []
+    milvus = [w["cpu_cores"]["milvus"] for w in series if (w.get("cpu_cores") or {}).get("milvus") is not None]
     idle = _read(f"http_latency_delta{suffix}")
     idle_100 = next((r for r in _dig(idle, "rates") or [] if r.get("rate") == 100), None)
     out: dict[str, Any] = {
@@ -70,9 +81,9 @@ def scale(suffix: str, items: int, threshold: float) -> dict[str, Any]:
         "model_age_p99_s": _dig(fresh, "model_age_p99_s"),
         "new_item_p99_s": _dig(fresh, "new_item_p99_s"),
         "round_s_p50": _dig(fresh, "round_s", "p50"),
-        "milvus_cpu_cores": _dig(soak, "milvus_cpu_cores"),
-        "kafka_p99_ms_max_window": _dig(soak, "kafka_p99_ms_max_window"),
-        "http_p99_ms_max_window": _dig(soak, "http_p99_ms_max_window"),
+        "milvus_cpu_cores": round(sum(milvus) / len(milvus), 3) if milvus and _on_deltas(soak) else None,
+        "kafka_p99_ms_max_window": _dig(soak, "kafka_p99_ms_max_window") if _on_deltas(soak) else None,
+        "http_p99_ms_max_window": _dig(soak, "http_p99_ms_max_window") if _on_deltas(soak) else None,
         "http_p99_ms_idle_at_100": _dig(idle_100, "p99_ms"),
     }
     assert tuple(out) == KEYS

@@ -57,7 +57,8 @@ class Observer:
       a newer version holds it): polled every 0.2 s;
     * user side: the latest produced click appears in its user's history in the ingest state (what
       a recall by ``user_ids`` reads): one click followed at a time, polled every 20 ms;
-    * model: the age of the served version, sampled every second (the refresh log adds, per round,
+    * model: the age of the served version, sampled every second from the first version trained on
+      the stream on (``model_age_from_s`` after the start; the refresh log adds, per round,
       click -> version for a sample of its clicks).
     Every reply is checked: it must name a version whose collection it searched (``mixed``), and
     any error or timeout counts as failed.
@@ -76,6 +77,7 @@ class Observer:
         self.recalled_at: dict[int, float] = {}
         self.user_side: list[float] = []
         self.model_age: list[float] = []
+        self.warmup_s: float | None = None  # until the first version trained on the stream was live
         self.swaps: list[dict[str, Any]] = []
         self.generations = 0
         self.replies = 0
@@ -118,11 +120,18 @@ class Observer:
                     self.live_version[item] = live
 
     def sample_model_age(self) -> None:
+        """From the first version trained on the stream on (the one the stack started with was trained
+        before the benchmark: its age measures the set-up, not the service)."""
+        began = time.monotonic()
+        first = self.stack.live_version(live) if (live := self.stack.live()) else None
         while not self._stop.wait(1.0):
             live = self.stack.live()
             created = self.stack.live_created_at(live) if live else None
-            if created is not None:
-                self.model_age.append(max(time.time() - created, 0.0))
+            if created is None or (live and self.stack.live_version(live) == first):
+                continue
+            if self.warmup_s is None:
+                self.warmup_s = time.monotonic() - began
+            self.model_age.append(max(time.time() - created, 0.0))
 
     def follow_user_side(self) -> None:
         """One click at a time: produced -> in its user's history in the ingest state."""
@@ -340,6 +349,7 @@ def main() -> None:
             },
             "user_side_s": user_p,
             "model_age_s": age_p,
+            "model_age_from_s": round(observer.warmup_s, 1) if observer.warmup_s is not None else None,
             "click_to_version_s": version_p,
             "replies_checked": {"kafka": observer.replies - observer.http_replies, "http": observer.http_replies},
             "cdf_user_side": cdf(observer.user_side),

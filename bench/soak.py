@@ -28,6 +28,7 @@ second). The sampler costs each of the three workers one ``/metrics`` page per s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ import numpy as np
 import psutil
 
 from bench.common import disk_usage, emit
+from bench.load import KafkaLoad, Outcome, VegetaLoad, describe
 from bench.stack import LiveStack, StackConfig, percentiles, wait_serving
 from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
 from model.data.synthetic import synthetic_dataset
@@ -81,25 +83,13 @@ class SoakConfig:
     base_batches: int = 200
     busy_activities: tuple[str, ...] = ACTIVITIES  # what makes a second busy (bench.stage_sampler)
     env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Outcome:
-    due: float
-    ms: float | None  # None: failed
-    kind: str  # ok | timeout | error
-    detail: str | None = None  # what the error was (its code and message, the exception, the HTTP status)
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception as a failed request's ``detail``."""
-    return f"{type(exc).__name__}: {str(exc)[:120]}"
+    generators: str = "process"  # "process": Kafka load in a process of its own, HTTP by vegeta; "thread": in here
 
 
 class _Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.outcomes: dict[str, list[_Outcome]] = {"kafka": [], "http": []}
+        self.outcomes: dict[str, list[Outcome]] = {"kafka": [], "http": []}
         self.sent = {"kafka": 0, "http": 0}
 
     def pending(self, path: str) -> int:
@@ -107,8 +97,14 @@ class _Recorder:
         with self.lock:
             return self.sent[path] - len(self.outcomes[path])
 
-    def add(self, path: str, outcome: _Outcome) -> None:
+    def add(self, path: str, outcome: Outcome) -> None:
         with self.lock:
+            self.outcomes[path].append(outcome)
+
+    def sink(self, path: str, outcome: Outcome) -> None:
+        """An outcome from a load process (counted as sent when it comes back)."""
+        with self.lock:
+            self.sent[path] += 1
             self.outcomes[path].append(outcome)
 
     def window(self, path: str, lo: float, hi: float) -> dict[str, Any]:
@@ -156,19 +152,19 @@ def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[Re
             exc = f.exception()
             now = time.monotonic()
             if isinstance(exc, TimeoutError):
-                rec.add("kafka", _Outcome(due, None, "timeout"))
+                rec.add("kafka", Outcome(due, None, "timeout"))
             elif exc is not None:
-                rec.add("kafka", _Outcome(due, None, "error", _describe(exc)))
+                rec.add("kafka", Outcome(due, None, "error", describe(exc)))
             elif isinstance(reply := f.result(), ErrorReply):
-                rec.add("kafka", _Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
+                rec.add("kafka", Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
             else:
-                rec.add("kafka", _Outcome(due, (now - due) * 1000, "ok"))
+                rec.add("kafka", Outcome(due, (now - due) * 1000, "ok"))
 
         try:
             client.request(reqs[i % len(reqs)]).add_done_callback(done)
             rec.sent["kafka"] += 1
         except Exception as exc:
-            rec.add("kafka", _Outcome(due, None, "error", f"not sent: {_describe(exc)}"))
+            rec.add("kafka", Outcome(due, None, "error", f"not sent: {describe(exc)}"))
         i += 1
 
 
@@ -189,13 +185,13 @@ def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest],
             try:
                 r = http.post("/rec/recall", json=bodies[i % len(bodies)])
                 if r.status_code == 200:
-                    rec.add("http", _Outcome(due, (time.monotonic() - due) * 1000, "ok"))
+                    rec.add("http", Outcome(due, (time.monotonic() - due) * 1000, "ok"))
                 else:
-                    rec.add("http", _Outcome(due, None, "error", f"HTTP {r.status_code}: {r.text[:120]}"))
+                    rec.add("http", Outcome(due, None, "error", f"HTTP {r.status_code}: {r.text[:120]}"))
             except httpx.TimeoutException:
-                rec.add("http", _Outcome(due, None, "timeout"))
+                rec.add("http", Outcome(due, None, "timeout"))
             except Exception as exc:
-                rec.add("http", _Outcome(due, None, "error", _describe(exc)))
+                rec.add("http", Outcome(due, None, "error", describe(exc)))
             i += 1
 
 
@@ -357,14 +353,18 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         rec = _Recorder()
         stop = StopFlag()
         client = RecallClient(kafka, stack.settings.recall)
-        threads = [
-            threading.Thread(target=sender.run, args=([("stream", chunk)], stop), daemon=True),
-            threading.Thread(target=_kafka_load, args=(client, rec, cfg.kafka_rate, reqs, stop), daemon=True),
-        ]
-        if cfg.http_rate > 0:
+        threads = [threading.Thread(target=sender.run, args=([("stream", chunk)], stop), daemon=True)]
+        loads = contextlib.ExitStack()
+        if cfg.generators == "thread":
             threads.append(
-                threading.Thread(target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True)
+                threading.Thread(target=_kafka_load, args=(client, rec, cfg.kafka_rate, reqs, stop), daemon=True)
             )
+            if cfg.http_rate > 0:
+                threads.append(
+                    threading.Thread(
+                        target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True
+                    )
+                )
         wait_serving(client)  # the recall worker holds the live model (its first requests got 'unavailable')
         procs = _Processes(stack.processes())
         windows: list[dict[str, Any]] = []
@@ -374,6 +374,11 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         for thread in threads:
             thread.start()
+        if cfg.generators == "process":
+            loads.enter_context(KafkaLoad(kafka, stack.settings.recall, cfg.kafka_rate, reqs, rec.sink))
+            if cfg.http_rate > 0:
+                bodies = [r.model_dump(mode="json", exclude_none=True) for r in reqs]
+                loads.enter_context(VegetaLoad(f"{stack.http_url}/rec/recall", cfg.http_rate, bodies, rec.sink))
         try:
             lo = t0
             while lo < t0 + cfg.duration_s:
@@ -406,6 +411,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                 refresh0, hist0, lo = refresh, hist, hi
         finally:
             stop.set("duration reached")
+            loads.close()  # the load processes stop and hand back the outcomes of what they sent
             for thread in threads:
                 thread.join(timeout=60)
             sampler.stop()

@@ -82,6 +82,12 @@ def soak_parser(prog: str, description: str, out: str, **defaults: float) -> arg
     p.add_argument("--drain", type=float, default=own["drain"], help="seconds to wait for the clicks after the load")
     p.add_argument("--base-batches", type=int, default=int(own["base_batches"]))
     p.add_argument(
+        "--generators",
+        choices=("process", "thread"),
+        default="process",
+        help="recall load: Kafka from a process of its own and HTTP by vegeta (process), or threads in here",
+    )
+    p.add_argument(
         "--env",
         action="append",
         default=[],
@@ -122,6 +128,7 @@ def soak_config(args: argparse.Namespace, **extra: Any) -> SoakConfig:
         refresh_interval_s=args.refresh_interval,
         drain_s=args.drain,
         base_batches=args.base_batches,
+        generators=args.generators,
         env=env,
         **extra,
     )
