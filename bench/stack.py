@@ -312,14 +312,14 @@ class LiveStack:
         """The fast-path generation announced for ``collection`` (0 when none)."""
         from workers.refresh.generations import announced_generation
 
-        return announced_generation(self.settings.models_dir, collection)[0] or 0
+        return announced_generation(self.store, collection)
 
     def live_version(self, collection: str) -> str | None:
         """The version served from ``collection``: announced there by a delta, else the one it is named after."""
         from workers.refresh.generations import Generations
         from workers.refresh.registry import ModelRegistry
 
-        announced = Generations.load(self.settings.models_dir, collection).version
+        announced = Generations.load(self.store, collection).version
         return announced or ModelRegistry(self.settings.models_dir, self.alias).version_of(collection)
 
     def versions_served(self, collection: str) -> set[str]:
@@ -327,7 +327,7 @@ class LiveStack:
         from workers.refresh.generations import Generations
         from workers.refresh.registry import ModelRegistry
 
-        state = Generations.load(self.settings.models_dir, collection)
+        state = Generations.load(self.store, collection)
         own = ModelRegistry(self.settings.models_dir, self.alias).version_of(collection)
         return {v for v in (own, state.version, *(v for _, v in state.history)) if v is not None}
 

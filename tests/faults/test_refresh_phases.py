@@ -120,7 +120,7 @@ def test_refresh_crash_in_each_phase_leaves_live_untouched_and_next_round_cleans
 def _announced_and_complete(store: VectorStore, registry: ModelRegistry, collection: str, version: str) -> int:
     """The generation announced for ``collection`` with ``version``: every item of that version visible
     exactly once at it, searches answered, and nothing of a later generation or closed by one left over."""
-    announced = Generations.load(registry.root, collection)
+    announced = Generations.load(store, collection)
     assert (announced.version or registry.version_of(collection)) == version
     g = announced.generation
     items = registry.checkpoint(version).vocab().items

@@ -53,7 +53,7 @@ def test_sparse_64_bit_ids_end_to_end(stack: Stack) -> None:  # noqa: F811
     vocab = v2.vocab()
     assert v2.manifest.item_count == BASE_ITEMS + len(SPARSE) + 1  # distinct items + padding, not 2^63
     assert vocab.rows(SPARSE).min() > BASE_ITEMS  # appended after the learnt rows
-    announced = Generations.load(stack.settings.models_dir, epoch).generation
+    announced = Generations.load(stack.store, epoch).generation
     assert stack.store.count(epoch, generation=announced) == BASE_ITEMS + len(SPARSE)
     known = set(vocab.ids[1:].tolist())
 

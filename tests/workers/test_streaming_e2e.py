@@ -81,7 +81,7 @@ class Stack:
         collection = self.store.resolve_alias(self.settings.milvus.alias)
         if collection is None:
             return None
-        announced = Generations.load(self.settings.models_dir, collection).version
+        announced = Generations.load(self.store, collection).version
         return announced or ModelRegistry(self.settings.models_dir, self.settings.milvus.alias).version_of(collection)
 
     def wait_for_live(self, version: str, timeout: float = 90.0) -> None:

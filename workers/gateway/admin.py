@@ -182,7 +182,7 @@ class Admin:
         with self._exclusive():
             live = self.store.resolve_alias(self.registry.alias)
             if live is not None:
-                writer = LiveWriter(self.store, self.registry.root, self.settings.mind.dim)
+                writer = LiveWriter(self.store, self.settings.mind.dim)
                 try:
                     (_, version), (_, was) = writer.rollback(live)
                     version = version or self.registry.version_of(live)

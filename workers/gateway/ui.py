@@ -138,9 +138,10 @@ class LiveReader:
         if collection is None:
             return LiveView("none", NO_MODEL)
         version = self.registry.version_of(collection)
+        generation: int | None
         try:
-            generation, _ = announced_generation(self.registry.root, collection)
-        except (OSError, ValueError) as exc:
+            generation = announced_generation(self.store, collection)
+        except Exception as exc:
             log.debug("generation of %s unreadable: %s", collection, exc)
             generation = None
         return LiveView(

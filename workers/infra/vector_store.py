@@ -723,6 +723,15 @@ class VectorStore:
         info = self._call(f"describe {name}", self.client.describe_collection, name)
         return {str(f.get("name")) for f in info.get("fields", [])}
 
+    def properties(self, name: str) -> dict[str, str]:
+        """The collection's properties (key-value metadata Milvus keeps with it, in its meta store)."""
+        described = self._call(f"describe {name}", self.client.describe_collection, name)
+        return {str(k): str(v) for k, v in (described.get("properties") or {}).items()}
+
+    def set_property(self, name: str, key: str, value: str) -> None:
+        """Set one property of ``name`` (one meta-store write: every reader sees the old or the new value)."""
+        self._call(f"alter {name}", self.client.alter_collection_properties, name, properties={key: value})
+
     def has_generations(self, name: str) -> bool:
         """Whether ``name`` has the ``generation`` field (collections built before it have not)."""
         return "generation" in self._field_names(name)

@@ -1,7 +1,7 @@
 """The model a recall worker serves: the live alias, resolved to a collection, plus the user
 tower of the version announced for it, at the announced generation. Swaps are picked up by
-re-resolving the alias; deltas and fast-path steps by re-reading the collection's generation file
-(:mod:`workers.refresh.generations`: a delta announces a new version on the same collection, whose
+re-resolving the alias; deltas and fast-path steps by re-reading the collection's announcement, a
+property of the collection in Milvus (:mod:`workers.refresh.generations`: a delta announces a new version on the same collection, whose
 tower is loaded before it is served). The searched collection is always the resolved one (never
 the alias itself) and searches are limited to the rows visible at the announced generation, so a
 reply names exactly the (version, generation) it searched, and every vector it searched was
@@ -31,7 +31,7 @@ class Served:
     since: float  # time.time() when this version became the one served here
     generation: int = 0  # fast-path generation announced for the collection
     max_generation: int | None = None  # search filter: None for collections without generations
-    generation_stamp: float = 0.0  # mtime of the generation file read
+    generation_stamp: str | None = None  # the announcement as read (raw), to skip parsing it again
 
 
 class LiveModel:
@@ -97,9 +97,9 @@ class LiveModel:
         """``served`` at the (generation, version) announced now (same object when unchanged)."""
         if served.max_generation is None:
             return served
-        state, stamp = announced(self._registry.root, served.collection, served.generation_stamp)
+        state, stamp = announced(self._store, served.collection, served.generation_stamp)
         if state is None:
-            return served  # the file did not change
+            return served  # the announcement did not change
         version = state.version or self._registry.version_of(served.collection) or served.version
         if version == served.version and state.generation == served.generation:
             self._served = replace(served, generation_stamp=stamp)

@@ -123,7 +123,7 @@ class FastPath:
     ) -> None:
         """``writer``: the refresh worker's (shared with its major rounds); default a writer of its own."""
         self.settings = settings
-        self.writer = writer if writer is not None else LiveWriter(store, settings.models_dir, settings.mind.dim)
+        self.writer = writer if writer is not None else LiveWriter(store, settings.mind.dim)
         self.store = store
         self.reader = reader
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
@@ -138,6 +138,7 @@ class FastPath:
         self._live: _Live | None = None
         self._segments: SegmentMap | None = None  # opened at the first step that adds items
         self._before_announce = before_announce  # test hook: a crash between insert and announce
+        self._announced: tuple[tuple[str, str] | None, set[int]] = (None, set())  # added under (collection, version)
 
     # -- the live version ------------------------------------------------------------------------
 
@@ -211,7 +212,9 @@ class FastPath:
             self.metrics.fast_path_pending.set(len(self.pending))
         if not live.supported or not self.settings.refresh.fast_path:
             return None
-        announced = set(self.writer.announced(live.collection).items)
+        if self._announced[0] != (live.collection, live.version):  # a new version: what was added is in it, or again
+            self._announced = ((live.collection, live.version), set())
+        announced = self._announced[1]
         busy = set(self.writer.closing(live.collection).tolist())  # a staged delta writes them: after its commit
         candidates = [i for i in self.pending if i not in announced and i not in busy]
         if not candidates:
@@ -247,6 +250,7 @@ class FastPath:
                 self._before_announce()
 
         written = self.writer.write(live.collection, live.version, new, verify=verify, items=ids)
+        self._announced[1].update(ids)
         announced_at, generation = written.announced_at, written.generation
         # Items re-added to a newer version (born after its training data) were live already: counted once.
         first_time = [self.pending[i] for i in ids if self.pending[i].live_since is None]

@@ -2,23 +2,33 @@
 
 A collection (an *epoch*) is built as generation 0 by the model version it is named after. Each
 later write, a fast-path step (new items under the live version's weights) or a delta (the rows a
-major round changed, under its new version), goes in as generation ``g + 1`` rows of the same
+major round changed, under its new version), goes in as rows of a later generation of the same
 collection, is verified, and only then is announced here as ``(generation, version)``: readers
 search the rows visible at the ``g`` they read (:func:`workers.infra.row_keys.visible`) with the
 tower of the ``version`` they read, so rows of a write that has not been announced (or crashed
 half-way) are never seen. ``history`` keeps the newest announcement of each recent version: a rollback
-announces the previous version's. One JSON file per collection, under the models directory (every worker that serves a
-version can read it), written atomically (temp + fsync + rename).
+announces the previous version's.
+
+The announcement is a property of the collection in Milvus (:data:`PROPERTY`, one meta-store write):
+every worker that searches the collection reads it where it reads the alias, on any host, and it
+goes when the collection is dropped. No file is shared.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-GENERATIONS_DIR = "generations"
+PROPERTY = "mindstream.generations"
+
+
+class PropertyStore(Protocol):
+    """Where announcements live (:class:`workers.infra.vector_store.VectorStore`)."""
+
+    def properties(self, name: str) -> dict[str, str]: ...
+
+    def set_property(self, name: str, key: str, value: str) -> None: ...
 
 
 HISTORY_KEPT = 8
@@ -28,7 +38,6 @@ HISTORY_KEPT = 8
 class Generations:
     collection: str
     generation: int = 0
-    items: list[int] = field(default_factory=list)  # ids the fast path added under ``version`` (since it)
     announced_at: list[float] = field(default_factory=list)  # time.time() of the announcements kept
     version: str | None = None  # the model version readers use; None: the collection's own (its name)
     history: list[tuple[int, str | None]] = field(default_factory=list)  # (generation, version), newest last
@@ -36,8 +45,6 @@ class Generations:
     def announce(self, generation: int, version: str | None, at: float) -> None:
         """Record ``(generation, version)`` as the announced state (the caller saves it). ``history`` keeps
         the newest announcement of each of the last versions: a rollback goes back a version, not a step."""
-        if version != self.version:
-            self.items = []  # a new version: what the fast path added is in it, or is added again
         if not self.history:  # the state before the first announcement: the epoch's build
             self.history = [(self.generation, self.version)]
         self.generation, self.version = generation, version
@@ -53,47 +60,33 @@ class Generations:
         return earlier[-1] if earlier else None
 
     @staticmethod
-    def path(models_dir: Path, collection: str) -> Path:
-        return models_dir / GENERATIONS_DIR / f"{collection}.json"
+    def parse(collection: str, raw: str | None) -> Generations:
+        if not raw:
+            return Generations(collection)
+        data = json.loads(raw)
+        data["history"] = [tuple(entry) for entry in data.get("history", [])]
+        return Generations(**{**data, "collection": collection})
 
     @staticmethod
-    def load(models_dir: Path, collection: str) -> Generations:
-        """The announced state of ``collection`` (generation 0 when nothing was added)."""
-        path = Generations.path(models_dir, collection)
-        if not path.exists():
-            return Generations(collection)
-        data = json.loads(path.read_text())
-        data["history"] = [tuple(entry) for entry in data.get("history", [])]
-        return Generations(**data)
+    def load(store: PropertyStore, collection: str) -> Generations:
+        """The announced state of ``collection`` (generation 0 when nothing was announced)."""
+        return Generations.parse(collection, store.properties(collection).get(PROPERTY))
 
-    def save(self, models_dir: Path) -> None:
-        path = Generations.path(models_dir, self.collection)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(asdict(self)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-    def drop(self, models_dir: Path) -> None:
-        Generations.path(models_dir, self.collection).unlink(missing_ok=True)
+    def save(self, store: PropertyStore) -> None:
+        store.set_property(self.collection, PROPERTY, json.dumps(asdict(self), separators=(",", ":")))
 
 
-def announced(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[Generations | None, float]:
-    """``(state, mtime)`` of ``collection``'s file, cheap enough to poll: generation 0 if none, and
-    ``(None, known_stamp)`` without reading the file when its mtime is still ``known_stamp``."""
-    path = Generations.path(models_dir, collection)
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return Generations(collection), 0.0
-    if mtime == known_stamp:
-        return None, known_stamp
-    return Generations.load(models_dir, collection), mtime
+def announced(store: PropertyStore, collection: str, known: str | None = None) -> tuple[Generations | None, str]:
+    """``(state, raw)`` of ``collection``'s announcement, cheap to poll: ``(None, known)`` when its raw value
+    is still ``known`` (nothing to parse)."""
+    raw = store.properties(collection).get(PROPERTY, "")
+    if known is not None and raw == known:
+        return None, known
+    return Generations.parse(collection, raw), raw
 
 
-def announced_generation(models_dir: Path, collection: str, known_stamp: float = 0.0) -> tuple[int | None, float]:
+def announced_generation(store: PropertyStore, collection: str) -> int:
     """:func:`announced`'s generation only."""
-    state, stamp = announced(models_dir, collection, known_stamp)
-    return (state.generation if state is not None else None), stamp
+    state, _ = announced(store, collection)
+    assert state is not None
+    return state.generation

@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -197,9 +196,8 @@ class Written:
 class LiveWriter:
     """Serialised writes into the live (keyed) collections of one alias; see the module doc."""
 
-    def __init__(self, store: VectorStore, models_dir: Path, dim: int) -> None:
+    def __init__(self, store: VectorStore, dim: int) -> None:
         self.store = store
-        self.models_dir = models_dir
         self.dim = dim
         self.lock = threading.RLock()
         self._published: dict[str, Published] = {}
@@ -211,7 +209,7 @@ class LiveWriter:
     # -- reading ----------------------------------------------------------------------------
 
     def announced(self, collection: str) -> Generations:
-        return Generations.load(self.models_dir, collection)
+        return Generations.load(self.store, collection)
 
     def published(self, collection: str) -> Published:
         """The rows readers see now, merged (read from Milvus when not in hand)."""
@@ -261,8 +259,8 @@ class LiveWriter:
         """Insert ``new`` (by segment; their generations are set here), close the published rows of their
         items and of ``withdrawn``, ``verify(g + 1)``, announce ``(g + 1, version)``. ``table``: the merged
         published rows when the caller already holds them (a delta); else what is closed is read from
-        Milvus (the fast path's few items); ``items``: the fast path's additions, recorded with the
-        announcement."""
+        Milvus (the fast path's few items); ``items``: the fast path's additions (refused while a staged delta
+        closes one of them)."""
         with self.lock:
             state = self.announced(collection)
             previous = state.generation
@@ -301,8 +299,7 @@ class LiveWriter:
                 raise ConcurrentAnnouncement(f"{collection}: announced {now.generation} meanwhile, not {previous}")
             at = time.time()
             state.announce(generation, version, at)
-            state.items.extend(items)
-            state.save(self.models_dir)
+            state.save(self.store)
             self._repaired[collection] = generation
             self._remember(collection, previous, generation, fresh, closing_ids, table)
             if (since := self._since.get(collection)) is not None:
@@ -401,7 +398,7 @@ class LiveWriter:
                     raise ConcurrentAnnouncement(f"{collection}: announced {now.generation} meanwhile, not {previous}")
                 at = time.time()
                 state.announce(generation, staged.version, at)
-                state.save(self.models_dir)
+                state.save(self.store)
             except BaseException:
                 self._abandon(collection)
                 raise
@@ -495,10 +492,10 @@ class LiveWriter:
                 raise NoRollback(f"{collection}: no earlier version announced here to serve again")
             was = (state.generation, state.version)
             generation, version = target
-            state.generation, state.version, state.items = generation, version, []
+            state.generation, state.version = generation, version
             state.history = [(generation, version)]  # one level: the next write collects what a second needs
             state.announced_at = [time.time()]
-            state.save(self.models_dir)
+            state.save(self.store)
             self._published.pop(collection, None)
             self._repaired.pop(collection, None)
             self._repair(collection, generation)

@@ -101,12 +101,12 @@ class Publisher:
         t = time.perf_counter()
         if self.store.has_collection(collection):  # leftover of a crashed round with this version
             self.store.drop_collection(collection)
-        # A rebuilt collection starts at generation 0, announced with its own version.
-        Generations(collection, version=version, history=[(0, version)]).save(self.registry.root)
         # Searchable first, filled second: an index must exist before a load, not be built (the
         # build runs in the background); rows inserted into a loaded collection are searchable
         # without a flush (Milvus seals and indexes them on its own schedule).
         self.store.create_collection(collection, net.cfg.dim)
+        # A rebuilt collection starts at generation 0, announced with its own version.
+        Generations(collection, version=version, history=[(0, version)]).save(self.store)
         self.store.build_index(collection, wait=False, rows=int(ids.shape[0]))
         self.store.load(collection)
         report.timed("index", t, self._on_phase)
@@ -206,8 +206,7 @@ class Publisher:
         for name in self.store.list_collections(self.registry.alias + "_v"):
             if name in keep or self.registry.version_of(name) is None or self.store.aliases_of(name):
                 continue
-            self.store.drop_collection(name)
-            Generations(name).drop(self.registry.root)
+            self.store.drop_collection(name)  # its announcements with it
             dropped.append(name)
         state.superseded = [s for s in state.superseded if s.collection not in dropped]
         return dropped

@@ -172,7 +172,7 @@ class RefreshWorker:
         self.quality = quality
         self.metrics = metrics
         self.fast_path = fast_path
-        self.writer = LiveWriter(store, settings.models_dir, settings.mind.dim)
+        self.writer = LiveWriter(store, settings.mind.dim)
         if fast_path is not None:
             fast_path.writer = self.writer  # one writer: its lock orders fast-path steps and deltas
         on_phase = metrics.observe_phase if metrics else None
@@ -234,7 +234,7 @@ class RefreshWorker:
         for name in self.store.list_collections(self.registry.alias + "_v"):
             if (version := self.registry.version_of(name)) is not None:
                 held.add(version)
-            state = Generations.load(self.registry.root, name)  # served there (a delta) and its rollback target
+            state = Generations.load(self.store, name)  # served there (a delta) and its rollback target
             target = state.rollback_target()
             held.update(v for v in (state.version, target[1] if target else None) if v is not None)
         live = self.store.resolve_alias(self.registry.alias)

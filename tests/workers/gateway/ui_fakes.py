@@ -55,9 +55,16 @@ class Store:
     collections: dict[str, np.ndarray] = field(default_factory=dict)
     target: str | None = None
     searches: int = 0
+    props: dict[str, dict[str, str]] = field(default_factory=dict)  # collection properties (announcements)
 
     def resolve_alias(self, alias: str) -> str | None:
         return self.target if alias == self.alias else None
+
+    def properties(self, name: str) -> dict[str, str]:
+        return self.props.setdefault(name, {})
+
+    def set_property(self, name: str, key: str, value: str) -> None:
+        self.props.setdefault(name, {})[key] = value
 
     def point_alias(self, alias: str, collection: str) -> str | None:
         previous, self.target = self.target, collection

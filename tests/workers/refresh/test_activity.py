@@ -115,9 +115,16 @@ class FakeStore:
     live: str
     registry: CollectorRegistry | None = None
     seen: list[dict[str, tuple[float | None, float | None]]] = field(default_factory=list)
+    props: dict[str, dict[str, str]] = field(default_factory=dict)  # collection properties (announcements)
 
     def resolve_alias(self, alias: str) -> str | None:
         return self.live
+
+    def properties(self, name: str) -> dict[str, str]:
+        return self.props.setdefault(name, {})
+
+    def set_property(self, name: str, key: str, value: str) -> None:
+        self.props.setdefault(name, {})[key] = value
 
     def list_collections(self, prefix: str = "") -> list[str]:
         return [self.live]

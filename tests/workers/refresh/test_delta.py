@@ -128,7 +128,7 @@ def test_a_round_writes_only_what_moved_into_the_live_collection_and_rolls_back_
         assert published.delta and store.resolve_alias(alias) == epoch  # no new collection, no swap
         g = FAST_PATH_SLOTS  # a delta is staged above the generations left to fast-path steps
         assert (published.version, published.generation) == ("v2", g)
-        assert Generations.load(settings.models_dir, epoch).version == "v2"
+        assert Generations.load(store, epoch).version == "v2"
         assert 5 <= published.rows < published.items == 45  # the new items and what moved, not all
 
         # The stated guarantee: every visible vector is v2's own or within the threshold of it.
@@ -179,12 +179,12 @@ def test_a_write_that_fails_before_its_announcement_is_never_seen_and_is_repaire
 
         with pytest.raises(VerifyError):
             worker.writer.write(epoch, "v1", {"all": moved}, np.array([3]), crash)
-        assert Generations.load(settings.models_dir, epoch).generation == 0
+        assert Generations.load(store, epoch).generation == 0
         after = _visible(store, epoch, 0)
         assert after.keys() == before.keys() and all(np.array_equal(after[i], before[i]) for i in before)
         assert store.count(epoch) == 42  # two rows nobody sees
 
-        fresh = LiveWriter(store, settings.models_dir, MIND.dim)  # a restarted worker
+        fresh = LiveWriter(store, MIND.dim)  # a restarted worker
         fresh.write(epoch, "v1", {"all": Rows.of(np.array([99]), np.ones((1, MIND.dim)), "v1", 0)})
         assert store.count(epoch, generation=1) == 41 and store.count(epoch) == 41
         assert not store.rows_where(epoch, f"gen_to > 0 and gen_to < {OPEN}")  # reopened
@@ -245,7 +245,7 @@ def test_fast_path_steps_go_on_while_a_delta_is_staged_and_its_commit_keeps_one_
         assert at_g.keys() == (before.keys() - {2}) | {500, 600}
         assert store.count(epoch, generation=written.generation) == 41  # one row per item: 500's step row closed
         assert np.allclose(at_g[500], 3.0) and np.allclose(at_g[1], 3.0) and np.allclose(at_g[600], 1.0)
-        assert Generations.load(settings.models_dir, epoch).version == "v2"
+        assert Generations.load(store, epoch).version == "v2"
         assert len(writer.published(epoch)) == 41  # the writer's table agrees with Milvus
 
         # a staged delta given up (a failed quality gate): the next write deletes its rows, reopens what it closed

@@ -120,7 +120,7 @@ def test_new_items_recallable_after_a_fast_path_step(
         _write_clicks(settings, 1000, NEW, seed=1)
         report = FastPath(settings, store, reader, cursor=Cursor()).step()
         assert report is not None and report.generation == 1 and sorted(report.added) == NEW
-        assert Generations.load(settings.models_dir, f"{settings.milvus.alias}_v1").generation == 1
+        assert Generations.load(store, f"{settings.milvus.alias}_v1").generation == 1
         assert store.count(f"{settings.milvus.alias}_v1") == 40 + len(NEW)  # added to the live collection
 
         after = _ask(engine)
