@@ -344,9 +344,9 @@ class LiveStack:
 
     def trigger_refresh(self) -> None:
         """What ``mindstream refresh --now`` does: the running loop starts a round on its next poll."""
-        path = self.settings.refresh_dir / "trigger"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        from workers.refresh.worker import request_refresh
+
+        request_refresh(self.store, self.alias)
 
     def processes(self) -> dict[str, int]:
         pids = {name: p.pid for name, p in self.procs.items()}

@@ -184,7 +184,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.now:
-        _print({"requested": str(request_refresh(settings))})
+        from workers.infra.vector_store import VectorStore
+
+        with open_milvus(settings.milvus, settings.milvus_dir) as uri, VectorStore(uri, settings.milvus) as store:
+            _print({"requested": request_refresh(store, settings.milvus.alias)})
         return 0
     with open_milvus(settings.milvus, settings.milvus_dir) as uri:
         worker = _refresh_worker(settings, uri, with_data=True)

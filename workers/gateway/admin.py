@@ -84,8 +84,10 @@ class RollbackResult(_Result):
 
 
 class RefreshRequested(_Result):
-    requested: bool = Field(description="The refresh loop's trigger is set: it starts a round within a poll")
-    trigger: str = Field(description="The trigger file, under the state directory")
+    requested: bool = Field(
+        description="The request is on the live collection: the refresh loop starts a round within a poll"
+    )
+    request: str = Field(description="The request's id (a property of the live collection, read by the refresh loop)")
 
 
 class Busy(RuntimeError):
@@ -201,9 +203,12 @@ class Admin:
         return RollbackResult(live=target, model_version=self.registry.version_of(target), was=previous)
 
     def refresh(self) -> RefreshRequested:
-        from workers.refresh.worker import request_refresh
+        from workers.refresh.worker import NothingLive, request_refresh
 
-        return RefreshRequested(requested=True, trigger=str(request_refresh(self.settings)))
+        try:
+            return RefreshRequested(requested=True, request=request_refresh(self.store, self.registry.alias))
+        except NothingLive as exc:
+            raise NotLive(str(exc)) from None
 
     def drop(self) -> DropResult:
         with self._exclusive():

@@ -304,7 +304,10 @@ def create_app(
     @app.post("/rec/refresh", response_model=RefreshRequested, dependencies=[require_admin], responses=_ADMIN_ERRORS)
     def refresh() -> Any:
         """Ask the refresh loop for a round now (as ``mindstream refresh --now``); the round runs there."""
-        return admin.refresh()
+        try:
+            return admin.refresh()
+        except NotLive as exc:
+            return _error(503, ErrorCode.UNAVAILABLE, f"no live collection: {exc}")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

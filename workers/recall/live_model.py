@@ -1,11 +1,11 @@
 """The model a recall worker serves: the live alias, resolved to a collection, plus the user
 tower of the version announced for it, at the announced generation. Swaps are picked up by
 re-resolving the alias; deltas and fast-path steps by re-reading the collection's announcement, a
-property of the collection in Milvus (:mod:`workers.refresh.generations`: a delta announces a new version on the same collection, whose
-tower is loaded before it is served). The searched collection is always the resolved one (never
-the alias itself) and searches are limited to the rows visible at the announced generation, so a
-reply names exactly the (version, generation) it searched, and every vector it searched was
-published for that version (its own row, or a row within ``refresh.delta_threshold`` of it)."""
+property of the collection in Milvus (:mod:`workers.refresh.generations`: a delta announces a new
+version on the same collection, whose tower is loaded before it is served). The searched collection
+is always the resolved one (never the alias itself) and searches are limited to the rows visible at
+the announced generation, so a reply names exactly the (version, generation) it searched, and every
+vector it searched was published for that version (its own row, or a row within ``refresh.delta_threshold`` of it)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The refresh worker: quasi-real-time embeddings with a dual store.
 
-Every ``interval_s`` (or as soon as ``min_new_events`` arrived, or on command) it reads the new
+Every ``interval_s`` (or as soon as ``min_new_events`` arrived, or on request: :func:`request_refresh`) it reads the new
 clicks from the ingest state, trains the live model further on them (plus a replay sample of older
 users), saves the result as model ``v<N+1>`` and publishes it through :class:`Publisher` (shadow
 collection, verification, alias swap). Nothing new -> nothing built.
@@ -28,10 +28,10 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from workers.ingest.state_reader import Cursor
 from workers.ingest.state_store import ClickColumns
 from workers.refresh.delta import DeltaPublisher
 from workers.refresh.fast_path import PLAUSIBLE_CLOCK_SKEW_S, FastPath
-from workers.refresh.generations import Generations
+from workers.refresh.generations import Generations, PropertyStore
 from workers.refresh.heap_profile import FILE_NAME as HEAP_PROFILE_FILE
 from workers.refresh.heap_profile import HeapProfile
 from workers.refresh.live_writer import FAST_PATH_SLOTS, LiveWriter, NoRollback
@@ -164,7 +164,7 @@ class RefreshWorker:
         self.reader = reader
         self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
         self.state_path = RefreshState.file(settings.refresh_dir)
-        self.trigger_path = trigger_file(settings)
+        self._handled_request: str | None = None  # the newest refresh request this process ran a round for
         self.segments = SegmentMap(SegmentMap.file(settings.refresh_dir), self.cfg.max_segments)
         self._segments_warning = OverflowWarning()
         self.replay = replay
@@ -249,14 +249,23 @@ class RefreshWorker:
         """The cross-process publish lock of the alias (waits for a gateway insert_data or drop)."""
         return publish_lock(lock_path(self.settings.refresh_dir, self.registry.alias), wait=True)
 
-    def request(self) -> None:
+    def request(self) -> str:
         """Ask the running loop for a refresh now (what ``mindstream refresh --now`` does)."""
-        request_refresh(self.settings)
+        return request_refresh(self.store, self.registry.alias)
+
+    def _requested(self) -> bool:
+        """Whether a refresh request not handled by this process is on the live collection (one seen
+        at start counts: it may have been made while the worker was down)."""
+        live = self.store.resolve_alias(self.registry.alias)
+        request = self.store.properties(live).get(REFRESH_REQUEST) if live is not None else None
+        if request is None or request == self._handled_request:
+            return False
+        self._handled_request = request
+        return True
 
     def due(self, state: RefreshState) -> tuple[bool, bool]:
-        """``(run, forced)``: forced by the trigger file; else new events and interval or volume."""
-        if self.trigger_path.exists():
-            self.trigger_path.unlink(missing_ok=True)
+        """``(run, forced)``: forced by a refresh request; else new events and interval or volume."""
+        if self._requested():
             return True, True
         new = self.reader.event_count() - state.events_seen
         if new <= 0:
@@ -571,14 +580,24 @@ class RefreshWorker:
             self.fast_path.close()
 
 
-def trigger_file(settings: Settings) -> Path:
-    """The file whose presence asks the refresh loop for a round now."""
-    return settings.refresh_dir / "trigger"
+REFRESH_REQUEST = "mindstream.refresh_request"  # property of the live collection: the newest request's id
 
 
-def request_refresh(settings: Settings) -> Path:
-    """Ask a running refresh loop (any process sharing the state directory) for a round now."""
-    path = trigger_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    return path
+class AliasedProperties(PropertyStore, Protocol):
+    def resolve_alias(self, alias: str) -> str | None: ...
+
+
+def request_refresh(store: AliasedProperties, alias: str) -> str:
+    """Ask a running refresh loop (on any host) for a round now: a new request id as a property of the
+    live collection, which the loop polls. Returns the id; raises :class:`NothingLive` without a live
+    collection (the loop bootstraps one by itself)."""
+    live = store.resolve_alias(alias)
+    if live is None:
+        raise NothingLive(f"alias {alias} points at no collection: nothing to refresh yet")
+    request = uuid.uuid4().hex
+    store.set_property(live, REFRESH_REQUEST, request)
+    return request
+
+
+class NothingLive(RuntimeError):
+    """No live collection to attach a refresh request to."""

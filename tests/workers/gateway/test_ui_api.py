@@ -33,6 +33,7 @@ from workers.infra.vector_store import VectorStore
 from workers.recall.engine import RecallEngine
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState, Superseded
+from workers.refresh.worker import REFRESH_REQUEST
 from workers.settings import HttpSettings, IngestSettings, MilvusSettings, RecallSettings, Settings
 
 TOKEN = "ui-test-token"
@@ -238,13 +239,15 @@ def test_item_search_by_title_and_id(env: Env) -> None:
 
 
 def test_refresh_needs_the_token(env: Env) -> None:
-    trigger = env.settings.refresh_dir / "trigger"
+    def request() -> str | None:
+        live = env.store.resolve_alias(env.store.alias)
+        return env.store.properties(live).get(REFRESH_REQUEST) if live else None
+
     assert env.client.post("/rec/refresh").status_code == 401
     assert env.client.post("/rec/refresh", headers={"Authorization": "Bearer wrong"}).status_code == 403
-    assert not trigger.exists()
+    assert request() is None
     done = env.client.post("/rec/refresh", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert done.status_code == 200 and done.json() == {"requested": True, "trigger": str(trigger)}
-    assert trigger.exists()
+    assert done.status_code == 200 and done.json() == {"requested": True, "request": request()}
 
 
 def test_rollback_needs_the_token_and_moves_the_alias_back(env: Env) -> None:

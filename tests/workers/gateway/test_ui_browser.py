@@ -36,6 +36,7 @@ from workers.recall.engine import RecallEngine
 from workers.recall.live_model import LiveModel
 from workers.refresh.registry import ModelRegistry
 from workers.refresh.state import RefreshState, Superseded
+from workers.refresh.worker import REFRESH_REQUEST
 from workers.settings import HttpSettings, MilvusSettings, Settings
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,12 @@ def _alias_version(s: Served) -> str:
     return collection.rsplit("_", 1)[1]
 
 
+def _refresh_request(s: Served) -> str | None:
+    collection = s.store.resolve_alias(s.alias)
+    assert collection is not None
+    return s.store.properties(collection).get(REFRESH_REQUEST)
+
+
 def _shown_ids(driver: Any) -> list[int]:
     rows = driver.find_elements(By.CSS_SELECTOR, "#groups li[data-rank]")
     ranked = sorted(rows, key=lambda r: int(r.get_attribute("data-rank")))
@@ -176,12 +183,12 @@ def test_ui_now_explore_admin(served: Served, browser: Any) -> None:
     browser.find_element(By.ID, "token-save").click()
     browser.find_element(By.ID, "admin-refresh").click()
     wait.until(lambda d: result.get_attribute("data-status") == "403")
-    assert not (served.settings.refresh_dir / "trigger").exists()
+    assert _refresh_request(served) is None
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "token-save").click()
     browser.find_element(By.ID, "admin-refresh").click()
     wait.until(lambda d: result.get_attribute("data-status") == "200")
-    assert (served.settings.refresh_dir / "trigger").exists()
+    assert _refresh_request(served) is not None
     browser.execute_script("arguments[0].removeAttribute('data-status')", result)
     browser.find_element(By.ID, "admin-rollback").click()
     wait.until(lambda d: result.get_attribute("data-status") == "200")
