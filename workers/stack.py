@@ -54,18 +54,20 @@ class Stack:
         workers: Sequence[str] = WORKERS,
         *,
         logs_dir: Path | None = None,
-        metrics_ports: Mapping[str, int] | None = None,
+        metrics_ports: Mapping[MetricsWorker, int] | None = None,
         wait_ready: bool = True,
         ready_timeout_s: float = 600.0,
         stop_timeout_s: float = 30.0,
+        needs_kafka: bool = True,
     ) -> None:
         self.settings = settings.model_copy(update=_absolute_paths(settings))
         self.workers = tuple(workers)
         self.logs_dir = logs_dir if logs_dir is not None else self.settings.state_dir / "logs"
-        self.metrics_ports = dict(metrics_ports or {})
+        self.metrics_ports = {str(name): port for name, port in (metrics_ports or {}).items()}
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._wait_ready = wait_ready
+        self._needs_kafka = needs_kafka  # False: workers that never touch Kafka (a gateway alone), no broker
         self.broker: KafkaCluster | None = None  # the embedded ones, when this stack started them
         self.milvus: EmbeddedMilvus | None = None
         self.supervisor = Supervisor([], self.settings.supervisor)
@@ -93,13 +95,14 @@ class Stack:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         kafka, milvus = settings.kafka, settings.milvus
-        if not kafka.bootstrap_servers:
+        if not kafka.bootstrap_servers and self._needs_kafka:
             self.broker = self._exit.enter_context(embedded_cluster(kafka, settings.kafka_dir))
             kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
         if not milvus.uri:
             self.milvus = self._exit.enter_context(embedded_server(milvus, settings.milvus_dir))
             milvus = milvus.model_copy(update={"uri": self.milvus.uri})
-        ensure_stack_topics(kafka.client_config(), kafka)
+        if kafka.bootstrap_servers:
+            ensure_stack_topics(kafka.client_config(), kafka)
         update: dict[str, object] = {"kafka": kafka, "milvus": milvus}
         for name in METRICS_WORKERS:
             section = getattr(settings, name)
@@ -250,6 +253,15 @@ class Stack:
         if proc is None:
             raise RuntimeError(f"{name} was never started")
         return proc
+
+
+def on_free_ports(settings: Settings) -> Settings:
+    """``settings`` with the embedded broker's, embedded Milvus' and the gateway's ports free ones (picked now):
+    a stack beside another (a benchmark's or a test's next to ``mindstream up``)."""
+    kafka = settings.kafka.model_copy(update={"embedded_port": free_port(), "embedded_controller_port": free_port()})
+    milvus = settings.milvus.model_copy(update={"embedded_port": free_port()})
+    http = settings.http.model_copy(update={"port": free_port()})
+    return settings.model_copy(update={"kafka": kafka, "milvus": milvus, "http": http})
 
 
 def _reachable(host: str) -> str:
