@@ -16,7 +16,6 @@ offered rate) with p99 under 1 s; ``p99_ms_at_300`` the p99 at 300 req/s offered
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 
 from bench.common import emit, peak_rss_mb
 from bench.http_client import HttpPool
-from bench.recall_latency import publish
+from bench.recall_latency import latency_parser, publish
 from bench.stack import MemorySampler, load_average, percentiles
 from model.config import MindConfig
 from workers.infra.milvus_server import EmbeddedMilvus
@@ -110,14 +109,7 @@ def p99_at(runs: list[dict[str, Any]], rate: float) -> float | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0, 400.0], help="offered requests/s")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--users", type=int, default=1, help="users per request")
+    p = latency_parser(__doc__, rates=[50.0, 100.0, 200.0, 400.0])
     p.add_argument("--connections", type=int, default=64, help="HTTP connection pool of the load generator")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (as recall_latency)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: 2k items, rates 20 40, 3 s each")

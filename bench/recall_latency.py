@@ -30,7 +30,7 @@ from model.checkpoint import save_checkpoint
 from model.config import MindConfig
 from model.export import item_table
 from model.net import MindNet
-from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from schemas.messages import DEFAULT_TOP_K, ErrorReply, RecallReply, RecallRequest
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.ports import free_port
 from workers.infra.vector_store import VectorStore
@@ -113,15 +113,21 @@ def summarise(rate: float, sent: int, t0: float, outcomes: list[Outcome]) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rates", type=float, nargs="+", default=[200.0], help="offered requests/s (sweep)")
+def latency_parser(doc: str | None, rates: list[float]) -> argparse.ArgumentParser:
+    """The options the latency benchmarks share: the offered rates, their timing, the collection, the request."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    p.add_argument("--rates", type=float, nargs="+", default=rates, help="offered requests/s (sweep)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     p.add_argument("--users", type=int, default=1, help="users per request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = latency_parser(__doc__, rates=[200.0])
     p.add_argument("--max-wait-ms", type=float, help="micro-batch window (default: settings)")
     p.add_argument("--search-ef", type=int, help="HNSW ef at search time (default: settings)")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (skips the ~70 s publish)")

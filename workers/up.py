@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from model.checkpoint import open_checkpoint
 from model.data.types import Dataset, IntArray
 from model.export import external_heldout
+from schemas.messages import DEFAULT_TOP_K
 from workers.offline import checkpoint_root, load, run_train
 from workers.recall.client import RecallClient
 from workers.replay import held_out_clicks
@@ -92,14 +93,14 @@ class _RecallProbe:
 
 def _kafka_send(client: RecallClient) -> Callable[[list[int]], str]:
     def send(history: list[int]) -> str:
-        return client.recall(hist_item=[history], top_k=50).model_version
+        return client.recall(hist_item=[history], top_k=DEFAULT_TOP_K).model_version
 
     return send
 
 
 def _http_send(base_url: str, timeout_s: float) -> Callable[[list[int]], str]:
     def send(history: list[int]) -> str:
-        body = json.dumps({"hist_item": [history], "top_k": 50}).encode()
+        body = json.dumps({"hist_item": [history], "top_k": DEFAULT_TOP_K}).encode()
         request = urllib.request.Request(
             f"{base_url}/rec/recall", data=body, headers={"Content-Type": "application/json"}
         )
