@@ -3,9 +3,9 @@
 :class:`workers.stack.Stack`, the launcher of ``mindstream up``: embedded Apache Kafka broker + embedded
 Milvus in the benchmark process; the refresh, ingest, recall (and optionally gateway) workers as their
 own processes (``python -m workers.cli <name>``) configured only by the ``MINDSTREAM_*`` variables the
-settings render (:func:`stack_settings`: the stack's choices, then ``StackConfig.env``). The first model is a MIND net on a synthetic
-catalogue of ``items`` items (trained ``base_batches`` batches, 0 = untrained), written where the
-refresh worker looks for it, so its bootstrap publishes it as ``v1``.
+settings render (:func:`stack_settings`: the stack's choices, then ``StackConfig.env``). The first model
+is a MIND net on a synthetic catalogue of ``items`` items (trained ``base_batches`` batches, 0 = untrained),
+written where the refresh worker looks for it, so its bootstrap publishes it as ``v1``.
 
 Also here: a sampler of the resident memory of every process of the stack (psutil), the refresh
 rounds read back from the refresh worker's log, and small helpers shared by the benchmarks.
