@@ -22,7 +22,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
@@ -165,11 +164,11 @@ def stack_settings(cfg: StackConfig, workdir: Path, read_token: str) -> Settings
     )
 
 
-class LiveStack:
+class LiveStack(Stack):
     """``with LiveStack(cfg, workdir) as stack:`` everything up, the first model live and answering.
 
     A thin layer on :class:`workers.stack.Stack` (what ``mindstream up`` runs): it adds the synthetic
-    catalogue's first model and the benchmarks' observations."""
+    catalogue's first model before the workers start, and the benchmarks' observations."""
 
     def __init__(self, cfg: StackConfig, workdir: Path) -> None:
         self.cfg = cfg
@@ -177,55 +176,30 @@ class LiveStack:
         self.setup: dict[str, Any] = {}
         # the gateway's read token: HTTP recalls by user_ids (a user's history) must send it
         self.read_token = cfg.env.get("MINDSTREAM_HTTP__READ_TOKEN") or secrets.token_urlsafe(32)
-        self.settings = stack_settings(cfg, workdir, self.read_token)
         self.spec = catalogue_spec(cfg.items, cfg.base_users)
-        self.stack = Stack(
-            self.settings, cfg.workers, logs_dir=workdir / "logs", wait_ready=False, ready_timeout_s=cfg.ready_timeout_s
-        )
+        settings = stack_settings(cfg, workdir, self.read_token)
+        super().__init__(settings, cfg.workers, logs_dir=workdir / "logs", ready_timeout_s=cfg.ready_timeout_s)
 
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """The first model, then broker, Milvus, topics (with the retention the workers are given) and the
+        workers, until every one is ready (the refresh worker: once the first model is live)."""
         began = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.setup.update(write_base_model(self.settings, self.spec, self.cfg.base_batches))
-        self.stack.start()  # broker, Milvus, topics (with the retention the workers are given), workers
-        self.settings = self.stack.settings
+        super().start()
         self.kafka = self.settings.kafka
-        self.store = VectorStore(self.stack.milvus_uri, self.settings.milvus)
-        self.wait_ready()
+        self.store = VectorStore(self.milvus_uri, self.settings.milvus)
         self.setup["startup_s"] = round(time.perf_counter() - began, 1)
 
-    def wait_ready(self) -> None:
-        """Every worker's ``/readyz``: the refresh worker's once the first model is live."""
-        self.stack.wait_ready()
+    @property
+    def kafka_cluster(self) -> KafkaCluster:
+        assert self.broker is not None, "the stack runs its own broker"
+        return self.broker
 
     @property
-    def broker(self) -> KafkaCluster:
-        assert self.stack.broker is not None, "the stack runs its own broker"
-        return self.stack.broker
-
-    @property
-    def milvus(self) -> EmbeddedMilvus:
-        assert self.stack.milvus is not None, "the stack runs its own Milvus"
-        return self.stack.milvus
-
-    @property
-    def http_url(self) -> str:
-        return self.stack.http_url
+    def milvus_server(self) -> EmbeddedMilvus:
+        assert self.milvus is not None, "the stack runs its own Milvus"
+        return self.milvus
 
     @property
     def refresh_metrics_port(self) -> int:
@@ -233,18 +207,11 @@ class LiveStack:
         assert port is not None, "the stack gives every worker a metrics port"
         return port
 
-    def check_alive(self) -> None:
-        self.stack.check_alive()
-
-    def log_tail(self, name: str, lines: int = 25) -> str:
-        return self.stack.log_tail(name, lines)
-
     def close(self) -> None:
         if hasattr(self, "store"):
             self.store.close()
-        self.stack.close()
-        children = self.stack.children.values()
-        self.setup["exit_codes"] = {c.name: c.proc.returncode for c in children if c.proc is not None}
+        super().close()
+        self.setup["exit_codes"] = {c.name: c.proc.returncode for c in self.children.values() if c.proc is not None}
 
     # -- observations ------------------------------------------------------------------------------
 
@@ -299,10 +266,10 @@ class LiveStack:
         path.touch()
 
     def processes(self) -> dict[str, int]:
-        pids = self.stack.pids
-        if (pid := self.milvus.pid) is not None:
+        pids = self.pids
+        if (pid := self.milvus_server.pid) is not None:
             pids["milvus"] = pid
-        if (pid := self.broker.pid(1)) is not None:
+        if (pid := self.kafka_cluster.pid(1)) is not None:
             pids["broker"] = pid
         pids["bench"] = os.getpid()
         return pids
@@ -334,7 +301,7 @@ class LiveStack:
 
     def refresh_rounds(self) -> list[dict[str, Any]]:
         """The refresh worker's ``refresh round: {...}`` log lines, parsed."""
-        path = self.stack.log_path("refresh")
+        path = self.log_path("refresh")
         rounds = []
         for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
             _, sep, rest = line.partition("refresh round: ")

@@ -59,6 +59,7 @@ class Stack:
         ready_timeout_s: float = 600.0,
         stop_timeout_s: float = 30.0,
         needs_kafka: bool = True,
+        needs_milvus: bool = True,
     ) -> None:
         self.settings = settings.model_copy(update=_absolute_paths(settings))
         self.workers = tuple(workers)
@@ -67,7 +68,8 @@ class Stack:
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._wait_ready = wait_ready
-        self._needs_kafka = needs_kafka  # False: workers that never touch Kafka (a gateway alone), no broker
+        # False: the workers started never touch it (a gateway alone: no broker; ingest alone: no Milvus)
+        self._needs_kafka, self._needs_milvus = needs_kafka, needs_milvus
         self.broker: KafkaCluster | None = None  # the embedded ones, when this stack started them
         self.milvus: EmbeddedMilvus | None = None
         self.supervisor = Supervisor([], self.settings.supervisor)
@@ -98,7 +100,7 @@ class Stack:
         if not kafka.bootstrap_servers and self._needs_kafka:
             self.broker = self._exit.enter_context(embedded_cluster(kafka, settings.kafka_dir))
             kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
-        if not milvus.uri:
+        if not milvus.uri and self._needs_milvus:
             self.milvus = self._exit.enter_context(embedded_server(milvus, settings.milvus_dir))
             milvus = milvus.model_copy(update={"uri": self.milvus.uri})
         if kafka.bootstrap_servers:
