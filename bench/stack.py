@@ -73,7 +73,7 @@ class StackConfig:
     train_batches: int | None = None  # None: the settings' default
     workers: tuple[str, ...] = ("refresh", "ingest", "recall")
     env: dict[str, str] = field(default_factory=dict)  # extra MINDSTREAM_* overrides
-    ready_timeout_s: float = 600.0
+    ready_timeout_s: float | None = None  # None: the settings' (supervisor.ready_timeout_s)
 
 
 class MemorySampler:

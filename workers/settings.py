@@ -601,6 +601,12 @@ class SupervisorSettings(_Section):
         description="A worker that ran this long before it exited counts as healthy: its restart delay starts "
         "again from 1 s",
     )
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="How long a started stack waits for every worker's /readyz (benchmarks, tests)"
+    )
+    stop_timeout_s: float = Field(
+        30.0, gt=0, description="A worker not gone this long after SIGTERM (finish the batch, commit) is killed"
+    )
     metrics_ports: dict[MetricsWorker, int] = Field(
         default_factory=lambda: _UP_METRICS_PORTS.copy(),
         description="The /metrics (and /readyz) port `mindstream up` gives a worker whose own metrics_port is unset: "

@@ -56,8 +56,8 @@ class Stack:
         logs_dir: Path | None = None,
         metrics_ports: Mapping[MetricsWorker, int] | None = None,
         wait_ready: bool = True,
-        ready_timeout_s: float = 600.0,
-        stop_timeout_s: float = 30.0,
+        ready_timeout_s: float | None = None,
+        stop_timeout_s: float | None = None,
         needs_kafka: bool = True,
         needs_milvus: bool = True,
     ) -> None:
@@ -65,8 +65,9 @@ class Stack:
         self.workers = tuple(workers)
         self.logs_dir = logs_dir if logs_dir is not None else self.settings.state_dir / "logs"
         self.metrics_ports = {str(name): port for name, port in (metrics_ports or {}).items()}
-        self.ready_timeout_s = ready_timeout_s
-        self.stop_timeout_s = stop_timeout_s
+        launch = self.settings.supervisor
+        self.ready_timeout_s = launch.ready_timeout_s if ready_timeout_s is None else ready_timeout_s
+        self.stop_timeout_s = launch.stop_timeout_s if stop_timeout_s is None else stop_timeout_s
         self._wait_ready = wait_ready
         # False: the workers started never touch it (a gateway alone: no broker; ingest alone: no Milvus)
         self._needs_kafka, self._needs_milvus = needs_kafka, needs_milvus

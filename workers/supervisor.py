@@ -120,6 +120,7 @@ class Supervisor:
                 self.start_child(child)
                 child.restarts += 1
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Every child, the last started first: SIGTERM, SIGKILL past ``timeout`` (default: the settings')."""
         for child in reversed(self.children):
-            child.stop(timeout)
+            child.stop(self.settings.stop_timeout_s if timeout is None else timeout)
