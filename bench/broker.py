@@ -10,8 +10,7 @@
 
 Each step writes its own result file too (``broker_up_default``, ``ingest_throughput``,
 ``recall_latency``, ``soak_broker``); ``bench/results/broker.json`` holds the summary. Run it with the
-machine to itself: every figure is a latency or a CPU share. ``workaround_lines_removed`` counts the
-lines that the Tansu-only layer took, read from git (the commit that removed it and its parent).
+machine to itself: every figure is a latency or a CPU share.
 
     python -m bench.broker                       # ~50 minutes
     python -m bench.broker --quick               # a smoke run of every step (~5 minutes)
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,11 +34,6 @@ from bench.common import RESULTS, emit
 from bench.soak import SoakConfig, run_soak
 from workers.infra.kafka_broker import KafkaCluster
 from workers.settings import KafkaSettings, StreamSettings
-
-ROOT = Path(__file__).resolve().parents[1]
-# The commit that replaced Tansu: its deletions in these paths are the Tansu-only layer (the generation
-# machinery, the Tansu launcher, their tests, and the generation branches in the workers and benchmarks).
-REMOVAL_COMMIT = "0e29182"
 
 
 def _load() -> float:
@@ -82,21 +75,6 @@ def broker_cpu_at_up_defaults(workdir: Path, minutes: float, items: int) -> dict
     }
     emit("broker_up_default", summary)
     return summary
-
-
-def removed_lines(commit: str = REMOVAL_COMMIT) -> int | None:
-    """Lines deleted by the Tansu-removal commit (its own additions, the Kafka broker, not subtracted)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "diff", "--numstat", f"{commit}~1", commit],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return None
-    return sum(int(cols[1]) for line in out.splitlines() if (cols := line.split("\t"))[1].isdigit())
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -151,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "soak_kafka_p99_ms_max_window": max(w["kafka"]["p99_ms"] or 0.0 for w in soak["windows"]),
         "soak_failed_replies": soak["failed_replies"],
         "soak_lost_clicks": soak["lost_clicks"],
-        "workaround_lines_removed": removed_lines(),
     }
     emit("broker_run", {"load_average_1m": load, "summary": summary})  # the conditions beside the figures
     emit("broker", summary, envelope=False)

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,12 +22,32 @@ RESULTS = Path(os.environ.get("MINDSTREAM_BENCH_RESULTS") or Path(__file__).reso
 
 
 def machine() -> dict[str, Any]:
+    """Where and when a result was measured, and on which code: ``commit`` is None outside a git checkout."""
     return {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
     }
+
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def commit(where: Path = BENCH_DIR) -> str | None:
+    """``git rev-parse HEAD`` of the checkout ``where`` lies in (default: the benchmarks'); None when it is
+    not a git checkout or there is no git."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def peak_rss_mb() -> float:

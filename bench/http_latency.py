@@ -16,16 +16,10 @@ offered rate) with p99 under 1 s; ``p99_ms_at_300`` the p99 at 300 req/s offered
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +27,13 @@ import numpy as np
 
 from bench.common import emit, peak_rss_mb
 from bench.http_client import HttpPool
-from bench.recall_latency import publish
+from bench.recall_latency import latency_parser, publish
 from bench.stack import MemorySampler, load_average, percentiles
 from model.config import MindConfig
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.ports import free_port
 from workers.settings import MilvusSettings, Settings
-
-
-def start_gateway(settings: Settings, uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MINDSTREAM_STATE_DIR": str(settings.state_dir.resolve()),
-        "MINDSTREAM_MILVUS__URI": uri,
-        "MINDSTREAM_MILVUS__SEARCH_EF": str(settings.milvus.search_ef),
-        "MINDSTREAM_HTTP__PORT": str(port),
-        "MINDSTREAM_LOG_LEVEL": "WARNING",
-    }
-    with log_path.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "workers.cli", "gateway"], env=env, stdout=out, stderr=out)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError("gateway not ready")
+from workers.stack import Stack, on_free_ports
 
 
 async def run_rate(url: str, rate: float, duration: float, bodies: list[dict[str, Any]], conns: int) -> dict[str, Any]:
@@ -139,14 +109,7 @@ def p99_at(runs: list[dict[str, Any]], rate: float) -> float | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0, 400.0], help="offered requests/s")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--users", type=int, default=1, help="users per request")
+    p = latency_parser(__doc__, rates=[50.0, 100.0, 200.0, 400.0])
     p.add_argument("--connections", type=int, default=64, help="HTTP connection pool of the load generator")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (as recall_latency)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: 2k items, rates 20 40, 3 s each")
@@ -163,23 +126,24 @@ def main() -> None:
     runs = []
     with contextlib.ExitStack() as stack:
         base = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="http-bench-")))
-        settings = Settings(state_dir=base / "state", milvus=MilvusSettings(index_type=args.index))
         milvus = stack.enter_context(EmbeddedMilvus(base / "milvus", port=free_port()))
+        settings = on_free_ports(Settings(state_dir=base / "state", log_level="WARNING"))
+        settings = settings.model_copy(update={"milvus": MilvusSettings(index_type=args.index, uri=milvus.uri)})
         setup = publish(milvus.uri, settings, args.items, cfg)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        gateway = start_gateway(settings, milvus.uri, port, base / "gateway.log")
+        # the gateway alone on this Milvus, as `mindstream up` starts it (no broker: it needs none)
+        live = stack.enter_context(Stack(settings, [], logs_dir=base, needs_kafka=False))
         memory: MemorySampler | None = None
         try:
-            wait_ready(url, gateway)
-            memory = MemorySampler({"gateway": gateway.pid, "milvus": milvus.pid or 0}).start()
+            live.start_worker("gateway", wait_ready=False)
+            live.wait_ready(timeout_s=120)
+            url = live.http_url
+            memory = MemorySampler({"gateway": live.pids["gateway"], "milvus": milvus.pid or 0}).start()
             for rate in args.rates:
                 asyncio.run(run_rate(url, rate, args.warmup, bodies, args.connections))
                 runs.append(asyncio.run(run_rate(url, rate, args.duration, bodies, args.connections)))
         finally:
             mem = memory.stop() if memory else {}
-            gateway.send_signal(signal.SIGTERM)
-            stopped = gateway.wait(30)
+            stopped = live.stop_worker("gateway")
     emit(
         "http_latency",
         {

@@ -15,9 +15,6 @@ import argparse
 import contextlib
 import functools
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,14 +30,13 @@ from model.checkpoint import save_checkpoint
 from model.config import MindConfig
 from model.export import item_table
 from model.net import MindNet
-from schemas.messages import ErrorReply, RecallReply, RecallRequest
-from workers.infra.kafka import ensure_topics
-from workers.infra.kafka_broker import KafkaCluster
+from schemas.messages import DEFAULT_TOP_K, ErrorReply, RecallReply, RecallRequest
 from workers.infra.milvus_server import EmbeddedMilvus
 from workers.infra.ports import free_port
 from workers.infra.vector_store import VectorStore
 from workers.recall.client import RecallClient
-from workers.settings import KafkaSettings, MilvusSettings, Settings
+from workers.settings import MilvusSettings, Settings
+from workers.stack import Stack, on_free_ports
 
 Outcome = tuple[float, float, RecallReply | ErrorReply | BaseException]
 
@@ -66,21 +62,6 @@ def publish(uri: str, settings: Settings, items: int, cfg: MindConfig) -> dict[s
         assert store.count(name) == items
         store.point_alias(alias, name)
     return {"publish_s": round(time.perf_counter() - started, 1)}
-
-
-def start_worker(settings: Settings, bootstrap: str, uri: str, log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m workers.recall.worker`` configured through the environment, like a deployment."""
-    env = {
-        **os.environ,
-        "MINDSTREAM_STATE_DIR": str(settings.state_dir),
-        "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "MINDSTREAM_MILVUS__URI": uri,
-        "MINDSTREAM_MILVUS__SEARCH_EF": str(settings.milvus.search_ef),
-        "MINDSTREAM_RECALL__MAX_WAIT_MS": str(settings.recall.max_wait_ms),
-        "MINDSTREAM_LOG_LEVEL": "WARNING",
-    }
-    with log_path.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "workers.recall.worker"], env=env, stdout=out, stderr=out)
 
 
 def run_rate(client: RecallClient, rate: float, duration: float, reqs: list[RecallRequest]) -> dict[str, Any]:
@@ -132,15 +113,21 @@ def summarise(rate: float, sent: int, t0: float, outcomes: list[Outcome]) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rates", type=float, nargs="+", default=[200.0], help="offered requests/s (sweep)")
+def latency_parser(doc: str | None, rates: list[float]) -> argparse.ArgumentParser:
+    """The options the latency benchmarks share: the offered rates, their timing, the collection, the request."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    p.add_argument("--rates", type=float, nargs="+", default=rates, help="offered requests/s (sweep)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each rate")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--index", default="HNSW", help="index of the published collection (HNSW, IVF_FLAT, FLAT, AUTO)")
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     p.add_argument("--users", type=int, default=1, help="users per request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = latency_parser(__doc__, rates=[200.0])
     p.add_argument("--max-wait-ms", type=float, help="micro-batch window (default: settings)")
     p.add_argument("--search-ef", type=int, help="HNSW ef at search time (default: settings)")
     p.add_argument("--workdir", type=Path, help="keep Milvus data here and reuse it (skips the ~70 s publish)")
@@ -158,28 +145,26 @@ def main(argv: list[str] | None = None) -> None:
             if args.max_wait_ms is not None
             else defaults.recall,
         )
-        with (
-            KafkaCluster(base / "kafka") as broker,
-            EmbeddedMilvus(base / "milvus", port=free_port()) as milvus,
-        ):
-            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
-            ensure_topics(kafka.client_config(), [kafka.requests_topic, kafka.replies_topic])
+        with EmbeddedMilvus(base / "milvus", port=free_port()) as milvus:
+            settings = on_free_ports(settings.model_copy(update={"log_level": "WARNING"}))
+            settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": milvus.uri})})
             setup = publish(milvus.uri, settings, args.items, cfg)
-            worker = start_worker(settings, broker.bootstrap, milvus.uri, base / "worker.log")
             reqs = [
                 RecallRequest(hist_item=rng.integers(1, args.items + 1, (args.users, 20)).tolist(), top_k=args.top_k)
                 for _ in range(1000)
             ]
             runs = []
-            try:
-                with RecallClient(kafka, settings.recall) as client:
-                    client.recall(hist_item=[[1, 2, 3]], timeout=60)  # worker up, group joined
-                    for rate in args.rates:
-                        run_rate(client, rate, args.warmup, reqs)
-                        runs.append(run_rate(client, rate, args.duration, reqs))
-            finally:
-                worker.send_signal(signal.SIGTERM)
-                stopped = worker.wait(30)
+            # the embedded broker, its topics and the recall worker, as `mindstream up` starts them
+            with Stack(settings, [], logs_dir=base) as live:
+                try:
+                    live.start_worker("recall")
+                    with RecallClient(live.settings.kafka, settings.recall) as client:
+                        client.recall(hist_item=[[1, 2, 3]], timeout=60)  # group joined, a model answering
+                        for rate in args.rates:
+                            run_rate(client, rate, args.warmup, reqs)
+                            runs.append(run_rate(client, rate, args.duration, reqs))
+                finally:
+                    stopped = live.stop_worker("recall")
     emit(
         "recall_latency",
         {

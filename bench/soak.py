@@ -303,8 +303,8 @@ def disk_parts(stack: LiveStack) -> tuple[dict[str, Path], list[Path]]:
         "ingest_state": s.ingest_dir,
         "checkpoints": s.checkpoint_dir,
         "models": s.models_dir,
-        "milvus": stack.milvus.base_dir,
-        "broker": stack.broker.data_dir,
+        "milvus": stack.milvus_server.base_dir,
+        "broker": stack.kafka_cluster.data_dir,
     }
     return parts, [stack.workdir, s.state_dir]
 
@@ -400,7 +400,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
                         "clicks_applied": ingest.get("mindstream_ingest_events_applied_total", 0.0),
                         "new_items_born": len(stream.births.born),
                         "processes": procs.sample(),
-                        "broker_topics": _broker_topics(conf, kafka.replies_topic, stack.broker.data_dir),
+                        "broker_topics": _broker_topics(conf, kafka.replies_topic, stack.kafka_cluster.data_dir),
                         "users_clicked": int(clicked.sum()),
                         "disk_bytes": disk_usage(parts, other_roots),
                         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -1,10 +1,11 @@
 """The live system for the end-to-end benchmarks, started as ``mindstream up`` starts it.
 
-Embedded Apache Kafka broker + embedded Milvus in the benchmark process; the refresh, ingest, recall (and
-optionally gateway) workers as their own processes (``python -m workers.cli <name>``) configured
-through ``MINDSTREAM_*`` environment variables. The first model is a MIND net on a synthetic
-catalogue of ``items`` items (trained ``base_batches`` batches, 0 = untrained), written where the
-refresh worker looks for it, so its bootstrap publishes it as ``v1``.
+:class:`workers.stack.Stack`, the launcher of ``mindstream up``: embedded Apache Kafka broker + embedded
+Milvus in the benchmark process; the refresh, ingest, recall (and optionally gateway) workers as their
+own processes (``python -m workers.cli <name>``) configured only by the ``MINDSTREAM_*`` variables the
+settings render (:func:`stack_settings`: the stack's choices, then ``StackConfig.env``). The first model
+is a MIND net on a synthetic catalogue of ``items`` items (trained ``base_batches`` batches, 0 = untrained),
+written where the refresh worker looks for it, so its bootstrap publishes it as ``v1``.
 
 Also here: a sampler of the resident memory of every process of the stack (psutil), the refresh
 rounds read back from the refresh worker's log, and small helpers shared by the benchmarks.
@@ -14,35 +15,27 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import psutil
 
-from model.config import MindConfig, TrainConfig
 from model.data.synthetic import SyntheticSpec, synthetic_dataset
 from model.train import Trainer, train
 from workers.infra.kafka_broker import KafkaCluster
 from workers.infra.milvus_server import EmbeddedMilvus
-from workers.infra.ports import free_port
-from workers.infra.topics import ensure_stack_topics
 from workers.infra.vector_store import VectorStore
 from workers.offline import checkpoint_root
 from workers.recall.client import RecallClient, RecallError
-from workers.settings import KafkaSettings, MilvusSettings, Settings
+from workers.settings import ENV_PREFIX, KafkaSettings, Settings
+from workers.stack import Stack, on_free_ports
 
 WORKERS = ("refresh", "ingest", "recall", "gateway")
 _CLICK = '{"schema_version":1,"event_id":"%s%d","user_id":%d,"item_id":%d,"ts":%d}'  # a ClickEvent, fast
@@ -80,7 +73,7 @@ class StackConfig:
     train_batches: int | None = None  # None: the settings' default
     workers: tuple[str, ...] = ("refresh", "ingest", "recall")
     env: dict[str, str] = field(default_factory=dict)  # extra MINDSTREAM_* overrides
-    ready_timeout_s: float = 600.0
+    ready_timeout_s: float | None = None  # None: the settings' (supervisor.ready_timeout_s)
 
 
 class MemorySampler:
@@ -139,162 +132,86 @@ def write_base_model(settings: Settings, spec: SyntheticSpec, batches: int) -> d
     return {"base_batches": batches, "base_users": spec.num_users, "base_s": round(time.perf_counter() - began, 1)}
 
 
-def section_env(env: Mapping[str, str], section: str) -> dict[str, Any]:
-    """The ``MINDSTREAM_<SECTION>__*`` entries of ``env`` as that settings section's fields (the JSON of
-    Milvus' ``embedded_config`` parsed), so what this process starts and creates (the embedded server, the
-    topics) and its own searches see what the workers see."""
-    prefix = f"MINDSTREAM_{section.upper()}__"
-    fields: dict[str, Any] = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
-    if section == "milvus" and "embedded_config" in fields:
-        fields["embedded_config"] = json.loads(fields["embedded_config"])
-    return fields
+def stack_settings(cfg: StackConfig, workdir: Path, read_token: str) -> Settings:
+    """The benchmark stack's settings: this process's ``MINDSTREAM_*``, then the stack's own choices (HNSW,
+    the synthetic catalogue, free ports ...), then ``cfg.env`` on top. The workers are given exactly these
+    (``Settings.to_env``), and this process's searches, topics and embedded servers follow them too."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    env |= {
+        "MINDSTREAM_STATE_DIR": str((workdir / "state").resolve()),
+        "MINDSTREAM_MILVUS__INDEX_TYPE": "HNSW",
+        "MINDSTREAM_DATA__DATASET": "synthetic",
+        "MINDSTREAM_REFRESH__INTERVAL_S": str(cfg.refresh_interval_s),
+        # The quality gate's held-out users come from the default synthetic data set, not from this
+        # catalogue: a gate on them would measure nothing here. Freshness is what is measured.
+        "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
+        "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "5",
+        "MINDSTREAM_HTTP__READ_TOKEN": read_token,
+        "MINDSTREAM_LOG_LEVEL": "INFO",
+    }
+    if cfg.train_batches is not None:
+        env["MINDSTREAM_REFRESH__TRAIN_BATCHES"] = str(cfg.train_batches)
+    chosen = Settings.from_env(env | cfg.env)
+    # the ports cfg.env does not fix are free ones: a benchmark may run beside `mindstream up`
+    free = on_free_ports(chosen)
+    pinned = {key for key in cfg.env if key.endswith("_PORT")}
+    return chosen.model_copy(
+        update={
+            "kafka": chosen.kafka if "MINDSTREAM_KAFKA__EMBEDDED_PORT" in pinned else free.kafka,
+            "milvus": chosen.milvus if "MINDSTREAM_MILVUS__EMBEDDED_PORT" in pinned else free.milvus,
+            "http": chosen.http if "MINDSTREAM_HTTP__PORT" in pinned else free.http,
+        }
+    )
 
 
-class LiveStack:
-    """``with LiveStack(cfg, workdir) as stack:`` everything up, the first model live and answering."""
+class LiveStack(Stack):
+    """``with LiveStack(cfg, workdir) as stack:`` everything up, the first model live and answering.
+
+    A thin layer on :class:`workers.stack.Stack` (what ``mindstream up`` runs): it adds the synthetic
+    catalogue's first model before the workers start, and the benchmarks' observations."""
 
     def __init__(self, cfg: StackConfig, workdir: Path) -> None:
         self.cfg = cfg
         self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._stack = contextlib.ExitStack()
         self.setup: dict[str, Any] = {}
-        self.http_port = free_port()
-        self.refresh_metrics_port = free_port()
         # the gateway's read token: HTTP recalls by user_ids (a user's history) must send it
         self.read_token = cfg.env.get("MINDSTREAM_HTTP__READ_TOKEN") or secrets.token_urlsafe(32)
-        self.settings = Settings(
-            state_dir=workdir / "state",
-            # the workers' index (child_env) and the one this process searches with must agree
-            # and the embedded server this process starts takes the configured milvus.yaml overrides
-            milvus=MilvusSettings.model_validate({"index_type": "HNSW", **section_env(cfg.env, "milvus")}),
-            mind=MindConfig(),
-            train=TrainConfig(),
-        )
         self.spec = catalogue_spec(cfg.items, cfg.base_users)
+        settings = stack_settings(cfg, workdir, self.read_token)
+        super().__init__(settings, cfg.workers, logs_dir=workdir / "logs", ready_timeout_s=cfg.ready_timeout_s)
 
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """The first model, then broker, Milvus, topics (with the retention the workers are given) and the
+        workers, until every one is ready (the refresh worker: once the first model is live)."""
         began = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.broker = self._stack.enter_context(KafkaCluster(self.workdir / "kafka"))
-        self.milvus = self._stack.enter_context(
-            EmbeddedMilvus(
-                self.workdir / "milvus",
-                port=free_port(),
-                config=self.settings.milvus.embedded_config,
-                search_nice=self.settings.milvus.embedded_search_nice,
-            )
-        )
-        # The topics are created here, before any worker starts: with the retention the workers are given
-        # (a worker finding them created leaves their configs as they are).
-        self.kafka = KafkaSettings.model_validate(
-            {**section_env(self.cfg.env, "kafka"), "bootstrap_servers": self.broker.bootstrap}
-        )
-        self.settings = self.settings.model_copy(update={"kafka": self.kafka})
-        ensure_stack_topics(self.kafka.client_config(), self.kafka)
         self.setup.update(write_base_model(self.settings, self.spec, self.cfg.base_batches))
-        self.store = self._stack.enter_context(VectorStore(self.milvus.uri, self.settings.milvus))
-        env = self.child_env()
-        logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        for name in self.cfg.workers:
-            with (logs / f"{name}.log").open("wb") as out:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "workers.cli", name],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        self.wait_ready()
+        super().start()
+        self.kafka = self.settings.kafka
+        self.store = VectorStore(self.milvus_uri, self.settings.milvus)
         self.setup["startup_s"] = round(time.perf_counter() - began, 1)
 
-    def child_env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "MINDSTREAM_STATE_DIR": str(self.settings.state_dir.resolve()),
-            "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap,
-            "MINDSTREAM_MILVUS__URI": self.milvus.uri,
-            "MINDSTREAM_MILVUS__INDEX_TYPE": self.settings.milvus.index_type,
-            "MINDSTREAM_DATA__DATASET": "synthetic",
-            "MINDSTREAM_REFRESH__INTERVAL_S": str(self.cfg.refresh_interval_s),
-            # The quality gate's held-out users come from the default synthetic data set, not from this
-            # catalogue: a gate on them would measure nothing here. Freshness is what is measured.
-            "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
-            "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "5",
-            "MINDSTREAM_HTTP__PORT": str(self.http_port),
-            "MINDSTREAM_HTTP__READ_TOKEN": self.read_token,
-            "MINDSTREAM_REFRESH__METRICS_PORT": str(self.refresh_metrics_port),
-            "MINDSTREAM_LOG_LEVEL": "INFO",
-        }
-        if self.cfg.train_batches is not None:
-            env["MINDSTREAM_REFRESH__TRAIN_BATCHES"] = str(self.cfg.train_batches)
-        env.update(self.cfg.env)
-        return env
-
-    def wait_ready(self) -> None:
-        """The first model live (refresh bootstrapped it), and each serving worker answering."""
-        deadline = time.monotonic() + self.cfg.ready_timeout_s
-        while self.live() is None:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError("no live model: see the refresh log")
-            time.sleep(0.5)
-        if "gateway" in self.cfg.workers:
-            while not self._http_ready():
-                self.check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError("gateway not ready")
-                time.sleep(0.5)
-
-    def _http_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+    @property
+    def kafka_cluster(self) -> KafkaCluster:
+        assert self.broker is not None, "the stack runs its own broker"
+        return self.broker
 
     @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+    def milvus_server(self) -> EmbeddedMilvus:
+        assert self.milvus is not None, "the stack runs its own Milvus"
+        return self.milvus
 
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = self.log_tail(name)
-                raise RuntimeError(f"worker {name} exited with {proc.returncode}:\n{tail}")
-
-    def log_tail(self, name: str, lines: int = 25) -> str:
-        path = self.workdir / "logs" / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    @property
+    def refresh_metrics_port(self) -> int:
+        port = self.settings.refresh.metrics_port
+        assert port is not None, "the stack gives every worker a metrics port"
+        return port
 
     def close(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.setup["exit_codes"] = {n: p.returncode for n, p in self.procs.items()}
-        self._stack.close()
+        if hasattr(self, "store"):
+            self.store.close()
+        super().close()
+        self.setup["exit_codes"] = {c.name: c.proc.returncode for c in self.children.values() if c.proc is not None}
 
     # -- observations ------------------------------------------------------------------------------
 
@@ -349,10 +266,10 @@ class LiveStack:
         request_refresh(self.store, self.alias)
 
     def processes(self) -> dict[str, int]:
-        pids = {name: p.pid for name, p in self.procs.items()}
-        if (pid := self.milvus.pid) is not None:
+        pids = self.pids
+        if (pid := self.milvus_server.pid) is not None:
             pids["milvus"] = pid
-        if (pid := self.broker.pid(1)) is not None:
+        if (pid := self.kafka_cluster.pid(1)) is not None:
             pids["broker"] = pid
         pids["bench"] = os.getpid()
         return pids
@@ -384,7 +301,7 @@ class LiveStack:
 
     def refresh_rounds(self) -> list[dict[str, Any]]:
         """The refresh worker's ``refresh round: {...}`` log lines, parsed."""
-        path = self.workdir / "logs" / "refresh.log"
+        path = self.log_path("refresh")
         rounds = []
         for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
             _, sep, rest = line.partition("refresh round: ")

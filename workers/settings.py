@@ -6,7 +6,10 @@ Environment variables: prefix ``MINDSTREAM_``, nested sections joined with ``__`
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from model.config import ColdStartRule, ColdStartSteps, MindConfig, TrainConfig, recommended_k_max
 from model.data import AMAZONBOOK_DEMO_DIR, Dataset, load_dataset
@@ -32,6 +35,9 @@ from model.data.movielens import locate_ml100k, ml100k_items
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # http.allowed_hosts' names for a loopback gateway
 ANY_ADDRESS = ("0.0.0.0", "::", "[::]")  # bind addresses that name no host of their own
 _DOTTED_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+ENV_PREFIX = "MINDSTREAM_"
+MetricsWorker = Literal["ingest", "refresh", "recall", "catalogue"]  # the workers with a metrics_port
+ENV_NONE = "null"  # an unset (None) field in the environment (Settings.to_env renders None so)
 
 
 class _Section(BaseModel):
@@ -597,6 +603,9 @@ class HttpSettings(_Section):
         return {**data, "allowed_hosts": names}
 
 
+_UP_METRICS_PORTS: dict[MetricsWorker, int] = {"ingest": 9101, "refresh": 9102, "recall": 9103, "catalogue": 9104}
+
+
 class SupervisorSettings(_Section):
     """How ``mindstream up`` restarts a worker process that exited."""
 
@@ -607,12 +616,25 @@ class SupervisorSettings(_Section):
         description="A worker that ran this long before it exited counts as healthy: its restart delay starts "
         "again from 1 s",
     )
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="How long a started stack waits for every worker's /readyz (benchmarks, tests)"
+    )
+    stop_timeout_s: float = Field(
+        30.0, gt=0, description="A worker not gone this long after SIGTERM (finish the batch, commit) is killed"
+    )
+    metrics_ports: dict[MetricsWorker, int] = Field(
+        default_factory=lambda: _UP_METRICS_PORTS.copy(),
+        description="The /metrics (and /readyz) port `mindstream up` gives a worker whose own metrics_port is unset: "
+        "those ops/prometheus/prometheus.local.yml scrapes",
+    )
 
 
 class Settings(BaseSettings):
     """Root settings: ``MINDSTREAM_<FIELD>`` and ``MINDSTREAM_<SECTION>__<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="MINDSTREAM_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_parse_none_str=ENV_NONE, extra="ignore"
+    )
 
     state_dir: Path = Field(Path(".mindstream"), description="Checkpoints, embedded Milvus data, worker state")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -650,6 +672,34 @@ class Settings(BaseSettings):
             if k != self.mind.k_max:
                 self.mind = self.mind.model_copy(update={"k_max": k})
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env = _LOADING_FROM.get()
+        if env is None:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        return init_settings, _MappingEnvSource(settings_cls, env)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings a worker started with environment ``env`` loads (this process's own is not read)."""
+        token = _LOADING_FROM.set(env)
+        try:
+            return cls()
+        finally:
+            _LOADING_FROM.reset(token)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the ``MINDSTREAM_*`` variables a worker process loads them from, every field
+        (secrets in clear, None as ``null``): ``Settings()`` in an environment holding them equals ``self``."""
+        return dict(_env_items(self, ENV_PREFIX))
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -691,3 +741,40 @@ class Settings(BaseSettings):
     def read_token_file(self) -> Path:
         """Where ``mindstream up`` keeps the local stack's read token (mode 0600)."""
         return self.state_dir / "read-token"
+
+
+_LOADING_FROM: ContextVar[Mapping[str, str] | None] = ContextVar("settings_env", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        fold = (lambda key: key) if self.case_sensitive else str.lower
+        return {fold(k): None if v == self.env_parse_none_str else v for k, v in self._mapping.items()}
+
+
+def _env_items(model: BaseModel, prefix: str) -> Iterator[tuple[str, str]]:
+    """``(MINDSTREAM_<SECTION>__<FIELD>, value)`` for every field of ``model``, nested sections joined by ``__``."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _env_items(value, f"{prefix}{name.upper()}__")
+        else:
+            yield f"{prefix}{name.upper()}", _env_value(value)
+
+
+def _env_value(value: object) -> str:
+    if value is None:
+        return ENV_NONE
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float | Path):
+        return str(value)
+    return json.dumps(value)  # lists and dicts: pydantic-settings parses a complex field's value as JSON

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class Child:
     name: str
-    args: list[str]  # mindstream sub-command and its options
+    args: list[str]  # mindstream sub-command and its options (or the options of ``module``)
     env: dict[str, str]
     log_path: Path
+    module: str = "workers.cli"  # run as ``python -m <module> <args>``
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0  # crashes in a row (reset once a run lasted supervisor.healthy_after_s)
     next_start: float = 0.0
@@ -36,10 +38,14 @@ class Child:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:  # the previous run's (it was killed, not stopped)
+            self._log.close()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
+            cwd=self.cwd,
             env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal reaches us only; we stop children ourselves
@@ -83,11 +89,13 @@ class Supervisor:
 
     def start(self) -> None:
         for child in self.children:
-            self._start(child)
+            self.start_child(child)
 
-    def _start(self, child: Child) -> None:
+    def start_child(self, child: Child) -> None:
+        """Start ``child`` now (again); a restart it was waiting for is cleared."""
         child.start()
         child.started_at = self.clock()
+        child.next_start = 0.0
 
     def delay(self, child: Child) -> float:
         """The restart delay of a child that has just exited (after ``restarts`` crashes in a row)."""
@@ -108,11 +116,11 @@ class Supervisor:
                 child.next_start = now + delay
                 log.error("%s exited with %s; restarting in %.0f s (see %s)", child.name, code, delay, child.log_path)
             elif now >= child.next_start:
-                child.restarts += 1
-                child.next_start = 0.0
                 child.stop(0)
-                self._start(child)
+                self.start_child(child)
+                child.restarts += 1
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Every child, the last started first: SIGTERM, SIGKILL past ``timeout`` (default: the settings')."""
         for child in reversed(self.children):
-            child.stop(timeout)
+            child.stop(self.settings.stop_timeout_s if timeout is None else timeout)

@@ -29,52 +29,21 @@ from pydantic import SecretStr
 from model.checkpoint import open_checkpoint
 from model.data.types import Dataset, IntArray
 from model.export import external_heldout
-from workers.infra.kafka_broker import open_kafka
-from workers.infra.milvus_server import open_milvus
-from workers.infra.topics import ensure_stack_topics
+from schemas.messages import DEFAULT_TOP_K
 from workers.offline import checkpoint_root, load, run_train
 from workers.recall.client import RecallClient
 from workers.replay import held_out_clicks
 from workers.runtime import StopFlag, stop_on_signals
 from workers.settings import Settings
+from workers.stack import METRICS_WORKERS, Stack
 from workers.status import Buckets, quantile, scrape, scrape_histograms, window_quantile
 from workers.stream import ClickStream, StreamSender, chunks_of
-from workers.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
-
-# ops/prometheus/prometheus.local.yml scrapes these (the catalogue worker's since issue 32)
-METRICS_PORTS = {"ingest": 9101, "refresh": 9102, "recall": 9103, "catalogue": 9104}
 
 
 def pid_file(settings: Settings) -> Path:
     return settings.state_dir / "up.pid"
-
-
-def _child_env(settings: Settings, bootstrap: str, milvus_uri: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
-    env["MINDSTREAM_MILVUS__URI"] = milvus_uri
-    env["MINDSTREAM_STATE_DIR"] = str(settings.state_dir.resolve())
-    env["MINDSTREAM_DATA__DATASET"] = settings.data.dataset  # the workers serve the data set up trained on
-    if settings.data.path is not None:
-        env["MINDSTREAM_DATA__PATH"] = str(settings.data.path.resolve())
-    for name in METRICS_PORTS:
-        env[f"MINDSTREAM_{name.upper()}__METRICS_PORT"] = str(metrics_port(settings, name))
-    return env
-
-
-def metrics_port(settings: Settings, worker: str) -> int:
-    """The worker's configured metrics port, else the one ``ops/prometheus`` scrapes."""
-    configured: int | None = getattr(settings, worker).metrics_port
-    return configured if configured is not None else METRICS_PORTS[worker]
-
-
-def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
-    logs = settings.state_dir / "logs"
-    # the catalogue worker applies the items topic (availability, metadata) that recall and the gateway follow
-    names = ["refresh", "ingest", "catalogue", "recall", "gateway"]
-    return [Child(name, [name], env, logs / f"{name}.log") for name in names]
 
 
 class _Latencies:
@@ -124,14 +93,14 @@ class _RecallProbe:
 
 def _kafka_send(client: RecallClient) -> Callable[[list[int]], str]:
     def send(history: list[int]) -> str:
-        return client.recall(hist_item=[history], top_k=50).model_version
+        return client.recall(hist_item=[history], top_k=DEFAULT_TOP_K).model_version
 
     return send
 
 
 def _http_send(base_url: str, timeout_s: float) -> Callable[[list[int]], str]:
     def send(history: list[int]) -> str:
-        body = json.dumps({"hist_item": [history], "top_k": 50}).encode()
+        body = json.dumps({"hist_item": [history], "top_k": DEFAULT_TOP_K}).encode()
         request = urllib.request.Request(
             f"{base_url}/rec/recall", data=body, headers={"Content-Type": "application/json"}
         )
@@ -151,10 +120,8 @@ FRESHNESS = {  # progress-line label -> (worker, histogram); absent histograms a
 class _Progress:
     """The progress line: counts since the start, freshness and recall latency over the last window."""
 
-    def __init__(
-        self, settings: Settings, sender: StreamSender, probes: dict[str, _RecallProbe], window_s: float
-    ) -> None:
-        self.urls = {w: f"http://127.0.0.1:{metrics_port(settings, w)}/metrics" for w in ("ingest", "refresh")}
+    def __init__(self, stack: Stack, sender: StreamSender, probes: dict[str, _RecallProbe], window_s: float) -> None:
+        self.urls = {w: stack.metrics_url(w) for w in ("ingest", "refresh")}
         self.sender = sender
         self.probes = probes
         self.window_s = window_s
@@ -264,19 +231,18 @@ def run_up(
     log.info("base model: %s", open_checkpoint(root, "best").manifest.version)
     token, created = ensure_admin_token(settings)
     read_token, read_created = ensure_read_token(settings)
-    kafka = settings.kafka
+    http = settings.http.model_copy(update={"admin_token": SecretStr(token), "read_token": SecretStr(read_token)})
     with contextlib.ExitStack() as stack:
-        bootstrap = stack.enter_context(open_kafka(kafka, settings.kafka_dir))
-        milvus_uri = stack.enter_context(open_milvus(settings.milvus, settings.milvus_dir))
-        conf = kafka.client_config(bootstrap)
-        ensure_stack_topics(conf, kafka)
-        env = _child_env(settings, bootstrap, milvus_uri)
-        env["MINDSTREAM_HTTP__ADMIN_TOKEN"] = token
-        env["MINDSTREAM_HTTP__READ_TOKEN"] = read_token
-        supervisor = Supervisor(_children(settings, env), settings.supervisor)
-        stack.callback(supervisor.stop)
-        supervisor.start()
-        client = stack.enter_context(RecallClient(kafka, settings.recall, bootstrap=bootstrap))
+        live = stack.enter_context(
+            Stack(
+                settings.model_copy(update={"http": http}),
+                metrics_ports=settings.supervisor.metrics_ports,
+                wait_ready=False,  # the progress line says when the first model is live
+            )
+        )
+        kafka = live.settings.kafka
+        conf = kafka.client_config()
+        client = stack.enter_context(RecallClient(kafka, settings.recall))
         # the stream and the requests speak the catalogue's item ids, not the model's rows
         valid, test = (external_heldout(h, dataset.vocab) for h in (dataset.valid, dataset.test))
         histories = [h.tolist() for h in test.histories if len(h)]
@@ -289,21 +255,24 @@ def run_up(
         if recall_rate > 0:
             probes["kafka"] = _RecallProbe(_kafka_send(client), histories, recall_rate)
         if http_rate > 0:
-            base = f"http://{settings.http.host}:{settings.http.port}"
-            probes["http"] = _RecallProbe(_http_send(base, settings.recall.client_timeout_s), histories, http_rate)
-        print_urls(settings, bootstrap)
+            probes["http"] = _RecallProbe(
+                _http_send(live.http_url, settings.recall.client_timeout_s), histories, http_rate
+            )
+        print_urls(live)
         print_admin_token(settings, token, created)
         print_read_token(settings, read_token, read_created)
         stop = stack.enter_context(stop_on_signals(StopFlag()))
-        live = threading.Event()
+        serving = threading.Event()
         threads = [threading.Thread(target=sender.run, args=(sources, stop), daemon=True)]
-        threads += [threading.Thread(target=p.run, args=(stop, live), daemon=True) for p in probes.values()]
+        threads += [threading.Thread(target=p.run, args=(stop, serving), daemon=True) for p in probes.values()]
         for thread in threads:
             thread.start()
-        progress = _Progress(settings, sender, probes, stream_cfg.window_s)
+        progress = _Progress(live, sender, probes, stream_cfg.window_s)
         while not stop.wait(2.0):
-            supervisor.check()
-            sys.stderr.write(progress.line(live) + f" | new items {len(stream.births.born)}, bursts {stream.bursts}\n")
+            live.supervise()
+            sys.stderr.write(
+                progress.line(serving) + f" | new items {len(stream.births.born)}, bursts {stream.bursts}\n"
+            )
             if duration_s is not None and time.monotonic() - progress.began >= duration_s:
                 stop.set("duration reached")
         log.info("stopping (%s): the load, the workers, then Milvus and the broker", stop.reason)
@@ -348,13 +317,13 @@ def print_read_token(settings: Settings, token: str, created: bool) -> None:
         sys.stderr.write(f"  read token    in {where} (a user's history: Authorization: Bearer <token>)\n")
 
 
-def print_urls(settings: Settings, bootstrap: str) -> None:
-    base = f"http://{settings.http.host}:{settings.http.port}"
+def print_urls(stack: Stack) -> None:
+    base = stack.http_url
     lines = ["mindstream is up. Where to look:", f"  the page      {base}/ui  (live system, recommendations by title)"]
     lines += [f"  API docs      {base}/docs", f"  gateway       {base}/metrics"]
-    lines += [f"  kafka         {bootstrap} (bootstrap.servers for your own producers and consumers)"]
-    lines += [f"  {name:<13} http://127.0.0.1:{metrics_port(settings, name)}/metrics" for name in METRICS_PORTS]
-    lines += [f"  worker logs   {settings.state_dir / 'logs'}", "  stop          Ctrl-C, or: mindstream down"]
+    lines += [f"  kafka         {stack.bootstrap} (bootstrap.servers for your own producers and consumers)"]
+    lines += [f"  {name:<13} {stack.metrics_url(name)}" for name in METRICS_WORKERS]
+    lines += [f"  worker logs   {stack.logs_dir}", "  stop          Ctrl-C, or: mindstream down"]
     sys.stderr.write("\n".join(lines) + "\n")
 
 

@@ -1,16 +1,16 @@
 """Fault-injection helpers: workers as real subprocesses (so ``kill -9`` is real), their environment,
 seeded kill points, a tiny served model, and polling with a deadline.
 
-Every worker is started as ``python -m workers.cli <kind>`` (or through ``tests.faults.refresh_crash``,
-which wraps the same CLI with a deterministic crash point), configured only through ``MINDSTREAM_*``
-variables pointing at the broker, Milvus and a per-test state directory.
+Every worker is started as the stack starts its workers (:class:`workers.supervisor.Child`:
+``python -m workers.cli <kind>``, or ``tests.faults.refresh_crash``, which wraps the same CLI with a
+deterministic crash point), configured only through the ``MINDSTREAM_*`` variables ``Settings.to_env``
+renders, pointing at the broker, Milvus and a per-test state directory.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -29,6 +29,8 @@ from tests.waiting import wait_until as wait_until  # re-exported: the fault tes
 from workers.infra.vector_store import VectorStore
 from workers.ingest.state_store import PartitionStore
 from workers.refresh.registry import ModelRegistry
+from workers.settings import ENV_PREFIX, Settings
+from workers.supervisor import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 MIND = MindConfig(dim=8, k_max=2, maxlen=6)
@@ -70,71 +72,73 @@ class Names:
         }
 
 
-def worker_env(state_dir: Path, names: Names, *, bootstrap: str, milvus_uri: str | None = None) -> dict[str, str]:
-    """``MINDSTREAM_*`` for a worker: tiny model, FLAT index, small batches, fast triggers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINDSTREAM_")}
-    env.update(names.env())
-    env.update(
-        {
-            "MINDSTREAM_STATE_DIR": str(state_dir),
-            "MINDSTREAM_LOG_LEVEL": "INFO",
-            "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "MINDSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_MS),
-            "MINDSTREAM_MIND__DIM": str(MIND.dim),
-            "MINDSTREAM_MIND__K_MAX": str(MIND.k_max),
-            "MINDSTREAM_MIND__MAXLEN": str(MIND.maxlen),
-            "MINDSTREAM_TRAIN__BATCH_SIZE": str(TRAIN.batch_size),
-            "MINDSTREAM_TRAIN__NEGATIVES": str(TRAIN.negatives),
-            "MINDSTREAM_TRAIN__LR": str(TRAIN.lr),
-            "MINDSTREAM_TRAIN__SEED": str(TRAIN.seed),
-            "MINDSTREAM_TRAIN__THREADS": "1",
-            "MINDSTREAM_EVAL__TOP_N": "10",
-            "MINDSTREAM_DATA__DATASET": "synthetic",  # generated in ~10 ms; its train split is the replay
-            "MINDSTREAM_MILVUS__INDEX_TYPE": "FLAT",
-            "MINDSTREAM_MILVUS__TIMEOUT_S": "10",
-            "MINDSTREAM_INGEST__BATCH_SIZE": "500",
-            "MINDSTREAM_INGEST__BATCH_TIMEOUT_S": "0.1",
-            "MINDSTREAM_INGEST__STATS_INTERVAL_MS": "0",
-            "MINDSTREAM_REFRESH__INTERVAL_S": "0.3",
-            "MINDSTREAM_REFRESH__MIN_NEW_EVENTS": "1",
-            "MINDSTREAM_REFRESH__TRAIN_BATCHES": "15",
-            "MINDSTREAM_REFRESH__REPLAY_USERS": "20",
-            "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
-            "MINDSTREAM_REFRESH__PROBE_ITEMS": "5",
-            "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "0",
-            "MINDSTREAM_REFRESH__KEEP_PREVIOUS": "1",
-            "MINDSTREAM_REFRESH__POLL_S": "0.2",
-            "MINDSTREAM_RECALL__ALIAS_CHECK_S": "0.2",
-            "MINDSTREAM_RECALL__CLIENT_TIMEOUT_S": "20",
-        }
-    )
+def fault_settings(state_dir: Path, names: Names, *, bootstrap: str, milvus_uri: str | None = None) -> Settings:
+    """A worker's settings here: tiny model, FLAT index, small batches, fast triggers, ``names``' topics."""
+    overrides = {
+        **names.env(),
+        "MINDSTREAM_STATE_DIR": str(state_dir),
+        "MINDSTREAM_LOG_LEVEL": "INFO",
+        "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MINDSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_MS),
+        "MINDSTREAM_MIND__DIM": str(MIND.dim),
+        "MINDSTREAM_MIND__K_MAX": str(MIND.k_max),
+        "MINDSTREAM_MIND__MAXLEN": str(MIND.maxlen),
+        "MINDSTREAM_TRAIN__BATCH_SIZE": str(TRAIN.batch_size),
+        "MINDSTREAM_TRAIN__NEGATIVES": str(TRAIN.negatives),
+        "MINDSTREAM_TRAIN__LR": str(TRAIN.lr),
+        "MINDSTREAM_TRAIN__SEED": str(TRAIN.seed),
+        "MINDSTREAM_TRAIN__THREADS": "1",
+        "MINDSTREAM_EVAL__TOP_N": "10",
+        "MINDSTREAM_DATA__DATASET": "synthetic",  # generated in ~10 ms; its train split is the replay
+        "MINDSTREAM_MILVUS__INDEX_TYPE": "FLAT",
+        "MINDSTREAM_MILVUS__TIMEOUT_S": "10",
+        "MINDSTREAM_INGEST__BATCH_SIZE": "500",
+        "MINDSTREAM_INGEST__BATCH_TIMEOUT_S": "0.1",
+        "MINDSTREAM_INGEST__STATS_INTERVAL_MS": "0",
+        "MINDSTREAM_REFRESH__INTERVAL_S": "0.3",
+        "MINDSTREAM_REFRESH__MIN_NEW_EVENTS": "1",
+        "MINDSTREAM_REFRESH__TRAIN_BATCHES": "15",
+        "MINDSTREAM_REFRESH__REPLAY_USERS": "20",
+        "MINDSTREAM_REFRESH__QUALITY_USERS": "0",
+        "MINDSTREAM_REFRESH__PROBE_ITEMS": "5",
+        "MINDSTREAM_REFRESH__GRACE_PERIOD_S": "0",
+        "MINDSTREAM_REFRESH__KEEP_PREVIOUS": "1",
+        "MINDSTREAM_REFRESH__POLL_S": "0.2",
+        "MINDSTREAM_RECALL__ALIAS_CHECK_S": "0.2",
+        "MINDSTREAM_RECALL__CLIENT_TIMEOUT_S": "20",
+    }
     if milvus_uri is not None:
-        env["MINDSTREAM_MILVUS__URI"] = milvus_uri
-    return env
+        overrides["MINDSTREAM_MILVUS__URI"] = milvus_uri
+    return Settings.from_env(overrides)
 
 
-class Worker:
-    """One worker subprocess; ``kill9`` is a real SIGKILL, ``restart`` starts the same command again."""
+def worker_env(state_dir: Path, names: Names, *, bootstrap: str, milvus_uri: str | None = None) -> dict[str, str]:
+    """The environment of a worker: :func:`fault_settings` rendered as ``MINDSTREAM_*`` (as
+    :class:`workers.stack.Stack` renders them), nothing else ``MINDSTREAM_*`` of this process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return env | fault_settings(state_dir, names, bootstrap=bootstrap, milvus_uri=milvus_uri).to_env()
+
+
+class Worker(Child):
+    """One worker subprocess, started as the stack starts its workers (:class:`workers.supervisor.Child`);
+    ``kill9`` is a real SIGKILL, ``start`` again runs the same command (with ``env`` as it is then)."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        assert argv[:2] == [sys.executable, "-m"], f"a python -m command, not {argv}"
+        super().__init__(argv[2], argv[3:], dict(env), log_path, module=argv[2], cwd=ROOT)
         self.argv = argv
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @classmethod
     def cli(cls, kind: str, env: Mapping[str, str], log_path: Path, *args: str) -> Worker:
         return cls([sys.executable, "-m", "workers.cli", kind, *args], env, log_path)
 
-    def start(self) -> Worker:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
+    def start(self) -> Worker:  # type: ignore[override]
+        assert not self.alive(), "already running"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             out.write(f"\n===== start {self.starts + 1}: {' '.join(self.argv[1:])}\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
+        super().start()
         self.starts += 1
         return self
 
@@ -144,7 +148,7 @@ class Worker:
         return self.proc.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.running
 
     def assert_alive(self) -> None:
         assert self.alive(), f"worker exited with {self.proc and self.proc.returncode}: {self.tail()}"
@@ -158,18 +162,10 @@ class Worker:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:  # type: ignore[override]
         """SIGTERM (the worker finishes its batch and commits), SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        super().stop(timeout)
+        return self.proc.returncode if self.proc is not None else None
 
     def tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

@@ -12,10 +12,10 @@ import pytest
 from schemas.codec import encode
 from schemas.messages import ClickEvent
 from tests.background import Background
-from tests.faults.conftest import Names, Worker, kill_points, wait_until, worker_env
+from tests.faults.conftest import Names, fault_settings, kill_points, wait_until
 from workers.infra.kafka import ensure_topics, make_producer
 from workers.ingest.state_reader import Cursor, StateReader
-from workers.settings import KafkaSettings
+from workers.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -27,13 +27,12 @@ def _more_than(reader: StateReader, count: int) -> Callable[[], bool]:
 
 
 def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
-    kafka_bootstrap: str, tmp_path: Path, workers: list[Worker]
+    kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    names = Names()
-    env = worker_env(tmp_path / "state", names, bootstrap=kafka_bootstrap)
-    topic = env["MINDSTREAM_KAFKA__CLICKS_TOPIC"]
-    conf = KafkaSettings(bootstrap_servers=kafka_bootstrap).client_config()
-    ensure_topics(conf, [topic, env["MINDSTREAM_KAFKA__CLICKS_DLQ_TOPIC"]], partitions=2)
+    settings = fault_settings(tmp_path / "state", Names(), bootstrap=kafka_bootstrap)
+    topic = settings.kafka.clicks_topic
+    conf = settings.kafka.client_config()
+    ensure_topics(conf, [topic, settings.kafka.clicks_dlq_topic], partitions=2)
 
     produced: list[str] = []
     feeding = True
@@ -53,20 +52,25 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
             time.sleep(0.1)
         assert producer.flush(10) == 0, "clicks never delivered"  # raised in the test by feeder.join
 
-    worker = Worker.cli("ingest", env, tmp_path / "ingest.log")
-    workers.append(worker)
+    # the worker as every stack starts it (no Milvus: ingest never searches); closing it stops what is left
+    stack = Stack(settings, [], logs_dir=tmp_path, needs_milvus=False, wait_ready=False)
     feeder = Background(feed, "click feed")
     reader = StateReader(tmp_path / "state", topic)
     try:
+        stack.start()
         feeder.start()
-        for delay in KILLS:
-            worker.start()
+        for n, delay in enumerate(KILLS):
+            if n:
+                stack.restart("ingest", wait_ready=False)
+            else:
+                stack.start_worker("ingest", wait_ready=False)
+            pid = stack.pids["ingest"]
             before = reader.event_count()
             # the worker is applying batches again (assigned, consuming) ...
             wait_until(_more_than(reader, before), 30, "the restarted worker to apply a batch", watch=[feeder])
             time.sleep(delay)  # ... then the kill lands at a seeded random point of its batch loop
-            worker.assert_alive()
-            worker.kill9()
+            assert stack.pids.get("ingest") == pid, stack.log_tail("ingest")
+            assert stack.kill("ingest") == -9
             assert feeder.alive(), "the kill must land while clicks are still produced"
         # clicks go on arriving while the worker is down, so the final restart has a backlog to apply
         # (without it, a worker that had caught up at the last kill would leave nothing to prove)
@@ -77,10 +81,10 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
         total = len(produced)
         assert 0 < reader.event_count() < total, "the final restart must have a backlog to apply"
 
-        worker.start()
-        wait_until(lambda: reader.event_count() >= total, 60, f"{total} events applied ({worker.tail()})")
+        stack.restart("ingest", wait_ready=False)
+        wait_until(lambda: reader.event_count() >= total, 60, f"{total} events applied ({stack.log_tail('ingest')})")
         # a clean stop finishes the batch in hand and commits: whatever it redelivered is in the state now
-        assert worker.stop() == 0, worker.tail()
+        assert stack.stop_worker("ingest") == 0, stack.log_tail("ingest")
         events, _ = reader.events_since(Cursor())
         ids = [e.event_id for e in events]
         assert len(ids) == len(set(ids)) == total, "an event was applied twice or got lost"
@@ -88,3 +92,4 @@ def test_ingest_kill_9_five_times_under_load_applies_every_event_exactly_once(
     finally:
         feeding = False
         reader.close()
+        stack.close()

@@ -418,22 +418,26 @@ class KafkaCluster:
         self.stop()
 
 
+def embedded_cluster(settings: KafkaSettings, data_dir: Path) -> KafkaCluster:
+    """The embedded broker ``settings`` describe (not started): its ports, version, heap; data in ``data_dir``."""
+    if settings.security_protocol != "PLAINTEXT":
+        raise BrokerError("the embedded broker is PLAINTEXT only: set bootstrap_servers for a secured one")
+    return KafkaCluster(
+        data_dir,
+        host=settings.embedded_host,
+        ports=[NodePorts(settings.embedded_port, settings.embedded_controller_port)],
+        version=settings.embedded_version,
+        cache_dir=settings.embedded_cache_dir,
+        heap_mb=settings.embedded_heap_mb,
+    )
+
+
 @contextlib.contextmanager
 def _kafka(settings: KafkaSettings, data_dir: Path) -> Iterator[str]:
     if settings.bootstrap_servers:
         yield settings.bootstrap_servers
         return
-    if settings.security_protocol != "PLAINTEXT":
-        raise BrokerError("the embedded broker is PLAINTEXT only: set bootstrap_servers for a secured one")
-    ports = [NodePorts(settings.embedded_port, settings.embedded_controller_port)]
-    with KafkaCluster(
-        data_dir,
-        host=settings.embedded_host,
-        ports=ports,
-        version=settings.embedded_version,
-        cache_dir=settings.embedded_cache_dir,
-        heap_mb=settings.embedded_heap_mb,
-    ) as cluster:
+    with embedded_cluster(settings, data_dir) as cluster:
         yield cluster.bootstrap
 
 

@@ -351,15 +351,20 @@ class EmbeddedMilvus:
         return f"stderr tail ({path}):\n" + "\n".join(tail)
 
 
-@contextlib.contextmanager
-def _embedded_uri(settings: MilvusSettings, base_dir: Path) -> Iterator[str]:
-    with EmbeddedMilvus(
+def embedded_server(settings: MilvusSettings, base_dir: Path) -> EmbeddedMilvus:
+    """The embedded server ``settings`` describe (not started): its address, milvus.yaml keys, search niceness."""
+    return EmbeddedMilvus(
         base_dir,
         port=settings.embedded_port,
         host=settings.embedded_host,
         config=settings.embedded_config,
         search_nice=settings.embedded_search_nice,
-    ) as server:
+    )
+
+
+@contextlib.contextmanager
+def _embedded_uri(settings: MilvusSettings, base_dir: Path) -> Iterator[str]:
+    with embedded_server(settings, base_dir) as server:
         yield server.uri
 
 

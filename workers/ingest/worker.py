@@ -252,48 +252,35 @@ class IngestWorker:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mindstream ingest", description="Apply clicks to the ingest state.")
-    p.add_argument("--bootstrap", help="bootstrap servers (default: settings.kafka.bootstrap_servers)")
-    p.add_argument("--state-dir", type=Path, help="default: settings.state_dir")
-    p.add_argument("--topic", help="default: settings.kafka.clicks_topic")
-    p.add_argument("--dlq-topic", help="default: settings.kafka.clicks_dlq_topic")
-    p.add_argument("--group", help="default: settings.kafka.ingest_group")
-    p.add_argument("--session-timeout-ms", type=int, help="default: settings.kafka.session_timeout_ms")
-    p.add_argument("--batch-size", type=int, help="default: settings.ingest.batch_size")
-    p.add_argument("--batch-timeout-s", type=float, help="default: settings.ingest.batch_timeout_s")
-    p.add_argument("--dlq-flush-timeout-s", type=float, help="default: settings.ingest.dlq_flush_timeout_s")
-    p.add_argument("--stats-interval-ms", type=int, help="0 = no librdkafka statistics")
-    p.add_argument("--metrics-port", type=int, help="default: settings.ingest.metrics_port")
-    return p
+    return argparse.ArgumentParser(
+        prog="mindstream ingest",
+        description="Apply clicks to the ingest state. Configured by the settings (MINDSTREAM_* variables: "
+        "MINDSTREAM_KAFKA__*, MINDSTREAM_INGEST__*, MINDSTREAM_STATE_DIR).",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mindstream ingest``: run until SIGTERM/SIGINT; exit 0 after a clean stop."""
-    args = _parser().parse_args(argv)
+    _parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    kafka = settings.kafka
-    conf = kafka.client_config(args.bootstrap)
-    topic, dlq_topic = args.topic or kafka.clicks_topic, args.dlq_topic or kafka.clicks_dlq_topic
-    ensure_stack_topics(conf, kafka, clicks_topics(kafka, topic, dlq_topic))
-    ingest = settings.ingest
-    registry = metrics_registry(args.metrics_port if args.metrics_port is not None else ingest.metrics_port)
+    kafka, ingest = settings.kafka, settings.ingest
+    conf = kafka.client_config()
+    ensure_stack_topics(conf, kafka, clicks_topics(kafka))
     worker = IngestWorker(
         conf,
-        topic=topic,
-        dlq_topic=dlq_topic,
-        group_id=args.group or kafka.ingest_group,
-        session_timeout_ms=args.session_timeout_ms or kafka.session_timeout_ms,
-        state_dir=args.state_dir or settings.state_dir,
-        batch_size=args.batch_size or ingest.batch_size,
-        batch_timeout_s=args.batch_timeout_s or ingest.batch_timeout_s,
-        dlq_flush_timeout_s=args.dlq_flush_timeout_s or ingest.dlq_flush_timeout_s,
-        stats_interval_ms=ingest.stats_interval_ms if args.stats_interval_ms is None else args.stats_interval_ms,
-        metrics=IngestMetrics(registry),
+        topic=kafka.clicks_topic,
+        dlq_topic=kafka.clicks_dlq_topic,
+        group_id=kafka.ingest_group,
+        session_timeout_ms=kafka.session_timeout_ms,
+        state_dir=settings.state_dir,
+        batch_size=ingest.batch_size,
+        batch_timeout_s=ingest.batch_timeout_s,
+        dlq_flush_timeout_s=ingest.dlq_flush_timeout_s,
+        stats_interval_ms=ingest.stats_interval_ms,
+        metrics=IngestMetrics(metrics_registry(ingest.metrics_port)),
         dedupe_window=ingest.dedupe_window,
-        retention=Retention.for_state_dir(ingest.retention, args.state_dir or settings.state_dir)
-        if ingest.retention.enabled
-        else None,
+        retention=Retention.for_state_dir(ingest.retention, settings.state_dir) if ingest.retention.enabled else None,
         max_message_bytes=kafka.max_message_bytes,
         retry_backoff_s=ingest.retry_backoff_s,
         state=settings.state,

@@ -100,18 +100,21 @@ class RecallWorker:
         metrics: RecallMetrics,
         policy: ReplyPolicy | None = None,
         max_message_bytes: int | None = None,
-        fetch_wait_max_ms: int = 500,
+        fetch_wait_max_ms: int | None = None,
         producer: Producer | None = None,
         consumer: Consumer | None = None,
     ) -> None:
         """``producer`` and ``consumer`` default to new clients on ``conf`` (tests pass their own); ``policy``
-        and ``max_message_bytes`` to the settings' defaults for these topics."""
+        and ``max_message_bytes`` to the settings' defaults for these topics, ``fetch_wait_max_ms`` to the
+        settings' default."""
         if policy is None:
             policy = ReplyPolicy.for_stack(
                 replies_topic, [requests_topic], None, RecallSettings().max_correlation_id_bytes
             )
         if max_message_bytes is None:
             max_message_bytes = KafkaSettings().max_message_bytes
+        if fetch_wait_max_ms is None:
+            fetch_wait_max_ms = RecallSettings().fetch_wait_max_ms
         self.engine = engine
         self.replies_topic = replies_topic
         self.max_batch = max_batch

@@ -21,7 +21,7 @@ from workers.infra.kafka import ensure_topics, make_admin, make_producer
 from workers.ingest.metrics import IngestMetrics
 from workers.ingest.state_reader import Cursor, StateReader
 from workers.ingest.worker import BatchOutcome, IngestWorker
-from workers.settings import KafkaSettings
+from workers.settings import ENV_PREFIX, KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]  # the repository (tests/workers/ingest/ -> root)
@@ -137,13 +137,26 @@ def test_malformed_clicks_are_dead_lettered_and_counts_are_conserved(
 
 
 def _start(conf: dict[str, str | int], topic: str, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "workers.ingest.worker", "--bootstrap", str(conf["bootstrap.servers"])]
-    command += ["--state-dir", str(state_dir), "--topic", topic, "--dlq-topic", f"{topic}.dlq"]
-    command += ["--group", f"{topic}-ingest", "--session-timeout-ms", str(SESSION_MS)]
-    command += ["--batch-size", "500", "--batch-timeout-s", "0.1", "--dlq-flush-timeout-s", "10"]
-    command += ["--stats-interval-ms", "0"]
+    """``python -m workers.ingest.worker`` configured only by its settings' environment."""
+    settings = Settings.from_env(
+        {
+            "MINDSTREAM_KAFKA__BOOTSTRAP_SERVERS": str(conf["bootstrap.servers"]),
+            "MINDSTREAM_STATE_DIR": str(state_dir),
+            "MINDSTREAM_KAFKA__CLICKS_TOPIC": topic,
+            "MINDSTREAM_KAFKA__CLICKS_DLQ_TOPIC": f"{topic}.dlq",
+            "MINDSTREAM_KAFKA__INGEST_GROUP": f"{topic}-ingest",
+            "MINDSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_MS),
+            "MINDSTREAM_INGEST__BATCH_SIZE": "500",
+            "MINDSTREAM_INGEST__BATCH_TIMEOUT_S": "0.1",
+            "MINDSTREAM_INGEST__DLQ_FLUSH_TIMEOUT_S": "10",
+            "MINDSTREAM_INGEST__STATS_INTERVAL_MS": "0",
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | settings.to_env()
     with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.ingest.worker"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def _wait_count(reader: StateReader, at_least: int, timeout: float, proc: subprocess.Popen[bytes]) -> int:
