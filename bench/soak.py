@@ -47,7 +47,7 @@ import numpy as np
 import psutil
 
 from bench.common import disk_usage, emit
-from bench.load import KafkaLoad, Outcome, VegetaLoad, describe
+from bench.load import KafkaLoad, Outcome, VegetaLoad, describe, vegeta_binary
 from bench.stack import LiveStack, StackConfig, percentiles, wait_serving
 from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
 from model.data.synthetic import synthetic_dataset
@@ -61,6 +61,8 @@ from workers.runtime import StopFlag
 from workers.settings import StreamSettings
 from workers.status import Buckets, scrape, scrape_histograms, window_quantile
 from workers.stream import Chunk, ClickStream, StreamSender
+
+log = logging.getLogger(__name__)
 
 FRESHNESS = {
     "user": ("ingest", "mindstream_freshness_user_seconds"),
@@ -355,16 +357,17 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
         client = RecallClient(kafka, stack.settings.recall)
         threads = [threading.Thread(target=sender.run, args=([("stream", chunk)], stop), daemon=True)]
         loads = contextlib.ExitStack()
+        http_by = "vegeta" if cfg.generators == "process" and vegeta_binary() is not None else "thread"
+        if cfg.generators == "process" and http_by == "thread":
+            log.warning("vegeta not found (go install github.com/tsenart/vegeta/v12@latest): HTTP load from a thread")
         if cfg.generators == "thread":
             threads.append(
                 threading.Thread(target=_kafka_load, args=(client, rec, cfg.kafka_rate, reqs, stop), daemon=True)
             )
-            if cfg.http_rate > 0:
-                threads.append(
-                    threading.Thread(
-                        target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True
-                    )
-                )
+        if http_by == "thread" and cfg.http_rate > 0:
+            threads.append(
+                threading.Thread(target=_http_load, args=(stack.http_url, rec, cfg.http_rate, reqs, stop), daemon=True)
+            )
         wait_serving(client)  # the recall worker holds the live model (its first requests got 'unavailable')
         procs = _Processes(stack.processes())
         windows: list[dict[str, Any]] = []
@@ -376,7 +379,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             thread.start()
         if cfg.generators == "process":
             loads.enter_context(KafkaLoad(kafka, stack.settings.recall, cfg.kafka_rate, reqs, rec.sink))
-            if cfg.http_rate > 0:
+            if cfg.http_rate > 0 and http_by == "vegeta":
                 bodies = [r.model_dump(mode="json", exclude_none=True) for r in reqs]
                 loads.enter_context(VegetaLoad(f"{stack.http_url}/rec/recall", cfg.http_rate, bodies, rec.sink))
         try:
@@ -439,6 +442,7 @@ def run_soak(cfg: SoakConfig, workdir: Path) -> dict[str, Any]:
             "disk_bytes_end": disk_usage(parts, other_roots),  # after the drain
         }
         run = {
+            "load_generators": {"kafka": cfg.generators, "http": http_by},
             **_serving_while_busy(rec, sampler, t0, t0 + cfg.duration_s),
             "freshness_run": _freshness(hist_start, hist0),  # hist0: the last window's end
             "live_model_age_s_run": percentiles(sampler.model_ages(t0, t0 + cfg.duration_s)),  # every second

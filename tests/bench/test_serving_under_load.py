@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from bench.common import RESULTS
+from bench.load import Outcome
 from bench.serving_under_load import KEYS, goals, idle_http, parse, summarize
-from bench.soak import _Outcome, _Recorder
+from bench.soak import _Recorder
 from bench.soak_cli import QUICK
 from bench.stage_sampler import BUSY, QUIET, Interval
 from workers.refresh.metrics import ACTIVITIES
@@ -132,7 +133,7 @@ def test_the_recorder_splits_requests_by_the_class_of_their_second() -> None:
         (1.8, 6.0, "ok"),
         (2.5, 9.0, "ok"),
     ]:
-        rec.add("kafka", _Outcome(due, ms, kind))
+        rec.add("kafka", Outcome(due, ms, kind))
     out = rec.by_class("kafka", intervals)
     assert out == {
         "p99_ms_busy": 40.0,

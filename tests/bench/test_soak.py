@@ -39,7 +39,9 @@ def test_a_short_soak_loses_no_click_and_no_reply(tmp_path: Path) -> None:
     assert result["failed_replies"] == 0 and result["kafka_unanswered_at_end"] == 0
     assert result["http_requests"] > 0
     last = windows[-1]
-    assert last["broker_topics"]["reply_topics"] == 1  # the one client's private reply topic, fixed
+    # the private reply topics of the bench's client and of the load process' client: fixed, never growing
+    assert last["broker_topics"]["reply_topics"] == 2
+    assert result["load_generators"]["kafka"] == "process"
     assert last["broker_topics"]["disk_mb"] > 0  # the broker's log is on disk
     assert all(p["rss_mb_max"] >= p["rss_mb_median"] > 0 for p in last["processes"].values())  # 5-s samples
     # the stage sampler: its intervals cover the run (contiguous, however slow a scrape), both paths' stage
