@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from workers.recall.client import RecallClient
 from workers.settings import KafkaSettings, RecallSettings
 
 __all__ = ["KafkaLoad", "Outcome", "VegetaLoad", "describe", "vegeta_binary"]
@@ -61,59 +62,80 @@ def describe(exc: BaseException) -> str:
 # -- Kafka ------------------------------------------------------------------------------------------
 
 
+class Stoppable(Protocol):
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+def kafka_open_loop(
+    client: RecallClient,
+    rate: float,
+    reqs: list[RecallRequest],
+    stop: Stoppable,
+    report: Callable[[Outcome], None],
+    sent: Callable[[], None] = lambda: None,
+) -> None:
+    """Send ``reqs`` round robin at ``rate`` until ``stop``, whatever the replies do (open loop); each
+    request's outcome goes to ``report`` when it comes back (or fails), ``sent`` is called per send."""
+    t0 = time.monotonic()
+    i = 0
+    while not stop.is_set():
+        due = t0 + i / rate
+        if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
+            break
+
+        def done(f: Future[RecallReply | ErrorReply], due: float = due) -> None:
+            exc = f.exception()
+            now = time.monotonic()
+            if isinstance(exc, TimeoutError):
+                report(Outcome(due, None, "timeout"))
+            elif exc is not None:
+                report(Outcome(due, None, "error", describe(exc)))
+            elif isinstance(reply := f.result(), ErrorReply):
+                report(Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
+            else:
+                report(Outcome(due, (now - due) * 1000, "ok"))
+
+        try:
+            client.request(reqs[i % len(reqs)]).add_done_callback(done)
+            sent()
+        except Exception as exc:
+            report(Outcome(due, None, "error", f"not sent: {describe(exc)}"))
+        i += 1
+
+
 def _kafka_process(
     kafka: KafkaSettings, recall: RecallSettings, rate: float, bodies: list[str], stop: Event, out: Queue[Any]
 ) -> None:
-    """The load process: ``"ready"``, then lists of outcome tuples every :data:`BATCH_S`, then ``None``."""
-    from workers.recall.client import RecallClient
-
+    """The load process: ``"ready"``, then lists of outcomes every :data:`BATCH_S`, then ``None``."""
     reqs = [RecallRequest.model_validate_json(b) for b in bodies]
-    done_lock = threading.Lock()
-    pending: list[tuple[float, float | None, str, str | None]] = []
+    lock = threading.Lock()
+    pending: list[Outcome] = []
+    flushed = threading.Event()
 
-    def record(due: float, ms: float | None, kind: str, detail: str | None = None) -> None:
-        with done_lock:
-            pending.append((due, ms, kind, detail))
+    def record(outcome: Outcome) -> None:
+        with lock:
+            pending.append(outcome)
 
     def flush() -> None:
-        with done_lock:
+        with lock:
             batch, pending[:] = list(pending), []
         if batch:
             out.put(batch)
 
+    def flusher() -> None:
+        while not flushed.wait(BATCH_S):
+            flush()
+
     with RecallClient(kafka, recall) as client:
         out.put("ready")
-        t0 = time.monotonic()
-        last_flush = t0
-        i = 0
-        while not stop.is_set():
-            due = t0 + i / rate
-            if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
-                break
-
-            def done(f: Future[RecallReply | ErrorReply], due: float = due) -> None:
-                exc = f.exception()
-                now = time.monotonic()
-                if isinstance(exc, TimeoutError):
-                    record(due, None, "timeout")
-                elif exc is not None:
-                    record(due, None, "error", describe(exc))
-                elif isinstance(reply := f.result(), ErrorReply):
-                    record(due, None, "error", f"{reply.code}: {reply.message[:120]}")
-                else:
-                    record(due, (now - due) * 1000, "ok")
-
-            try:
-                client.request(reqs[i % len(reqs)]).add_done_callback(done)
-            except Exception as exc:
-                record(due, None, "error", f"not sent: {describe(exc)}")
-            i += 1
-            if time.monotonic() - last_flush >= BATCH_S:
-                flush()
-                last_flush = time.monotonic()
+        threading.Thread(target=flusher, name="flush", daemon=True).start()
+        kafka_open_loop(client, rate, reqs, stop, record)
         settle = time.monotonic() + recall.client_timeout_s + 2.0  # in-flight requests get their outcome
         while time.monotonic() < settle and client.pending() > 0:
             time.sleep(0.1)
+        flushed.set()
         flush()
     out.put(None)
 
@@ -158,9 +180,9 @@ class KafkaLoad:
                 continue
             if batch is None:
                 break
-            for due, ms, kind, detail in batch:
+            for outcome in batch:
                 self.sent += 1
-                self._sink("kafka", Outcome(due, ms, kind, detail))
+                self._sink("kafka", outcome)
         self._finished.set()
 
     def stop(self, timeout_s: float = 60.0) -> None:

@@ -38,7 +38,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,12 @@ import numpy as np
 import psutil
 
 from bench.common import disk_usage, emit
-from bench.load import KafkaLoad, Outcome, VegetaLoad, describe, vegeta_binary
+from bench.load import KafkaLoad, Outcome, VegetaLoad, describe, kafka_open_loop, vegeta_binary
 from bench.stack import LiveStack, StackConfig, percentiles, wait_serving
 from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
 from model.data.synthetic import synthetic_dataset
 from model.export import external_heldout
-from schemas.messages import ErrorReply, RecallReply, RecallRequest
+from schemas.messages import RecallRequest
 from workers.infra.kafka import make_admin
 from workers.infra.ports import free_port
 from workers.recall.client import RecallClient
@@ -143,31 +142,12 @@ class _Recorder:
 
 
 def _kafka_load(client: RecallClient, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
-    t0 = time.monotonic()
-    i = 0
-    while not stop.is_set():
-        due = t0 + i / rate
-        if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
-            break
+    """The old way (``--generators thread``): the open loop in a thread of this process."""
 
-        def done(f: Future[RecallReply | ErrorReply], due: float = due) -> None:
-            exc = f.exception()
-            now = time.monotonic()
-            if isinstance(exc, TimeoutError):
-                rec.add("kafka", Outcome(due, None, "timeout"))
-            elif exc is not None:
-                rec.add("kafka", Outcome(due, None, "error", describe(exc)))
-            elif isinstance(reply := f.result(), ErrorReply):
-                rec.add("kafka", Outcome(due, None, "error", f"{reply.code}: {reply.message[:120]}"))
-            else:
-                rec.add("kafka", Outcome(due, (now - due) * 1000, "ok"))
+    def sent() -> None:
+        rec.sent["kafka"] += 1
 
-        try:
-            client.request(reqs[i % len(reqs)]).add_done_callback(done)
-            rec.sent["kafka"] += 1
-        except Exception as exc:
-            rec.add("kafka", Outcome(due, None, "error", f"not sent: {describe(exc)}"))
-        i += 1
+    kafka_open_loop(client, rate, reqs, stop, lambda outcome: rec.add("kafka", outcome), sent)
 
 
 def _http_load(url: str, rec: _Recorder, rate: float, reqs: list[RecallRequest], stop: StopFlag) -> None:
