@@ -27,7 +27,6 @@ second). The sampler costs each of the three workers one ``/metrics`` page per s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import disk_usage, emit
+from bench.common import disk_usage, machine, write_json
 from bench.load import KafkaLoad, Outcome, VegetaLoad, describe, kafka_open_loop, vegeta_binary
 from bench.stack import LiveStack, StackConfig, percentiles, wait_serving
 from bench.stage_sampler import CLASSES, Interval, StageSampler, request_classes, stage_summary
@@ -539,35 +538,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
-    d = SoakConfig()
-    p.add_argument("--duration", type=float, default=d.duration_s)
-    p.add_argument("--window", type=float, default=d.window_s)
-    p.add_argument("--click-rate", type=float, default=d.click_rate)
-    p.add_argument("--kafka-rate", type=float, default=d.kafka_rate)
-    p.add_argument("--http-rate", type=float, default=d.http_rate)
-    p.add_argument("--new-items-per-s", type=float, default=d.new_items_per_s)
-    p.add_argument("--items", type=int, default=d.items)
-    p.add_argument("--out", default="soak")
-    args = p.parse_args(argv)
-    cfg = SoakConfig(
-        duration_s=args.duration,
-        window_s=args.window,
-        click_rate=args.click_rate,
-        kafka_rate=args.kafka_rate,
-        http_rate=args.http_rate,
-        new_items_per_s=args.new_items_per_s,
-        items=args.items,
-    )
+    """``python -m bench.soak``: the soak alone (the shared command line of :mod:`bench.soak_cli`); its
+    summary and windows in ``<results>/<out>.json``, the plot beside it."""
+    from bench.soak_cli import parse, soak_config, soak_parser
+
+    args = parse(soak_parser("python -m bench.soak", __doc__.splitlines()[0] if __doc__ else "", "soak"), argv or [])
+    cfg = soak_config(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop like Ctrl-C: the stack closes its processes
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{args.out}-", dir=args.tmpdir) as tmp:
         result = run_soak(cfg, Path(tmp))
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    plot(result, out / f"{args.out}.png")
-    emit(args.out, result)
+    args.results.mkdir(parents=True, exist_ok=True)
+    plot(result, args.results / f"{args.out}.png")
+    write_json(args.results, args.out, {"benchmark": args.out, "machine": machine(), **result})
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
