@@ -300,6 +300,22 @@ class StateSettings(_Section):
     )
 
 
+class ModelStoreSettings(_Section):
+    """Where model versions are shared between the refresh worker (writer) and the readers."""
+
+    store_url: str = Field(
+        "",
+        description="Empty: the local models directory under state_dir (one host); s3://bucket/prefix: an "
+        "S3-compatible bucket (the MinIO Milvus uses) that workers on many hosts share",
+    )
+    endpoint_url: str = Field("", description="The S3 endpoint (e.g. http://minio:9000); empty: AWS")
+    access_key: SecretStr | None = Field(None, description="S3 access key id; None: the default credential chain")
+    secret_key: SecretStr | None = Field(None, description="S3 secret access key")
+    cache_versions: int = Field(
+        3, ge=1, description="Versions a reader keeps in its local cache (state_dir/model-cache) of a remote store"
+    )
+
+
 class IngestSettings(_Section):
     batch_size: int = Field(5000, ge=1, description="A batch closes at this many messages ...")
     batch_timeout_s: float = Field(0.5, gt=0, description="... or after this long, whichever first")
@@ -657,6 +673,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     ingest: IngestSettings = IngestSettings()
     state: StateSettings = StateSettings()
+    models: ModelStoreSettings = ModelStoreSettings()
     refresh: RefreshSettings = RefreshSettings()
     recall: RecallSettings = RecallSettings()
     catalogue: CatalogueSettings = CatalogueSettings()
