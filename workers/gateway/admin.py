@@ -110,7 +110,7 @@ class Admin:
     def __init__(self, settings: Settings, store: VectorStore, registry: ModelRegistry | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.registry = registry or ModelRegistry(settings.models_dir, settings.milvus.alias)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.state_path: Path = RefreshState.file(settings.refresh_dir)
         self.segments_path: Path = settings.refresh_dir / "segments.sqlite"
 

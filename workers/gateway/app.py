@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = stack.enter_context(VectorStore(uri, settings.milvus, serving=True, metadata=metadata))
         history = stack.enter_context(open_reader(settings.state, settings.state_dir, settings.kafka.clicks_topic))
         state = follow_serving_state(settings, stack)  # the catalogue and the popular counts, followed
-        registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        registry = ModelRegistry.from_settings(settings)
         live = LiveModel(store, registry, check_every_s=settings.recall.alias_check_s)
         items = settings.data.item_catalogue()  # read once: the `diversity` merge and the page's titles
         engine = RecallEngine(

@@ -348,7 +348,7 @@ def build_worker(
     filters and the fallback (None: every item available, no fallback)."""
     live = LiveModel(
         store,
-        ModelRegistry(settings.models_dir, settings.milvus.alias),
+        ModelRegistry.from_settings(settings),
         check_every_s=settings.recall.alias_check_s,
     )
     live.watch()

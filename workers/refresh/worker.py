@@ -139,7 +139,9 @@ def import_checkpoint(src: Checkpoint, registry: ModelRegistry) -> Checkpoint:
     manifest = Manifest(**{**src.manifest.__dict__, "version": version, "parent": str(src.path)})
     (tmp / "manifest.json").write_text(manifest.to_json())
     tmp.rename(registry.root / version)
-    return open_checkpoint(registry.root, version)
+    ckpt = open_checkpoint(registry.root, version)
+    registry.publish(ckpt)
+    return ckpt
 
 
 class RefreshWorker:
@@ -162,7 +164,7 @@ class RefreshWorker:
         self.cfg = settings.refresh
         self.store = store
         self.reader = reader
-        self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        self.registry = ModelRegistry.from_settings(settings)
         self.state_path = RefreshState.file(settings.refresh_dir)
         self._handled_request: str | None = None  # the newest refresh request this process ran a round for
         self.segments = SegmentMap(SegmentMap.file(settings.refresh_dir), self.cfg.max_segments)
@@ -241,6 +243,7 @@ class RefreshWorker:
         if live is not None and (version := self.registry.version_of(live)) is not None:
             held.add(version)
         pruned = prune_versions(self.registry.root, self.cfg.keep_versions, protect=held)
+        self.registry.forget(pruned)
         if pruned:
             log.info("deleted model versions %s (kept the newest %d and %s)", pruned, self.cfg.keep_versions, held)
         return pruned
@@ -464,6 +467,7 @@ class RefreshWorker:
         self._phase(report, "prepare", t1 - t0)
         train(trainer, batches=self.cfg.train_batches, checkpoint_dir=None)
         ckpt = trainer.checkpoint(self.registry.root, {"events": len(events), "users": len(users)}, best=False)
+        self.registry.publish(ckpt)  # before any swap: readers on other hosts fetch it from the store
         report.train_seconds = time.perf_counter() - t1
         self._phase(report, "train", report.train_seconds)
         return ckpt
