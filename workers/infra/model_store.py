@@ -27,7 +27,8 @@ COMPLETE_MARKER = "_COMPLETE"
 
 class ModelStore(Protocol):
     def publish(self, local_dir: Path, version: str) -> None:
-        """Make the finished checkpoint directory ``local_dir`` visible to readers as ``version``."""
+        """Make the finished checkpoint directory ``local_dir`` visible to readers as ``version``;
+        FileExistsError if the store holds ``version`` already (a version never changes)."""
         ...
 
     def versions(self) -> list[str]:
@@ -55,6 +56,8 @@ class LocalModelStore:
         target = self.root / version
         if local_dir.resolve() == target.resolve():
             return
+        if target.exists():
+            raise FileExistsError(f"model version {version} already under {self.root} (versions never change)")
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{version}.{uuid.uuid4().hex}.tmp"
         try:
@@ -98,6 +101,8 @@ class RemoteModelStore:
         return f"{self.root}/{version}/{name}" if name else f"{self.root}/{version}"
 
     def publish(self, local_dir: Path, version: str) -> None:
+        if self._complete(version):
+            raise FileExistsError(f"model version {version} already under {self.root} (versions never change)")
         for path in _files(local_dir):
             self.fs.put_file(str(path), self._key(version, path.relative_to(local_dir).as_posix()))
         self.fs.pipe_file(self._key(version, COMPLETE_MARKER), version.encode())

@@ -65,6 +65,8 @@ def test_put_list_fetch_delete(store: ModelStore, tmp_path: Path) -> None:
     for version in ("v1", "v2", "v10"):
         store.publish(_checkpoint(tmp_path, version), version)
     assert store.versions() == ["v1", "v2", "v10"]
+    with pytest.raises(FileExistsError):  # a writer that lost its count never overwrites a version
+        store.publish(_checkpoint(tmp_path / "again", "v2"), "v2")
     fetched = store.fetch("v2")
     assert (fetched / "net.pdparams").read_bytes() == b"v2" * 1000
     assert (fetched / "sub" / "items.npz").read_bytes() == b"items-v2"
