@@ -126,7 +126,7 @@ class FastPath:
         self.writer = writer if writer is not None else LiveWriter(store, settings.mind.dim)
         self.store = store
         self.reader = reader
-        self.registry = ModelRegistry(settings.models_dir, settings.milvus.alias)
+        self.registry = ModelRegistry.from_settings(settings)
         self.cursor = cursor if cursor is not None else Cursor()
         self.metrics = metrics
         self.pending: dict[int, PendingItem] = {}

@@ -23,7 +23,6 @@ from workers.recall.metrics import STAGES, RecallMetrics
 from workers.recall.worker import RecallWorker
 
 TOWER_S, SEARCH_S, HISTORY_S = 0.02, 0.03, 0.01  # per tower pass, per search, per user's history read
-SLACK_S = 1.0  # upper bound on scheduling noise (a busy 2-core machine)
 HISTORIES = {7: [3, 4], 8: [5], 9: [12, 1, 6]}
 
 
@@ -84,8 +83,8 @@ REQUESTS = [
 ]
 
 
-def _between(seconds: float | None, low: float) -> bool:
-    return seconds is not None and low <= seconds < low + SLACK_S
+def _at_least(seconds: float | None, low: float) -> bool:
+    return seconds is not None and seconds >= low
 
 
 # ------------------------------------------------------------------------------ engine
@@ -94,13 +93,16 @@ def _between(seconds: float | None, low: float) -> bool:
 def test_the_engine_times_each_stage_of_a_batch_and_its_replies_are_unchanged() -> None:
     engine, _ = sleepy_engine()
     stages = StageTimes()
+    began = time.perf_counter()
     replies = engine.answer(REQUESTS, stages=stages)
+    took = time.perf_counter() - began
     assert [_content(r) for r in replies] == plain_answers(REQUESTS)
     assert all(isinstance(r, RecallReply) for r in replies)
-    assert _between(stages.history, 2 * HISTORY_S)  # two users read, one request
-    assert _between(stages.tower, TOWER_S)
-    assert _between(stages.search, SEARCH_S)
-    assert stages.merge is not None and 0 <= stages.merge < SLACK_S
+    assert _at_least(stages.history, 2 * HISTORY_S)  # two users read, one request
+    assert _at_least(stages.tower, TOWER_S)
+    assert _at_least(stages.search, SEARCH_S)
+    assert stages.merge is not None and stages.merge >= 0
+    assert sum(t for _, t in stages.measured()) <= took  # disjoint intervals inside the call
     assert [name for name, _ in stages.measured()] == ["history", "tower", "search", "merge"]
 
 
@@ -118,7 +120,7 @@ def test_a_batch_without_any_interest_is_not_searched_but_still_merged() -> None
     (reply,) = engine.answer([RecallRequest(hist_item=[[9999]], top_k=3)], stages=stages)
     assert isinstance(reply, RecallReply) and reply.items == [[]]
     assert store.calls == [] and stages.search is None
-    assert _between(stages.tower, TOWER_S) and stages.merge is not None
+    assert _at_least(stages.tower, TOWER_S) and stages.merge is not None
 
 
 def test_a_failed_search_still_counts_its_round_trip() -> None:
@@ -127,7 +129,7 @@ def test_a_failed_search_still_counts_its_round_trip() -> None:
     stages = StageTimes()
     (reply,) = engine.answer([RecallRequest(hist_item=[[1, 2]], top_k=3)], stages=stages)
     assert isinstance(reply, ErrorReply)
-    assert _between(stages.search, SEARCH_S) and stages.merge is None
+    assert _at_least(stages.search, SEARCH_S) and stages.merge is None
 
 
 def test_answer_without_stages_gives_the_same_replies() -> None:
@@ -262,7 +264,9 @@ def test_the_kafka_worker_observes_each_stage_and_replies_as_without_timing() ->
     engine, store = sleepy_engine()
     worker = _worker(engine, registry, consumer, producer)
     try:
+        began = time.perf_counter()
         assert worker.run_once() == len(messages)
+        took = time.perf_counter() - began
         assert worker.run_once() == 0  # idle: nothing observed
     finally:
         worker.close(commit=False)
@@ -273,16 +277,16 @@ def test_the_kafka_worker_observes_each_stage_and_replies_as_without_timing() ->
     assert [h for _, _, h in producer.produced] == [[(CORRELATION_ID, f"c{i}")] for i in range(len(messages))]
     assert [(tp.partition, tp.offset) for tp in consumer.stored] == [(0, len(messages))]
 
-    # wait: one per message (the bad one too); the first waited for the batch to fill, the rest did not
+    # wait: one per message (the bad one too); the first waited for the batch to fill
     assert _count(registry, "wait") == len(messages)
-    assert CONSUME_S <= _sum(registry, "wait") < CONSUME_S + SLACK_S
-    assert _at_most(registry, "wait", "0.05") == len(messages) - 1
-    # the engine's stages and the reply: one per micro-batch
+    assert _sum(registry, "wait") >= CONSUME_S
+    # the engine's stages and the reply: one per micro-batch, each holding its own (injected) time
     assert {s: _count(registry, s) for s in STAGES if s != "wait"} == dict.fromkeys(STAGES[1:], 1.0)
-    assert len(store.calls) == 1 and SEARCH_S <= _sum(registry, "search") < SEARCH_S + SLACK_S
-    assert TOWER_S <= _sum(registry, "tower") < TOWER_S + SLACK_S
-    assert 2 * HISTORY_S <= _sum(registry, "history") < 2 * HISTORY_S + SLACK_S
-    assert FLUSH_S <= _sum(registry, "reply") < FLUSH_S + SLACK_S  # produce + wait for the acknowledgements
+    assert len(store.calls) == 1 and _sum(registry, "search") >= SEARCH_S
+    assert _sum(registry, "tower") >= TOWER_S and _sum(registry, "history") >= 2 * HISTORY_S
+    assert _sum(registry, "reply") >= FLUSH_S  # produce + wait for the acknowledgements
+    # disjoint: the engine's stages and the reply fit in the call (the first wait began before it)
+    assert sum(_sum(registry, s) for s in STAGES if s != "wait") <= took
 
 
 def test_a_batch_with_only_bad_requests_has_wait_and_reply_but_no_engine_stage() -> None:
