@@ -159,6 +159,29 @@ def memory(r: Results) -> str:
     return f"peak RSS of all processes {_num(r['memory'].get('peak_rss_total_mb'), 0)} MB"
 
 
+def product_recall(r: Results) -> str:
+    d = r["product_recall"]
+    ratios = ", ".join(
+        f"{kind} {_num(_get(v, 'ratio_p99_to_plain'), 2)}x"
+        for kind, v in (d.get("latency") or {}).items()
+        if not str(kind).startswith("plain")
+    )
+    return (
+        f"withdrawal p50 / p99 {_num(d.get('withdrawal_p50_s'), 2)} / {_num(d.get('withdrawal_p99_s'), 2)} s (goal 5); "
+        f"p99 against plain recall: {ratios} (goal 1.2x)"
+    )
+
+
+def pymilvus_paths(r: Results) -> str:
+    d = r["pymilvus_paths"]
+    return (
+        f"{_num(d.get('items'))} rows written in {_num(_get(d, 'write_s', 'raw'), 2)} s raw vs "
+        f"{_num(_get(d, 'write_s', 'public'), 2)} s public; a search of {_num(d.get('search_queries'))} queries "
+        f"{_num(_get(d, 'search_cpu_ms_mean', 'raw'), 1)} vs {_num(_get(d, 'search_cpu_ms_mean', 'public'), 1)} ms "
+        f"of client CPU"
+    )
+
+
 # (what, result file, figure, command)
 HEADLINE: list[tuple[str, str, Figure, str]] = [
     ("quality (5 seeds)", "quality", quality,
@@ -172,6 +195,10 @@ HEADLINE: list[tuple[str, str, Figure, str]] = [
     ("freshness", "freshness", _freshness("freshness"), "`python -m bench.freshness`"),
     ("freshness on deltas", "freshness_delta", _freshness("freshness_delta"),
      "`python -m bench.freshness --tag delta`"),
+    ("freshness on deltas, 1M items", "freshness_delta_1m", _freshness("freshness_delta_1m"),
+     "`python -m bench.freshness --items 1000000 --tag delta_1m`"),
+    ("withdrawal, filters, exclude_seen", "product_recall", product_recall, "`python -m bench.product_recall`"),
+    ("pymilvus internals kept", "pymilvus_paths", pymilvus_paths, "`python -m bench.pymilvus_paths`"),
     ("delta publication, offline", "catalogue_scale", catalogue_scale,
      "`python -m bench.delta_publication`, then `python -m bench.catalogue_scale`"),
     ("serving while the model learns", "serving_under_load", serving, "`python -m bench.serving_under_load`"),
