@@ -69,7 +69,8 @@ def scale(suffix: str, items: int, threshold: float) -> dict[str, Any]:
     at = _dig(delta, "by_threshold", str(threshold))
     fresh = _read(f"freshness_delta{suffix}")
     soak = _read(f"serving_under_load{suffix}")
-    series = _dig(_read(f"serving_under_load{suffix}_details"), "series") or []
+    soak_details = _read(f"serving_under_load{suffix}_details")  # the summary holds exactly its keys: no date
+    series = _dig(soak_details, "series") or []
     milvus = [w["cpu_cores"]["milvus"] for w in series if (w.get("cpu_cores") or {}).get("milvus") is not None]
     idle = _read(f"http_latency_delta{suffix}")
     idle_100 = next((r for r in _dig(idle, "rates") or [] if r.get("rate") == 100), None)
@@ -81,9 +82,9 @@ def scale(suffix: str, items: int, threshold: float) -> dict[str, Any]:
         "model_age_p99_s": _dig(fresh, "model_age_p99_s"),
         "new_item_p99_s": _dig(fresh, "new_item_p99_s"),
         "round_s_p50": _dig(fresh, "round_s", "p50"),
-        "milvus_cpu_cores": round(sum(milvus) / len(milvus), 3) if milvus and _on_deltas(soak) else None,
-        "kafka_p99_ms_max_window": _dig(soak, "kafka_p99_ms_max_window") if _on_deltas(soak) else None,
-        "http_p99_ms_max_window": _dig(soak, "http_p99_ms_max_window") if _on_deltas(soak) else None,
+        "milvus_cpu_cores": round(sum(milvus) / len(milvus), 3) if milvus and _on_deltas(soak_details) else None,
+        "kafka_p99_ms_max_window": _dig(soak, "kafka_p99_ms_max_window") if _on_deltas(soak_details) else None,
+        "http_p99_ms_max_window": _dig(soak, "http_p99_ms_max_window") if _on_deltas(soak_details) else None,
         "http_p99_ms_idle_at_100": _dig(idle_100, "p99_ms"),
     }
     assert tuple(out) == KEYS
