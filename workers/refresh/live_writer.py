@@ -158,6 +158,13 @@ def _concat(parts: list[Rows]) -> Rows:
     )
 
 
+def _at_generation(new: dict[str, Rows], generation: int) -> tuple[dict[str, Rows], np.ndarray]:
+    """``new``'s non-empty parts written at ``generation`` (open), and their item ids."""
+    fresh = {segment: rows.written_at(generation) for segment, rows in new.items() if len(rows)}
+    ids = np.concatenate([r.item_ids for r in fresh.values()]) if fresh else np.empty(0, np.int64)
+    return fresh, ids
+
+
 @dataclass
 class _Since:
     """The fast-path writes announced while a delta is staged: the items they added and the net row count."""
@@ -274,14 +281,7 @@ class LiveWriter:
             if staged is not None and np.isin(np.asarray(list(items), dtype=np.int64), staged[1]).any():
                 raise DeltaUnderWay(f"{collection}: the staged delta closes some of these items")
             keyed = self.store.is_keyed(collection)
-            fresh = {
-                segment: Rows(
-                    rows.item_ids, rows.vectors, rows.model_versions, np.full(len(rows), generation), rows.gen_to
-                )
-                for segment, rows in new.items()
-                if len(rows)
-            }
-            new_ids = np.concatenate([r.item_ids for r in fresh.values()]) if fresh else np.empty(0, np.int64)
+            fresh, new_ids = _at_generation(new, generation)
             closing_ids = np.union1d(new_ids, withdrawn if withdrawn is not None else np.empty(0, np.int64))
             old = self._open_rows(collection, closing_ids, table) if keyed and closing_ids.size else {}
             self._repaired.pop(collection, None)  # from here until the announcement, a crash leaves work
@@ -341,14 +341,7 @@ class LiveWriter:
             generation = previous + FAST_PATH_SLOTS
             if generation > MAX_GENERATION:
                 raise RuntimeError(f"{collection}: generations exhausted; a new epoch is due")
-            fresh = {
-                segment: Rows(
-                    rows.item_ids, rows.vectors, rows.model_versions, np.full(len(rows), generation), rows.gen_to
-                )
-                for segment, rows in new.items()
-                if len(rows)
-            }
-            new_ids = np.concatenate([r.item_ids for r in fresh.values()]) if fresh else np.empty(0, np.int64)
+            fresh, new_ids = _at_generation(new, generation)
             closing_ids = np.union1d(new_ids, withdrawn)
             found, positions = table.find(closing_ids)
             old = table.by_segment(positions[found])
