@@ -97,7 +97,9 @@ def test_ingest_on_redis_survives_kill_9_of_worker_and_store(
         time.sleep(KILLS[0])
         applied_before_store_kill = reader.event_count()
         redis_server.kill()
-        time.sleep(2.0)  # several retries of the held batch
+        wait_until(
+            lambda: "state store unavailable; batch held" in worker.log_text(), 30, "the worker to hold its batch"
+        )
         worker.assert_alive()
         redis_server.start()
         assert reader.event_count() >= applied_before_store_kill  # acknowledged batches survived the kill

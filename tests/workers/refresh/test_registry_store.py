@@ -8,30 +8,18 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import Checkpoint, Manifest
+from tests.fixtures_s3 import moto_s3
 from workers.infra.model_store import RemoteModelStore
-from workers.infra.ports import free_port
 from workers.refresh.registry import ModelRegistry
 from workers.settings import Settings
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
 
 BUCKET = "registry"
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    ).create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 def _settings(state_dir: Path, endpoint: str) -> Settings:
